@@ -1,0 +1,22 @@
+"""The `netoffload` command."""
+
+from __future__ import annotations
+
+import click
+
+from netoffload import __version__
+from netoffload.cli.bench import bench
+from netoffload.cli.demo import demo
+from netoffload.cli.devices import caps, enable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="netoffload")
+def main() -> None:
+    """Offload per-packet network work to a device: query, enable, offload."""
+
+
+main.add_command(bench)
+main.add_command(demo)
+main.add_command(caps)
+main.add_command(enable)
