@@ -1,0 +1,491 @@
+"""TapDevice: a Linux TAP interface driven through /dev/net/tun with virtio_net_hdr.
+
+For a TAP the "device" is the kernel itself, seen from user space:
+
+* **transmit** (``send``) is a ``write`` of virtio_net_hdr + frame. With
+  NEEDS_CSUM the kernel fills the L4 checksum; with a GSO type it takes a
+  super-packet and segments it where it must (or passes it on whole to a
+  device that can). The kernel accepts such writes whatever the TAP's
+  offload flags say; we refuse (and count) packets asking for a task that
+  is not enabled, so that ``enable`` means the same in both directions.
+* **receive** (``recv``) is a ``read``. The TUNSETOFFLOAD flags tell the
+  kernel what it may hand us: with TUN_F_CSUM, packets whose checksum is
+  still to be filled (NEEDS_CSUM) or already verified (DATA_VALID); with
+  TSO4/TSO6/USO, TCP/UDP super-packets instead of segments. Every header
+  read is untrusted and checked with the kernel's own rules.
+
+Capability mapping (probed by trying each flag on the running kernel)::
+
+    TUN_F_CSUM               -> ChecksumCaps(tx=rx=TCP/UDP over IPv4/IPv6)
+    TUN_F_TSO4 / TSO6 / ECN  -> TcpSegmentationCaps(versions IPV4 / IPV6 / ECN)
+    TUN_F_USO4 + USO6        -> UdpSegmentationCaps(IPV4|IPV6; the kernel takes both or none)
+
+The kernel only takes TSO/USO together with CSUM; a selection asking for
+segmentation without checksum is a ``SelectionError``.
+
+Cost: one ``writev`` system call per packet (the header and the frame are
+two iovecs, so the payload is never copied in Python) and one ``read`` per
+packet. That per-packet system call is the price of a TAP and the reason
+super-packets pay: one call moves up to 64 KiB instead of 1.5 KiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Callable, Sequence
+
+from netoffload.device.base import Device, DeviceError
+from netoffload.offload import (
+    AnyRecord,
+    CapabilityRecord,
+    ChecksumCaps,
+    ChecksumFlags,
+    DeviceStats,
+    DropReason,
+    GsoType,
+    IpVersions,
+    Packet,
+    Selection,
+    SelectionError,
+    Task,
+    TcpSegmentationCaps,
+    UdpSegmentationCaps,
+    VirtioHdrError,
+    VirtioNetHdr,
+)
+
+TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNGETFEATURES = 0x800454CF
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+
+IFF_UP = 0x1
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_UFO = 0x10
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+
+# A read must hold the largest super-packet (64 KiB of IP) plus L2 and header.
+READ_SIZE = 65536 + 256
+_IFREQ = struct.Struct("16sH")
+_IFREQ_SIZE = 40
+_L4_ALL = (
+    ChecksumFlags.TCP_IPV4
+    | ChecksumFlags.UDP_IPV4
+    | ChecksumFlags.TCP_IPV6
+    | ChecksumFlags.UDP_IPV6
+)
+_TCP_FLAGS = {
+    IpVersions.IPV4: TUN_F_TSO4,
+    IpVersions.IPV6: TUN_F_TSO6,
+    IpVersions.ECN: TUN_F_TSO_ECN,
+}
+_USO = TUN_F_USO4 | TUN_F_USO6
+
+Validator = Callable[[VirtioNetHdr, memoryview], DropReason | None]
+
+
+def _kernel_validator() -> Validator:
+    from netoffload.engine.validate import check_vnet_hdr
+
+    validator: Validator = check_vnet_hdr
+    return validator
+
+
+def _ifreq(name: str, flags: int = 0) -> bytearray:
+    raw = name.encode()
+    if len(raw) > 15 or b"/" in raw or b"\0" in raw:
+        raise DeviceError(f"invalid interface name {name!r}")
+    buf = bytearray(_IFREQ_SIZE)
+    _IFREQ.pack_into(buf, 0, raw, flags)
+    return buf
+
+
+def _open_error(name: str, exc: OSError) -> DeviceError:
+    shown = name or "(new)"
+    if exc.errno == errno.EPERM:
+        return DeviceError(f"cannot open TAP {shown!r}: not permitted (needs CAP_NET_ADMIN)")
+    if exc.errno == errno.EBUSY:
+        return DeviceError(f"TAP {shown!r} is busy (attached elsewhere or all queues taken)")
+    if exc.errno == errno.EINVAL:
+        return DeviceError(f"interface {shown!r} exists and is not a TAP with matching flags")
+    if exc.errno == errno.ENOENT:
+        return DeviceError("no /dev/net/tun (is the tun module loaded?)")
+    return DeviceError(f"cannot open TAP {shown!r}: {os.strerror(exc.errno or 0)}")
+
+
+def segments_of(hdr: VirtioNetHdr, frame: memoryview) -> int:
+    """How many segments a received super-packet stands for (1 when it is not one)."""
+    kind = hdr.gso_kind
+    if kind is None or kind is GsoType.NONE or hdr.gso_size == 0 or not hdr.needs_csum:
+        return 1
+    start = hdr.csum_start
+    if kind in (GsoType.TCPV4, GsoType.TCPV6):
+        if start + 13 > len(frame):
+            return 1
+        l4 = (frame[start + 12] >> 4) * 4
+    else:
+        l4 = 8
+    payload = len(frame) - start - l4
+    return max(1, -(-payload // hdr.gso_size))
+
+
+class TapDevice(Device):
+    """A TAP interface with virtio_net_hdr; one non-blocking fd per queue.
+
+    ``TapDevice("tap0")`` creates the interface (or attaches to an existing
+    TAP of that name) in the calling thread's network namespace; an empty
+    name lets the kernel choose (``tap0``, ``tap1``...). A TAP created here
+    disappears when the last fd is closed unless it was made persistent
+    elsewhere. The fds keep working after the interface is moved to another
+    namespace.
+    """
+
+    def __init__(
+        self,
+        name: str = "",
+        *,
+        queues: int = 1,
+        create: bool = True,
+        up: bool = True,
+    ) -> None:
+        if queues < 1:
+            raise DeviceError(f"a TAP needs at least one queue, not {queues}")
+        if not create and (not name or not _interface_exists(name)):
+            raise DeviceError(f"no such interface {name!r}")
+        flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+        fds: list[int] = []
+        try:
+            for _ in range(queues):
+                try:
+                    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise _open_error(name, exc) from None
+                fds.append(fd)
+                req = _ifreq(name, flags)
+                try:
+                    fcntl.ioctl(fd, TUNSETIFF, req, True)
+                    fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VirtioNetHdr.SIZE))
+                except OSError as exc:
+                    raise _open_error(name, exc) from None
+                name = _IFREQ.unpack_from(req)[0].rstrip(b"\0").decode()
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._setup(name, fds, _initial_flags(name))
+        self._offered = self._probe()
+        if up:
+            self.set_up(True)
+
+    @classmethod
+    def over_fds(cls, fds: Sequence[int], name: str = "test", offload_flags: int = 0) -> TapDevice:
+        """A TapDevice over fds that already speak header + frame (tests feed pipes).
+
+        No ioctl is issued: the offered flags are taken to be ``offload_flags``.
+        """
+        self = cls.__new__(cls)
+        self._setup(name, list(fds), offload_flags)
+        self._offered = offload_flags
+        return self
+
+    def _setup(self, name: str, fds: list[int], offload_flags: int) -> None:
+        self.name = name
+        self._fds = fds
+        self._flags = offload_flags
+        self._stats = DeviceStats()
+        self._validate: Validator | None = None
+        self._closed = False
+
+    # -- capabilities ----------------------------------------------------------
+    def _try_offload(self, flags: int) -> bool:
+        try:
+            fcntl.ioctl(self._fds[0], TUNSETOFFLOAD, flags)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            reason = os.strerror(exc.errno or 0)
+            raise DeviceError(f"TUNSETOFFLOAD on {self.name!r}: {reason}") from None
+        return True
+
+    def _probe(self) -> int:
+        """Which TUN_F_* flags the running kernel accepts; restores the current ones."""
+        offered = 0
+        if self._try_offload(TUN_F_CSUM):
+            offered |= TUN_F_CSUM
+            for flag in (TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN | TUN_F_TSO4, _USO):
+                if self._try_offload(TUN_F_CSUM | flag):
+                    offered |= flag
+        self._set_offload(self._flags)
+        return offered
+
+    def _set_offload(self, flags: int) -> None:
+        if not self._try_offload(flags):
+            raise DeviceError(f"{self.name!r}: the kernel refused offload flags {flags:#x}")
+        self._flags = flags
+
+    def offload_flags(self) -> int:
+        """The TUN_F_* flags set now."""
+        return self._flags
+
+    def capabilities(self) -> list[AnyRecord]:
+        """What this kernel's TAP offers, from the flags it accepted when probed."""
+        return _records(self._offered)
+
+    def enabled(self) -> Selection:
+        return Selection(r for r in _records(self._flags) if isinstance(r, CapabilityRecord))
+
+    def enable(self, selection: Selection) -> Selection:
+        selection.check_against(self.capabilities())
+        flags = 0
+        checksum = selection.get(Task.CHECKSUM)
+        if checksum is not None:
+            flags |= TUN_F_CSUM
+        tcp = selection.get(Task.TCP_SEGMENTATION)
+        if isinstance(tcp, TcpSegmentationCaps):
+            for version, flag in _TCP_FLAGS.items():
+                if version in tcp.versions:
+                    flags |= flag
+            if tcp.versions == IpVersions.ECN:
+                raise SelectionError("tcp_segmentation: ECN alone is meaningless; add ipv4/ipv6")
+        udp = selection.get(Task.UDP_SEGMENTATION)
+        if isinstance(udp, UdpSegmentationCaps):
+            if (
+                udp.versions & (IpVersions.IPV4 | IpVersions.IPV6)
+                != IpVersions.IPV4 | IpVersions.IPV6
+            ):
+                raise SelectionError(
+                    f"udp_segmentation on TAP {self.name!r} is IPv4 and IPv6 together or not at all"
+                )
+            flags |= _USO
+        if flags & ~TUN_F_CSUM and not flags & TUN_F_CSUM:
+            raise SelectionError(f"segmentation on TAP {self.name!r} needs checksum enabled too")
+        self._set_offload(flags)
+        return self.enabled()
+
+    # -- data path ---------------------------------------------------------------
+    def send(self, batch: Sequence[Packet]) -> int:
+        """Write each packet as header + frame; returns fewer when the queue fills up."""
+        fd = self._fds[0]
+        stats = self._stats
+        allowed = self._allowed_tasks()
+        zero = _ZERO_HDR
+        sent = 0
+        for packet in batch:
+            request = packet.tx
+            if request.ipv4_header_checksum and request.segmentation is None:
+                # A TAP never fills in an IPv4 header checksum of a single packet.
+                stats.drop(DropReason.TASK_NOT_ENABLED)
+                sent += 1
+                continue
+            if request.checksum is None and request.segmentation is None:
+                header = zero
+            else:
+                tasks = request.tasks()
+                if not tasks <= allowed:
+                    stats.drop(DropReason.TASK_NOT_ENABLED)
+                    sent += 1
+                    continue
+                try:
+                    header = VirtioNetHdr.from_tx_request(request).pack()
+                except VirtioHdrError:
+                    stats.drop(DropReason.BAD_VNET_HDR)
+                    sent += 1
+                    continue
+                for task in tasks:
+                    stats.task_done(task)
+            try:
+                os.writev(fd, (header, packet.data))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                # The kernel rejects what its own validation rejects: count, go on.
+                stats.drop(
+                    DropReason.BAD_VNET_HDR
+                    if exc.errno == errno.EINVAL
+                    else DropReason.MALFORMED_FRAME
+                )
+                sent += 1
+                continue
+            stats.tx_packets += 1
+            stats.tx_bytes += len(packet.data)
+            sent += 1
+        return sent
+
+    def _allowed_tasks(self) -> frozenset[Task]:
+        out = set()
+        if self._flags & TUN_F_CSUM:
+            out.add(Task.CHECKSUM)
+        if self._flags & (TUN_F_TSO4 | TUN_F_TSO6):
+            out.add(Task.TCP_SEGMENTATION)
+        if self._flags & _USO:
+            out.add(Task.UDP_SEGMENTATION)
+        return frozenset(out)
+
+    def recv(self, max_packets: int = 64) -> list[Packet]:
+        """Read up to ``max_packets`` frames across the queues; never blocks."""
+        out: list[Packet] = []
+        for queue, fd in enumerate(self._fds):
+            while len(out) < max_packets:
+                try:
+                    raw = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.EAGAIN:
+                        break
+                    reason = os.strerror(exc.errno or 0)
+                    raise DeviceError(f"read from TAP {self.name!r}: {reason}") from None
+                if not raw:
+                    break
+                packet = self._decode(raw, queue)
+                if packet is not None:
+                    out.append(packet)
+        return out
+
+    def _decode(self, raw: bytes, queue: int) -> Packet | None:
+        """Header + frame -> Packet, or None (counted) when the header is not acceptable."""
+        stats = self._stats
+        view = memoryview(raw)
+        try:
+            hdr = VirtioNetHdr.unpack(view)
+        except VirtioHdrError:
+            stats.drop(DropReason.BAD_VNET_HDR)
+            return None
+        frame = view[VirtioNetHdr.SIZE :]
+        if len(frame) < 14:
+            stats.drop(DropReason.MALFORMED_FRAME)
+            return None
+        if hdr.flags or hdr.gso_type:
+            if self._validate is None:
+                self._validate = _kernel_validator()
+            reason = self._validate(hdr, frame)
+            if reason is not None:
+                stats.drop(reason)
+                return None
+            try:
+                info = hdr.to_rx_info(segments_of(hdr, frame))
+            except VirtioHdrError:
+                stats.drop(DropReason.BAD_VNET_HDR)
+                return None
+            if info.assembled is not None:
+                stats.task_done(
+                    Task.UDP_ASSEMBLY
+                    if info.assembled.task is Task.UDP_SEGMENTATION
+                    else Task.TCP_ASSEMBLY
+                )
+            if hdr.flags:
+                stats.task_done(Task.CHECKSUM)
+        else:
+            info = _PLAIN_INFO
+        if queue:
+            info = dataclasses.replace(info, queue=queue)
+        stats.rx_packets += 1
+        stats.rx_bytes += len(frame)
+        return Packet(frame, rx=info)
+
+    def fileno(self) -> int:
+        """The first queue's fd (``filenos()`` gives all of them)."""
+        return self._fds[0]
+
+    def filenos(self) -> list[int]:
+        """One fd per queue."""
+        return list(self._fds)
+
+    def stats(self) -> DeviceStats:
+        snapshot = DeviceStats()
+        snapshot.merge(self._stats)
+        return snapshot
+
+    def set_up(self, up: bool = True) -> None:
+        """Set the interface administratively up (or down)."""
+        set_link_up(self.name, up)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+
+
+_ZERO_HDR = VirtioNetHdr().pack()
+_PLAIN_INFO = VirtioNetHdr().to_rx_info()
+
+
+def _records(flags: int) -> list[AnyRecord]:
+    out: list[AnyRecord] = []
+    if flags & TUN_F_CSUM:
+        out.append(ChecksumCaps(tx=_L4_ALL, rx=_L4_ALL))
+    versions = IpVersions.NONE
+    for version, flag in _TCP_FLAGS.items():
+        if flags & flag:
+            versions |= version
+    if versions & (IpVersions.IPV4 | IpVersions.IPV6):
+        out.append(TcpSegmentationCaps(max_size_bytes=65536, versions=versions))
+    if flags & _USO == _USO:
+        out.append(UdpSegmentationCaps(versions=IpVersions.IPV4 | IpVersions.IPV6))
+    return out
+
+
+def _interface_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _initial_flags(name: str) -> int:
+    """The TUN_F_* flags an existing TAP already has, read back from its netdev features."""
+    from netoffload.device.ethtool import read_features
+
+    try:
+        features = read_features(name)
+    except DeviceError:
+        return 0
+    table = {
+        "tx-checksum-ip-generic": TUN_F_CSUM,
+        "tx-tcp-segmentation": TUN_F_TSO4,
+        "tx-tcp6-segmentation": TUN_F_TSO6,
+        "tx-tcp-ecn-segmentation": TUN_F_TSO_ECN,
+        "tx-udp-segmentation": _USO,
+    }
+    flags = 0
+    for feature, flag in table.items():
+        found = features.get(feature)
+        if found is not None and found.active:
+            flags |= flag
+    return flags if flags & TUN_F_CSUM else 0
+
+
+def set_link_up(name: str, up: bool = True) -> None:
+    """SIOCSIFFLAGS IFF_UP on ``name`` in the calling thread's namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = _ifreq(name)
+        try:
+            fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req, True)
+            current = struct.unpack_from("H", req, 16)[0]
+            wanted = current | IFF_UP if up else current & ~IFF_UP
+            struct.pack_into("H", req, 16, wanted)
+            fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, req)
+        except OSError as exc:
+            raise DeviceError(f"cannot set {name!r} up: {os.strerror(exc.errno or 0)}") from None
