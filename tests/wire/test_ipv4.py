@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from ipaddress import IPv4Address
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -146,7 +148,7 @@ def test_truncated_at_every_length() -> None:
 
 
 def test_bad_values() -> None:
-    for field, value in [
+    bad: list[tuple[str, Any]] = [
         ("ttl", 256),
         ("dscp", 64),
         ("ecn", 4),
@@ -156,19 +158,16 @@ def test_bad_values() -> None:
         ("options", b"\x01"),
         ("options", bytes(44)),
         ("payload_len", 65536),
-    ]:
+    ]
+    for field, value in bad:
         with pytest.raises(WireError):
-            Ipv4Repr(**{**_fields(REPR), field: value})
+            dataclasses.replace(REPR, **{field: value})
     with pytest.raises(WireError):
         REPR.to_bytes(b"short")
     with pytest.raises(WireError):
         REPR.emit(bytearray(27))
     with pytest.raises(WireError):
         REPR.emit(bytearray(28), checksum=0x10000)
-
-
-def _fields(r: Ipv4Repr) -> dict[str, object]:
-    return {name: getattr(r, name) for name in r.__dataclass_fields__}
 
 
 @given(reprs, st.data())
