@@ -1,0 +1,611 @@
+"""TCP segment headers (RFC 9293): a zero-copy view, a checked value, options, checksum.
+
+Options are values in wire order, NOPs and the end-of-list marker included,
+so that emitting a parsed option list reproduces the original layout byte for
+byte. Bytes after an end-of-list option are padding and are not kept; emit
+fills them (and any shortfall to a 4-byte boundary) with zeros.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Final, TypeAlias
+
+from netoffload.wire.checksum import (
+    IPPROTO_TCP,
+    Address,
+    Buffer,
+    add16,
+    internet_checksum,
+    ones_sum,
+    pseudo_header_sum,
+)
+from netoffload.wire.error import WireError
+
+SRC_PORT: Final = 0
+DST_PORT: Final = 2
+SEQ_NUMBER: Final = 4
+ACK_NUMBER: Final = 8
+#: Data offset (4 bits), reserved (3 bits), then the nine flag bits.
+DATA_OFFSET_FLAGS: Final = 12
+WINDOW: Final = 14
+CHECKSUM: Final = 16
+URGENT_POINTER: Final = 18
+OPTIONS: Final = 20
+HEADER_LEN: Final = 20
+MAX_HEADER_LEN: Final = 60
+MAX_OPTIONS_LEN: Final = MAX_HEADER_LEN - HEADER_LEN
+MAX_SACK_BLOCKS: Final = 4
+
+_FLAG_MASK: Final = 0x1FF
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_HEADER = struct.Struct("!HHIIHHHH")
+_TIMESTAMPS = struct.Struct("!II")
+
+
+class TcpFlags(IntFlag):
+    """The TCP control bits; ``AE`` (RFC 9768, formerly ``NS``) is the ninth."""
+
+    FIN = 0x001
+    SYN = 0x002
+    RST = 0x004
+    PSH = 0x008
+    ACK = 0x010
+    URG = 0x020
+    ECE = 0x040
+    CWR = 0x080
+    AE = 0x100
+    NS = 0x100
+
+
+class TcpOptionKind(IntEnum):
+    """Option kinds this module decodes; any other kind is kept as raw bytes."""
+
+    EOL = 0
+    NOP = 1
+    MSS = 2
+    WINDOW_SCALE = 3
+    SACK_PERMITTED = 4
+    SACK = 5
+    TIMESTAMPS = 8
+
+
+_KNOWN_KINDS: Final = frozenset(int(k) for k in TcpOptionKind)
+_NO_FLAGS: Final = TcpFlags(0)
+
+
+def _memoryview(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+def _check_range(name: str, value: int, bits: int) -> None:
+    if not isinstance(value, int) or not 0 <= value < (1 << bits):
+        raise WireError(f"{name} {value!r} does not fit in {bits} bits")
+
+
+@dataclass(frozen=True, slots=True)
+class TcpEndOfList:
+    """End of option list (kind 0); what follows it is padding."""
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return b"\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpNoOperation:
+    """No-operation (kind 1), used to align the next option."""
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpMss:
+    """Maximum segment size (kind 2)."""
+
+    mss_bytes: int
+
+    def __post_init__(self) -> None:
+        _check_range("MSS", self.mss_bytes, 16)
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return b"\x02\x04" + _U16.pack(self.mss_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpWindowScale:
+    """Window scale shift count (kind 3, RFC 7323); kept as sent, even above 14."""
+
+    shift: int
+
+    def __post_init__(self) -> None:
+        _check_range("window scale shift", self.shift, 8)
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return bytes((3, 3, self.shift))
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSackPermitted:
+    """SACK permitted (kind 4, RFC 2018)."""
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return b"\x04\x02"
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSack:
+    """Selective acknowledgment (kind 5, RFC 2018): 1 to 4 (left, right) edges."""
+
+    blocks: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.blocks) <= MAX_SACK_BLOCKS:
+            raise WireError(f"a SACK option holds 1 to 4 blocks, not {len(self.blocks)}")
+        for left, right in self.blocks:
+            _check_range("SACK edge", left, 32)
+            _check_range("SACK edge", right, 32)
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        out = bytearray((5, 2 + 8 * len(self.blocks)))
+        for left, right in self.blocks:
+            out += _TIMESTAMPS.pack(left, right)
+        return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTimestamps:
+    """Timestamps (kind 8, RFC 7323): the sender's clock and the echoed one."""
+
+    tsval: int
+    tsecr: int
+
+    def __post_init__(self) -> None:
+        _check_range("TSval", self.tsval, 32)
+        _check_range("TSecr", self.tsecr, 32)
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return b"\x08\x0a" + _TIMESTAMPS.pack(self.tsval, self.tsecr)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpUnknownOption:
+    """An option of a kind this module does not decode, kept as its data bytes."""
+
+    kind: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        if self.kind in _KNOWN_KINDS:
+            raise WireError(f"option kind {self.kind} has its own type")
+        _check_range("option kind", self.kind, 8)
+        if not isinstance(self.data, bytes) or len(self.data) > MAX_OPTIONS_LEN - 2:
+            raise WireError(f"option data must be at most {MAX_OPTIONS_LEN - 2} bytes")
+
+    def to_bytes(self) -> bytes:
+        """The option as it appears on the wire."""
+        return bytes((self.kind, 2 + len(self.data))) + self.data
+
+
+TcpOption: TypeAlias = (
+    TcpEndOfList
+    | TcpNoOperation
+    | TcpMss
+    | TcpWindowScale
+    | TcpSackPermitted
+    | TcpSack
+    | TcpTimestamps
+    | TcpUnknownOption
+)
+_OPTION_TYPES: Final = (
+    TcpEndOfList,
+    TcpNoOperation,
+    TcpMss,
+    TcpWindowScale,
+    TcpSackPermitted,
+    TcpSack,
+    TcpTimestamps,
+    TcpUnknownOption,
+)
+_EOL: Final = TcpEndOfList()
+_NOP: Final = TcpNoOperation()
+_FIXED_LEN: Final[dict[int, int]] = {
+    TcpOptionKind.MSS: 4,
+    TcpOptionKind.WINDOW_SCALE: 3,
+    TcpOptionKind.SACK_PERMITTED: 2,
+    TcpOptionKind.TIMESTAMPS: 10,
+}
+
+
+def parse_options(data: Buffer, base_offset: int = OPTIONS) -> tuple[TcpOption, ...]:
+    """Decode an option area; ``base_offset`` is only used in error offsets.
+
+    Raises ``WireError`` on a length byte below 2, an option running past the
+    area, or a known kind with the wrong length.
+    """
+    view = _memoryview(data)
+    n = len(view)
+    out: list[TcpOption] = []
+    i = 0
+    while i < n:
+        kind = view[i]
+        if kind == TcpOptionKind.EOL:
+            out.append(_EOL)
+            break
+        if kind == TcpOptionKind.NOP:
+            out.append(_NOP)
+            i += 1
+            continue
+        if i + 1 >= n:
+            raise WireError(f"option kind {kind} has no length byte", base_offset + i)
+        length = view[i + 1]
+        if length < 2 or i + length > n:
+            raise WireError(f"option kind {kind} has bad length {length}", base_offset + i + 1)
+        body = view[i + 2 : i + length]
+        expected = _FIXED_LEN.get(kind)
+        if expected is not None and length != expected:
+            raise WireError(
+                f"option kind {kind} must be {expected} bytes, not {length}", base_offset + i + 1
+            )
+        out.append(_decode_option(kind, length, body, base_offset + i))
+        i += length
+    return tuple(out)
+
+
+def _decode_option(kind: int, length: int, body: memoryview, offset: int) -> TcpOption:
+    if kind == TcpOptionKind.MSS:
+        return TcpMss(_U16.unpack_from(body)[0])
+    if kind == TcpOptionKind.WINDOW_SCALE:
+        return TcpWindowScale(body[0])
+    if kind == TcpOptionKind.SACK_PERMITTED:
+        return TcpSackPermitted()
+    if kind == TcpOptionKind.TIMESTAMPS:
+        tsval, tsecr = _TIMESTAMPS.unpack_from(body)
+        return TcpTimestamps(tsval, tsecr)
+    if kind == TcpOptionKind.SACK:
+        count, rest = divmod(length - 2, 8)
+        if rest or not 1 <= count <= MAX_SACK_BLOCKS:
+            raise WireError(f"SACK option length {length} is not 2 + 8 * (1..4)", offset + 1)
+        blocks = tuple(_TIMESTAMPS.unpack_from(body, 8 * k) for k in range(count))
+        return TcpSack(blocks)
+    return TcpUnknownOption(kind, bytes(body))
+
+
+def options_bytes(options: tuple[TcpOption, ...]) -> bytes:
+    """The option area for ``options``, zero-padded to a multiple of 4 bytes."""
+    raw = b"".join(opt.to_bytes() for opt in options)
+    return raw + bytes(-len(raw) % 4)
+
+
+class TcpPacket:
+    """A zero-copy view of a TCP segment: the buffer is the header and the payload.
+
+    ``TcpPacket(buf)`` checks nothing; ``TcpPacket.checked(buf)`` checks the
+    header length and the options, after which no accessor can fail. Setters
+    need a writable buffer (a ``bytearray`` or writable ``memoryview``).
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, buf: Buffer) -> None:
+        self._buf = _memoryview(buf)
+
+    @classmethod
+    def checked(cls, buf: Buffer) -> TcpPacket:
+        """A view of ``buf`` after checking the header and options."""
+        packet = cls(buf)
+        packet.check_len()
+        return packet
+
+    def check_len(self) -> None:
+        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        n = len(self._buf)
+        if n < HEADER_LEN:
+            raise WireError(f"TCP segment of {n} bytes is shorter than {HEADER_LEN}", 0)
+        header_len = self.header_len
+        if header_len < HEADER_LEN:
+            raise WireError(f"TCP data offset {header_len // 4} is below 5", DATA_OFFSET_FLAGS)
+        if header_len > n:
+            raise WireError(
+                f"TCP header of {header_len} bytes overruns a {n}-byte segment", DATA_OFFSET_FLAGS
+            )
+        parse_options(self.options)
+
+    def _writable(self) -> memoryview:
+        if self._buf.readonly:
+            raise WireError("cannot set a field of a read-only buffer")
+        return self._buf
+
+    def _put16(self, offset: int, name: str, value: int) -> None:
+        _check_range(name, value, 16)
+        _U16.pack_into(self._writable(), offset, value)
+
+    def _put32(self, offset: int, name: str, value: int) -> None:
+        _check_range(name, value, 32)
+        _U32.pack_into(self._writable(), offset, value)
+
+    @property
+    def buffer(self) -> memoryview:
+        """The whole underlying buffer."""
+        return self._buf
+
+    @property
+    def src_port(self) -> int:
+        """Source port."""
+        value: int = _U16.unpack_from(self._buf, SRC_PORT)[0]
+        return value
+
+    @src_port.setter
+    def src_port(self, value: int) -> None:
+        self._put16(SRC_PORT, "source port", value)
+
+    @property
+    def dst_port(self) -> int:
+        """Destination port."""
+        value: int = _U16.unpack_from(self._buf, DST_PORT)[0]
+        return value
+
+    @dst_port.setter
+    def dst_port(self, value: int) -> None:
+        self._put16(DST_PORT, "destination port", value)
+
+    @property
+    def seq_number(self) -> int:
+        """Sequence number."""
+        value: int = _U32.unpack_from(self._buf, SEQ_NUMBER)[0]
+        return value
+
+    @seq_number.setter
+    def seq_number(self, value: int) -> None:
+        self._put32(SEQ_NUMBER, "sequence number", value)
+
+    @property
+    def ack_number(self) -> int:
+        """Acknowledgment number (meaningful when ACK is set)."""
+        value: int = _U32.unpack_from(self._buf, ACK_NUMBER)[0]
+        return value
+
+    @ack_number.setter
+    def ack_number(self, value: int) -> None:
+        self._put32(ACK_NUMBER, "acknowledgment number", value)
+
+    @property
+    def header_len(self) -> int:
+        """Header length in bytes (the data offset times 4)."""
+        return (self._buf[DATA_OFFSET_FLAGS] >> 4) * 4
+
+    @header_len.setter
+    def header_len(self, value: int) -> None:
+        if value % 4 or not HEADER_LEN <= value <= MAX_HEADER_LEN:
+            raise WireError(f"TCP header length {value} is not a multiple of 4 in 20..60")
+        buf = self._writable()
+        buf[DATA_OFFSET_FLAGS] = (value // 4) << 4 | (buf[DATA_OFFSET_FLAGS] & 0x0F)
+
+    @property
+    def flags(self) -> TcpFlags:
+        """The nine control bits."""
+        word: int = _U16.unpack_from(self._buf, DATA_OFFSET_FLAGS)[0]
+        return TcpFlags(word & _FLAG_MASK)
+
+    @flags.setter
+    def flags(self, value: int) -> None:
+        _check_range("TCP flags", value, 9)
+        buf = self._writable()
+        word: int = _U16.unpack_from(buf, DATA_OFFSET_FLAGS)[0]
+        _U16.pack_into(buf, DATA_OFFSET_FLAGS, (word & ~_FLAG_MASK) | int(value))
+
+    @property
+    def reserved_bits(self) -> int:
+        """The three reserved bits between the data offset and the flags."""
+        return (self._buf[DATA_OFFSET_FLAGS] >> 1) & 0x7
+
+    @property
+    def window_len(self) -> int:
+        """Window field (before any window scaling)."""
+        value: int = _U16.unpack_from(self._buf, WINDOW)[0]
+        return value
+
+    @window_len.setter
+    def window_len(self, value: int) -> None:
+        self._put16(WINDOW, "window", value)
+
+    @property
+    def checksum(self) -> int:
+        """Checksum field as it is in the buffer."""
+        value: int = _U16.unpack_from(self._buf, CHECKSUM)[0]
+        return value
+
+    @checksum.setter
+    def checksum(self, value: int) -> None:
+        self._put16(CHECKSUM, "checksum", value)
+
+    @property
+    def urgent_pointer(self) -> int:
+        """Urgent pointer (meaningful when URG is set)."""
+        value: int = _U16.unpack_from(self._buf, URGENT_POINTER)[0]
+        return value
+
+    @urgent_pointer.setter
+    def urgent_pointer(self, value: int) -> None:
+        self._put16(URGENT_POINTER, "urgent pointer", value)
+
+    @property
+    def options(self) -> memoryview:
+        """The raw option area, padding included (no copy)."""
+        return self._buf[OPTIONS : self.header_len]
+
+    @property
+    def parsed_options(self) -> tuple[TcpOption, ...]:
+        """The options decoded, in wire order."""
+        return parse_options(self.options)
+
+    @property
+    def payload(self) -> memoryview:
+        """The bytes after the header (no copy)."""
+        return self._buf[self.header_len :]
+
+    def _sum(self, src: Address, dst: Address) -> int:
+        """Folded sum of the pseudo-header and the whole segment as it stands."""
+        pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, len(self._buf))
+        return add16(pseudo, ones_sum(self._buf))
+
+    def compute_checksum(self, src: Address, dst: Address) -> int:
+        """The value the checksum field should hold, whatever it holds now."""
+        without_field = add16(self._sum(src, dst), ~self.checksum & 0xFFFF)
+        return ~without_field & 0xFFFF
+
+    def verify_checksum(self, src: Address, dst: Address) -> bool:
+        """True when the checksum is right for these IPv4 or IPv6 addresses."""
+        return self._sum(src, dst) == 0xFFFF
+
+    def fill_checksum(self, src: Address, dst: Address) -> None:
+        """Compute the checksum and write it into the buffer."""
+        self.checksum = self.compute_checksum(src, dst)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpRepr:
+    """A TCP header as checked values; options in wire order (see the module doc)."""
+
+    src_port: int
+    dst_port: int
+    seq_number: int
+    ack_number: int = 0
+    flags: TcpFlags = _NO_FLAGS
+    window_len: int = 0
+    urgent_pointer: int = 0
+    options: tuple[TcpOption, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_range("source port", self.src_port, 16)
+        _check_range("destination port", self.dst_port, 16)
+        _check_range("sequence number", self.seq_number, 32)
+        _check_range("acknowledgment number", self.ack_number, 32)
+        _check_range("TCP flags", self.flags, 9)
+        _check_range("window", self.window_len, 16)
+        _check_range("urgent pointer", self.urgent_pointer, 16)
+        if not isinstance(self.options, tuple):
+            raise WireError("options must be a tuple")
+        for opt in self.options:
+            if not isinstance(opt, _OPTION_TYPES):
+                raise WireError(f"{opt!r} is not a TCP option")
+        if self.header_len > MAX_HEADER_LEN:
+            raise WireError(f"options make a {self.header_len}-byte header, over 60")
+
+    @classmethod
+    def parse(
+        cls,
+        data: Buffer,
+        *,
+        src: Address | None = None,
+        dst: Address | None = None,
+        verify_checksum: bool = True,
+    ) -> TcpRepr:
+        """Parse and check the segment ``data`` (header and payload).
+
+        With ``src`` and ``dst`` the checksum is verified too, unless
+        ``verify_checksum`` is false.
+        """
+        packet = TcpPacket.checked(data)
+        if (src is None) != (dst is None):
+            raise WireError("give both src and dst, or neither")
+        if (
+            verify_checksum
+            and src is not None
+            and dst is not None
+            and not packet.verify_checksum(src, dst)
+        ):
+            raise WireError("TCP checksum is wrong", CHECKSUM)
+        return cls(
+            src_port=packet.src_port,
+            dst_port=packet.dst_port,
+            seq_number=packet.seq_number,
+            ack_number=packet.ack_number,
+            flags=packet.flags,
+            window_len=packet.window_len,
+            urgent_pointer=packet.urgent_pointer,
+            options=packet.parsed_options,
+        )
+
+    @property
+    def header_len(self) -> int:
+        """Bytes this header takes on the wire, options and padding included."""
+        raw = sum(len(opt.to_bytes()) for opt in self.options)
+        return HEADER_LEN + raw + (-raw % 4)
+
+    def buffer_len(self, payload_len: int = 0) -> int:
+        """Bytes of a segment with this header and ``payload_len`` bytes of payload."""
+        return self.header_len + payload_len
+
+    def emit(
+        self,
+        buf: Buffer,
+        offset: int = 0,
+        *,
+        payload: Buffer = b"",
+        src: Address | None = None,
+        dst: Address | None = None,
+        checksum: int | None = None,
+    ) -> None:
+        """Write the header and ``payload`` into ``buf`` at ``offset``.
+
+        ``checksum=None`` computes the checksum (``src`` and ``dst`` are then
+        needed); any other value is written as given (0 included).
+        """
+        view = _memoryview(buf)
+        if view.readonly:
+            raise WireError("cannot emit into a read-only buffer")
+        opts = options_bytes(self.options)
+        header_len = HEADER_LEN + len(opts)
+        total = header_len + len(payload)
+        if offset < 0 or offset + total > len(view):
+            raise WireError(f"buffer too short for a {total}-byte segment", offset)
+        if checksum is None and (src is None or dst is None):
+            raise WireError("src and dst are needed to compute the checksum")
+        if checksum is not None:
+            _check_range("checksum", checksum, 16)
+        _HEADER.pack_into(
+            view,
+            offset,
+            self.src_port,
+            self.dst_port,
+            self.seq_number,
+            self.ack_number,
+            (header_len // 4) << 12 | int(self.flags),
+            self.window_len,
+            0 if checksum is None else checksum,
+            self.urgent_pointer,
+        )
+        view[offset + HEADER_LEN : offset + header_len] = opts
+        view[offset + header_len : offset + total] = payload
+        if checksum is None:
+            assert src is not None and dst is not None
+            pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, total)
+            value = internet_checksum(view[offset : offset + total], pseudo)
+            _U16.pack_into(view, offset + CHECKSUM, value)
+
+    def to_bytes(
+        self,
+        payload: Buffer = b"",
+        *,
+        src: Address | None = None,
+        dst: Address | None = None,
+        checksum: int | None = None,
+    ) -> bytes:
+        """The segment (header and ``payload``) as new bytes."""
+        out = bytearray(self.buffer_len(len(payload)))
+        self.emit(out, payload=payload, src=src, dst=dst, checksum=checksum)
+        return bytes(out)
