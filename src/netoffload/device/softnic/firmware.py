@@ -1,0 +1,339 @@
+"""SoftNic firmware: the NIC's own processor, run as ``python -m`` in a child process.
+
+It maps the shared region, waits on its doorbell, its control socket and
+its wire port, and runs the same engine the host would
+(``engine.pipeline``) on the tasks the host enabled:
+
+* transmit: descriptors from the TX ring become a batch of ``Packet``
+  views into the pool; ``pipeline.transmit`` does the enabled work; a frame
+  whose request still names a task the firmware did not do is dropped as
+  ``TASK_NOT_ENABLED``; the rest go on the wire and the slots come back on
+  the completion ring.
+* receive: frames from the wire go through ``pipeline.receive`` and are
+  copied into slots the host posted on the fill ring, with an RX descriptor
+  carrying their ``RxInfo``. With no fill slot left the port stops reading
+  the wire, which backs up into the sender (a pause frame, not a drop).
+
+Bad input is data: a malformed descriptor or frame is dropped with a reason
+and counted; nothing a packet contains makes this process exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from netoffload.device.softnic import control, layout
+from netoffload.device.softnic._passthrough import pipeline
+from netoffload.device.softnic.control import Op, Status
+from netoffload.device.softnic.layout import (
+    HEADROOM,
+    RX_HEAD,
+    TX_HEAD,
+    Geometry,
+    Memo,
+    Ring,
+    SlotRing,
+)
+from netoffload.device.wire import WireEnd
+from netoffload.offload import (
+    CapabilityError,
+    CapabilityRecord,
+    DeviceStats,
+    DropReason,
+    Packet,
+    Selection,
+    SelectionError,
+    Task,
+    VirtioHdrError,
+    decode_capabilities,
+    encode_capabilities,
+)
+
+# Descriptors handled per pass: big enough to amortise a pipeline call, small
+# enough that control requests and the other direction are not starved.
+BATCH = 128
+# Stop taking transmit descriptors while this much is queued for the wire.
+WIRE_BACKLOG_BYTES = 2 * 1024 * 1024
+IDLE_POLL_MS = 1000
+
+
+class Firmware:
+    """The firmware's state and main loop."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.geometry = Geometry(**config["geometry"])
+        g = self.geometry
+        self.region = layout.map_region(config["mem_fd"], g)
+        os.close(config["mem_fd"])
+        self.mem = memoryview(self.region)
+        self.tx = Ring(self.mem, "tx", g.tx_ring_offset, g.ring_entries, layout.DESC_SIZE)
+        self.rx = Ring(self.mem, "rx", g.rx_ring_offset, g.ring_entries, layout.DESC_SIZE)
+        self.completion = SlotRing(self.mem, "completion", g.completion_ring_offset, g.ring_entries)
+        self.fill = SlotRing(self.mem, "fill", g.fill_ring_offset, g.ring_entries)
+        self.nic_bell: int = config["nic_bell"]
+        self.rx_bell: int = config["rx_bell"]
+        self.completion_bell: int = config["completion_bell"]
+        self.ctrl = socket.socket(fileno=config["ctrl_fd"])
+        self.wire: WireEnd | None = None
+        if config.get("wire_fd") is not None:
+            self.wire = WireEnd.from_fd(config["wire_fd"], config["wire"])
+        self.advertised = decode_capabilities(bytes.fromhex(config["caps"]))
+        self.selection = Selection.everything(self.advertised)
+        self.tasks: frozenset[Task] = frozenset(self.selection)
+        self.stats = DeviceStats()
+        self.free_rx: list[int] = []
+        self.decode_tx = Memo(layout.decode_tx_ext)
+        self.encode_rx = Memo(layout.encode_rx_ext)
+        self.running = True
+
+    # -- main loop ------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until told to stop or until the host goes away."""
+        self.ctrl.send(Op.READY.value)
+        poller = select.poll()
+        poller.register(self.nic_bell, select.POLLIN)
+        poller.register(self.ctrl, select.POLLIN)
+        wire_mask = -1
+        while self.running:
+            if self.wire is not None:
+                mask = self._wire_interest()
+                if mask != wire_mask:
+                    poller.register(self.wire, mask)
+                    wire_mask = mask
+            for fd, _ in poller.poll(self._timeout_ms()):
+                if fd == self.nic_bell:
+                    _drain_eventfd(fd)
+                elif fd == self.ctrl.fileno():
+                    self._control()
+            self._service()
+
+    def _wire_interest(self) -> int:
+        assert self.wire is not None
+        mask = 0
+        if self.wire.pending_bytes:
+            mask |= select.POLLOUT
+        if (self.free_rx or self.fill.available()) and not self.wire.peer_closed:
+            mask |= select.POLLIN
+        return mask
+
+    def _timeout_ms(self) -> int:
+        due = self.wire.next_due_ns() if self.wire is not None else None
+        if due is None:
+            return IDLE_POLL_MS
+        return max(0, min(IDLE_POLL_MS, (due - time.monotonic_ns()) // 1_000_000 + 1))
+
+    def _service(self) -> None:
+        """One pass over everything that may have work: transmit, then receive."""
+        while self._transmit_batch():
+            pass
+        while self._receive_batch():
+            pass
+        if self.wire is not None:
+            self.wire.flush(time.monotonic_ns())
+
+    # -- transmit ---------------------------------------------------------------------
+    def _transmit_batch(self) -> bool:
+        """Take one batch of TX descriptors; False when there was nothing to take."""
+        if self.wire is not None and self.wire.pending_bytes > WIRE_BACKLOG_BYTES:
+            self.wire.flush()
+            if self.wire.pending_bytes > WIRE_BACKLOG_BYTES:
+                return False
+        tail = self.tx.consumer
+        count = min((self.tx.producer - tail) & 0xFFFFFFFF, BATCH)
+        if count == 0:
+            return False
+        g, mem, stats = self.geometry, self.mem, self.stats
+        packets: list[Packet] = []
+        done_slots: list[int] = []
+        for i in range(count):
+            at = self.tx.entry_offset(tail + i)
+            slot, offset, length = TX_HEAD.unpack_from(mem, at)
+            if slot >= g.slots:
+                stats.drop(DropReason.MALFORMED_FRAME)
+                continue
+            done_slots.append(slot)
+            if offset + length > g.slot_bytes or length < 14:
+                stats.drop(DropReason.MALFORMED_FRAME)
+                continue
+            try:
+                request = self.decode_tx(bytes(mem[at + TX_HEAD.size : at + layout.DESC_SIZE]))
+            except VirtioHdrError:
+                stats.drop(DropReason.BAD_VNET_HDR)
+                continue
+            base = g.pool_offset + slot * g.slot_bytes + offset
+            packets.append(Packet(mem[base : base + length], request))
+        self.tx.publish_consumer(tail + count)
+        frames = self._run_transmit(packets)
+        stats.tx_packets += len(frames)
+        stats.tx_bytes += sum(map(len, frames))
+        if self.wire is not None:
+            # send_batch copies whatever the socket does not take at once, so the
+            # slots may go back to the host right after it.
+            self.wire.send_batch(frames, time.monotonic_ns())
+        self.completion.push(done_slots)
+        os.eventfd_write(self.completion_bell, 1)
+        return True
+
+    def _run_transmit(self, packets: Sequence[Packet]) -> list[Any]:
+        stats = self.stats
+        try:
+            outcome = pipeline.transmit(packets, self.tasks)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(packets))
+            return []
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        frames = []
+        for packet in outcome.packets:
+            if packet.tx.tasks():
+                stats.drop(DropReason.TASK_NOT_ENABLED)
+            else:
+                frames.append(packet.data)
+        return frames
+
+    # -- receive ----------------------------------------------------------------------
+    def _receive_batch(self) -> bool:
+        """Move one batch of frames from the wire into fill slots; False when idle."""
+        if self.wire is None:
+            return False
+        free = self.free_rx
+        if len(free) < BATCH:
+            free.extend(self.fill.pop())
+        if not free:
+            return False
+        frames = self.wire.recv_batch(min(len(free), BATCH))
+        if not frames:
+            return False
+        stats = self.stats
+        stats.rx_packets += len(frames)
+        stats.rx_bytes += sum(map(len, frames))
+        try:
+            outcome = pipeline.receive(frames, self.tasks)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
+            return True
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        g, mem = self.geometry, self.mem
+        head = self.rx.producer
+        posted = 0
+        capacity = g.slot_bytes - HEADROOM
+        for packet in outcome.packets:
+            size = len(packet.data)
+            if size > capacity:
+                stats.drop(DropReason.TOO_LARGE)
+                continue
+            if not free:
+                stats.drop(DropReason.NO_BUFFER)
+                continue
+            slot = free.pop()
+            base = g.pool_offset + slot * g.slot_bytes + HEADROOM
+            mem[base : base + size] = packet.data
+            at = self.rx.entry_offset(head + posted)
+            RX_HEAD.pack_into(mem, at, slot, HEADROOM, size)
+            mem[at + RX_HEAD.size : at + layout.DESC_SIZE] = self.encode_rx(packet.rx)
+            posted += 1
+        if posted:
+            self.rx.publish_producer(head + posted)
+            os.eventfd_write(self.rx_bell, 1)
+        return True
+
+    # -- control ----------------------------------------------------------------------
+    def _control(self) -> None:
+        try:
+            request = self.ctrl.recv(control.MAX_MESSAGE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            request = b""
+        if not request:
+            self.running = False  # the host closed its end: it is gone
+            return
+        op, payload = request[:1], request[1:]
+        if op == Op.QUERY.value:
+            self._reply(Status.OK, encode_capabilities(self.advertised))
+        elif op == Op.ENABLED.value:
+            self._reply(Status.OK, encode_capabilities(self.selection.records()))
+        elif op == Op.ENABLE.value:
+            self._enable(payload)
+        elif op == Op.STATS.value:
+            self._service()
+            self._reply(Status.OK, json.dumps(self._stats_json()).encode())
+        elif op == Op.FLUSH.value:
+            self._flush()
+            self._reply(Status.OK, b"")
+        elif op == Op.STOP.value:
+            self._reply(Status.OK, b"")
+            self.running = False
+        else:
+            self._reply(Status.MALFORMED, f"unknown request {op!r}".encode())
+
+    def _enable(self, payload: bytes) -> None:
+        try:
+            records = decode_capabilities(payload)
+            known = [r for r in records if isinstance(r, CapabilityRecord)]
+            if len(known) != len(records):
+                raise SelectionError("selection names a task this device does not know")
+            selection = Selection(known)
+            selection.check_against(self.advertised)
+        except (CapabilityError, SelectionError) as exc:
+            self._reply(Status.REFUSED, str(exc).encode())
+            return
+        self.selection = selection
+        self.tasks = frozenset(selection)
+        self._reply(Status.OK, encode_capabilities(selection.records()))
+
+    def _flush(self) -> None:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            self._service()
+            wire_idle = self.wire is None or self.wire.pending_bytes == 0
+            if self.tx.available() == 0 and wire_idle:
+                return
+            if self.wire is not None and self.wire.pending_bytes:
+                select.select([], [self.wire], [], 0.05)
+
+    def _stats_json(self) -> dict[str, Any]:
+        stats = DeviceStats()
+        stats.merge(self.stats)
+        wire: dict[str, int] = {}
+        if self.wire is not None:
+            for reason, n in self.wire.drops().items():
+                stats.drop(reason, n)
+            wire = dict(self.wire.counters)
+        return {"device": stats.as_dict(), "wire": wire}
+
+    def _reply(self, status: Status, payload: bytes) -> None:
+        try:
+            self.ctrl.send(status.value + payload)
+        except OSError:
+            self.running = False
+
+
+def _drain_eventfd(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        os.eventfd_read(fd)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: ``python -m netoffload.device.softnic.firmware CONFIG_JSON``."""
+    config = json.loads(argv[1])
+    firmware = Firmware(config)
+    firmware.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
