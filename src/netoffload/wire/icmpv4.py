@@ -1,0 +1,405 @@
+"""ICMPv4 messages (RFC 792): echo, destination unreachable, time exceeded.
+
+Other message types are kept as ``Icmpv4OtherRepr`` with their raw
+rest-of-header word and body, so they re-emit byte for byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum
+from netoffload.wire.error import WireError
+
+TYPE: Final = 0
+CODE: Final = 1
+CHECKSUM: Final = 2
+REST: Final = 4
+ECHO_IDENT: Final = 4
+ECHO_SEQ: Final = 6
+NEXT_HOP_MTU: Final = 6
+HEADER_LEN: Final = 8
+
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_HEADER = struct.Struct("!BBHI")
+
+
+class Icmpv4Type(IntEnum):
+    """ICMPv4 message types the stack knows by name."""
+
+    ECHO_REPLY = 0
+    DEST_UNREACHABLE = 3
+    REDIRECT = 5
+    ECHO_REQUEST = 8
+    TIME_EXCEEDED = 11
+    PARAMETER_PROBLEM = 12
+
+
+class DestUnreachableCode(IntEnum):
+    """Codes of destination unreachable messages."""
+
+    NET = 0
+    HOST = 1
+    PROTOCOL = 2
+    PORT = 3
+    FRAG_NEEDED = 4
+    SOURCE_ROUTE_FAILED = 5
+    ADMIN_PROHIBITED = 13
+
+
+class TimeExceededCode(IntEnum):
+    """Codes of time exceeded messages."""
+
+    TTL = 0
+    REASSEMBLY = 1
+
+
+def _memoryview(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    if view.ndim != 1 or view.format != "B":
+        view = view.cast("B")
+    return view
+
+
+def _check_range(what: str, value: int, top: int) -> None:
+    if not 0 <= value <= top:
+        raise WireError(f"ICMPv4 {what} {value} not in 0..{top}")
+
+
+class Icmpv4Packet:
+    """A zero-copy view of one ICMPv4 message; the buffer is the whole message.
+
+    ``Icmpv4Packet(buf)`` does not check anything; use ``Icmpv4Packet.checked``
+    on untrusted input, after which no accessor can fail.
+    """
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, buf: Buffer) -> None:
+        self._buf = _memoryview(buf)
+
+    @classmethod
+    def checked(cls, buf: Buffer) -> Icmpv4Packet:
+        """A view of ``buf`` after checking that the 8-byte header is there."""
+        packet = cls(buf)
+        if len(packet._buf) < HEADER_LEN:
+            raise WireError(
+                f"ICMPv4 message of {len(packet._buf)} bytes is shorter than {HEADER_LEN}", 0
+            )
+        return packet
+
+    def _writable(self) -> memoryview:
+        if self._buf.readonly:
+            raise WireError("cannot set a field of a read-only buffer")
+        return self._buf
+
+    def _u16(self, offset: int) -> int:
+        value: int = _U16.unpack_from(self._buf, offset)[0]
+        return value
+
+    @property
+    def buffer(self) -> memoryview:
+        """The whole underlying buffer."""
+        return self._buf
+
+    @property
+    def icmp_type(self) -> int:
+        """Message type (an ``Icmpv4Type`` member when known)."""
+        value = self._buf[TYPE]
+        try:
+            return Icmpv4Type(value)
+        except ValueError:
+            return value
+
+    @icmp_type.setter
+    def icmp_type(self, value: int) -> None:
+        self._writable()[TYPE] = value
+
+    @property
+    def code(self) -> int:
+        """Message code."""
+        return self._buf[CODE]
+
+    @code.setter
+    def code(self, value: int) -> None:
+        self._writable()[CODE] = value
+
+    @property
+    def checksum(self) -> int:
+        """Checksum field."""
+        return self._u16(CHECKSUM)
+
+    @checksum.setter
+    def checksum(self, value: int) -> None:
+        _U16.pack_into(self._writable(), CHECKSUM, value)
+
+    @property
+    def rest(self) -> int:
+        """The 32-bit rest-of-header word, whatever the type makes of it."""
+        value: int = _U32.unpack_from(self._buf, REST)[0]
+        return value
+
+    @rest.setter
+    def rest(self, value: int) -> None:
+        _U32.pack_into(self._writable(), REST, value)
+
+    @property
+    def echo_ident(self) -> int:
+        """Echo identifier."""
+        return self._u16(ECHO_IDENT)
+
+    @echo_ident.setter
+    def echo_ident(self, value: int) -> None:
+        _U16.pack_into(self._writable(), ECHO_IDENT, value)
+
+    @property
+    def echo_seq(self) -> int:
+        """Echo sequence number."""
+        return self._u16(ECHO_SEQ)
+
+    @echo_seq.setter
+    def echo_seq(self, value: int) -> None:
+        _U16.pack_into(self._writable(), ECHO_SEQ, value)
+
+    @property
+    def next_hop_mtu(self) -> int:
+        """Next-hop MTU of a "fragmentation needed" message (RFC 1191)."""
+        return self._u16(NEXT_HOP_MTU)
+
+    @property
+    def data(self) -> memoryview:
+        """Everything after the 8-byte header: echo data or the quoted datagram."""
+        return self._buf[HEADER_LEN:]
+
+    def compute_checksum(self) -> int:
+        """The checksum the message should carry (the field itself is skipped)."""
+        return internet_checksum(self._buf[REST:], ones_sum(self._buf[:CHECKSUM]))
+
+    def fill_checksum(self) -> None:
+        """Compute the checksum and write it into the checksum field."""
+        self.checksum = self.compute_checksum()
+
+    def verify_checksum(self) -> bool:
+        """True when the checksum is correct."""
+        return internet_checksum(self._buf) == 0
+
+
+class Icmpv4Repr(ABC):
+    """An ICMPv4 message as checked values; ``parse`` picks the subclass."""
+
+    __slots__ = ()
+
+    @property
+    @abstractmethod
+    def icmp_type(self) -> int:
+        """Message type."""
+
+    @property
+    @abstractmethod
+    def icmp_code(self) -> int:
+        """Message code."""
+
+    @property
+    @abstractmethod
+    def rest(self) -> int:
+        """The 32-bit rest-of-header word."""
+
+    @property
+    @abstractmethod
+    def body(self) -> bytes:
+        """The bytes after the 8-byte header."""
+
+    @classmethod
+    def parse(cls, data: Buffer, *, verify_checksum: bool = True) -> Icmpv4Repr:
+        """Parse and check one whole ICMPv4 message."""
+        packet = Icmpv4Packet.checked(data)
+        if verify_checksum and not packet.verify_checksum():
+            raise WireError(f"ICMPv4 checksum {packet.checksum:#06x} is wrong", CHECKSUM)
+        kind, code, body = packet.icmp_type, packet.code, bytes(packet.data)
+        if kind in (Icmpv4Type.ECHO_REQUEST, Icmpv4Type.ECHO_REPLY) and code == 0:
+            return Icmpv4EchoRepr(
+                packet.echo_ident, packet.echo_seq, body, reply=kind == Icmpv4Type.ECHO_REPLY
+            )
+        # The unused rest-of-header bits must be zero to be re-emitted exactly as a typed
+        # message; anything else is kept raw.
+        if (
+            kind == Icmpv4Type.DEST_UNREACHABLE
+            and packet.rest >> 16 == 0
+            and (code == DestUnreachableCode.FRAG_NEEDED or packet.next_hop_mtu == 0)
+        ):
+            return Icmpv4DestUnreachableRepr(code, body, packet.next_hop_mtu)
+        if kind == Icmpv4Type.TIME_EXCEEDED and code <= 1 and packet.rest == 0:
+            return Icmpv4TimeExceededRepr(code, body)
+        return Icmpv4OtherRepr(kind, code, packet.rest, body)
+
+    def buffer_len(self) -> int:
+        """Bytes of the whole message."""
+        return HEADER_LEN + len(self.body)
+
+    def emit(self, buf: Buffer, offset: int = 0, *, checksum: int | None = None) -> None:
+        """Write the whole message into ``buf`` at ``offset``.
+
+        The checksum is computed unless ``checksum`` is given (0 included).
+        """
+        view = _memoryview(buf)
+        if view.readonly:
+            raise WireError("cannot emit into a read-only buffer")
+        end = offset + self.buffer_len()
+        if offset < 0 or end > len(view):
+            raise WireError(f"buffer too short for a {self.buffer_len()}-byte message", offset)
+        if checksum is not None:
+            _check_range("checksum", checksum, 0xFFFF)
+        _HEADER.pack_into(view, offset, self.icmp_type, self.icmp_code, 0, self.rest)
+        view[offset + HEADER_LEN : end] = self.body
+        if checksum is None:
+            checksum = internet_checksum(view[offset:end])
+        _U16.pack_into(view, offset + CHECKSUM, checksum)
+
+    def to_bytes(self, *, checksum: int | None = None) -> bytes:
+        """The whole message as bytes."""
+        out = bytearray(self.buffer_len())
+        self.emit(out, checksum=checksum)
+        return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Icmpv4EchoRepr(Icmpv4Repr):
+    """An echo request, or an echo reply when ``reply`` is true."""
+
+    ident: int
+    seq: int
+    data: bytes = b""
+    reply: bool = False
+
+    def __post_init__(self) -> None:
+        _check_range("echo identifier", self.ident, 0xFFFF)
+        _check_range("echo sequence number", self.seq, 0xFFFF)
+
+    @property
+    def icmp_type(self) -> int:
+        """Echo reply or echo request."""
+        return Icmpv4Type.ECHO_REPLY if self.reply else Icmpv4Type.ECHO_REQUEST
+
+    @property
+    def icmp_code(self) -> int:
+        """Always 0."""
+        return 0
+
+    @property
+    def rest(self) -> int:
+        """Identifier and sequence number."""
+        return (self.ident << 16) | self.seq
+
+    @property
+    def body(self) -> bytes:
+        """The echo data."""
+        return self.data
+
+
+@dataclass(frozen=True, slots=True)
+class Icmpv4DestUnreachableRepr(Icmpv4Repr):
+    """Destination unreachable; ``quoted`` is the start of the offending datagram.
+
+    ``next_hop_mtu`` is only meaningful with code ``FRAG_NEEDED`` (RFC 1191).
+    """
+
+    code: int
+    quoted: bytes
+    next_hop_mtu: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("code", self.code, 0xFF)
+        _check_range("next-hop MTU", self.next_hop_mtu, 0xFFFF)
+        if self.next_hop_mtu and self.code != DestUnreachableCode.FRAG_NEEDED:
+            raise WireError("a next-hop MTU is only sent with code 4 (fragmentation needed)")
+
+    @property
+    def icmp_type(self) -> int:
+        """Destination unreachable."""
+        return Icmpv4Type.DEST_UNREACHABLE
+
+    @property
+    def icmp_code(self) -> int:
+        """The reason."""
+        return self.code
+
+    @property
+    def rest(self) -> int:
+        """Unused, or the next-hop MTU in the low 16 bits."""
+        return self.next_hop_mtu
+
+    @property
+    def body(self) -> bytes:
+        """The quoted datagram."""
+        return self.quoted
+
+
+@dataclass(frozen=True, slots=True)
+class Icmpv4TimeExceededRepr(Icmpv4Repr):
+    """Time exceeded (TTL or reassembly); ``quoted`` is the offending datagram."""
+
+    code: int
+    quoted: bytes
+
+    def __post_init__(self) -> None:
+        _check_range("time exceeded code", self.code, 1)
+
+    @property
+    def icmp_type(self) -> int:
+        """Time exceeded."""
+        return Icmpv4Type.TIME_EXCEEDED
+
+    @property
+    def icmp_code(self) -> int:
+        """TTL (0) or reassembly (1)."""
+        return self.code
+
+    @property
+    def rest(self) -> int:
+        """Unused."""
+        return 0
+
+    @property
+    def body(self) -> bytes:
+        """The quoted datagram."""
+        return self.quoted
+
+
+@dataclass(frozen=True, slots=True)
+class Icmpv4OtherRepr(Icmpv4Repr):
+    """Any other message, kept raw: type, code, rest-of-header word, body."""
+
+    kind: int
+    code: int
+    rest_word: int
+    data: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_range("type", self.kind, 0xFF)
+        _check_range("code", self.code, 0xFF)
+        _check_range("rest of header", self.rest_word, 0xFFFFFFFF)
+
+    @property
+    def icmp_type(self) -> int:
+        """The type as given."""
+        return self.kind
+
+    @property
+    def icmp_code(self) -> int:
+        """The code as given."""
+        return self.code
+
+    @property
+    def rest(self) -> int:
+        """The rest-of-header word as given."""
+        return self.rest_word
+
+    @property
+    def body(self) -> bytes:
+        """The body as given."""
+        return self.data
