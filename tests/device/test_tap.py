@@ -17,8 +17,8 @@ from netoffload.device.tap import (
     TUN_F_TSO4,
     TUN_F_TSO6,
     TapDevice,
-    segments_of,
 )
+from netoffload.device.vnet import segments_of
 from netoffload.offload import (
     ChecksumCaps,
     ChecksumRequest,

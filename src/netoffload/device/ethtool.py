@@ -53,7 +53,9 @@ class FeatureTask:
     """What one kernel feature contributes to a task's record.
 
     ``field`` names the record field the feature's bits go into (``tx`` /
-    ``rx`` for checksums, ``versions`` for segmentation and assembly).
+    ``rx`` for checksums, ``versions`` for segmentation and assembly). A
+    feature with ``bits == 0`` adds nothing to the record and is simply
+    switched with its task.
     """
 
     task: Task
@@ -71,6 +73,10 @@ FEATURE_TASKS: Mapping[str, FeatureTask] = {
     "tx-tcp-segmentation": FeatureTask(Task.TCP_SEGMENTATION, "versions", IpVersions.IPV4),
     "tx-tcp6-segmentation": FeatureTask(Task.TCP_SEGMENTATION, "versions", IpVersions.IPV6),
     "tx-tcp-ecn-segmentation": FeatureTask(Task.TCP_SEGMENTATION, "versions", IpVersions.ECN),
+    # TSO variants with no record bit of their own: they follow the task on and off,
+    # as `ethtool -K IF tso on|off` does.
+    "tx-tcp-mangleid-segmentation": FeatureTask(Task.TCP_SEGMENTATION, "versions", 0),
+    "tx-tcp-accecn-segmentation": FeatureTask(Task.TCP_SEGMENTATION, "versions", 0),
     "tx-udp-segmentation": FeatureTask(
         Task.UDP_SEGMENTATION, "versions", IpVersions.IPV4 | IpVersions.IPV6
     ),

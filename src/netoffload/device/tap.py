@@ -32,15 +32,15 @@ super-packets pay: one call moves up to 64 KiB instead of 1.5 KiB.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import os
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from netoffload.device.base import Device, DeviceError
+from netoffload.device.vnet import RxDecoder
 from netoffload.offload import (
     AnyRecord,
     CapabilityRecord,
@@ -48,7 +48,6 @@ from netoffload.offload import (
     ChecksumFlags,
     DeviceStats,
     DropReason,
-    GsoType,
     IpVersions,
     Packet,
     Selection,
@@ -98,15 +97,6 @@ _TCP_FLAGS = {
 }
 _USO = TUN_F_USO4 | TUN_F_USO6
 
-Validator = Callable[[VirtioNetHdr, memoryview], DropReason | None]
-
-
-def _kernel_validator() -> Validator:
-    from netoffload.engine.validate import check_vnet_hdr
-
-    validator: Validator = check_vnet_hdr
-    return validator
-
 
 def _ifreq(name: str, flags: int = 0) -> bytearray:
     raw = name.encode()
@@ -128,22 +118,6 @@ def _open_error(name: str, exc: OSError) -> DeviceError:
     if exc.errno == errno.ENOENT:
         return DeviceError("no /dev/net/tun (is the tun module loaded?)")
     return DeviceError(f"cannot open TAP {shown!r}: {os.strerror(exc.errno or 0)}")
-
-
-def segments_of(hdr: VirtioNetHdr, frame: memoryview) -> int:
-    """How many segments a received super-packet stands for (1 when it is not one)."""
-    kind = hdr.gso_kind
-    if kind is None or kind is GsoType.NONE or hdr.gso_size == 0 or not hdr.needs_csum:
-        return 1
-    start = hdr.csum_start
-    if kind in (GsoType.TCPV4, GsoType.TCPV6):
-        if start + 13 > len(frame):
-            return 1
-        l4 = (frame[start + 12] >> 4) * 4
-    else:
-        l4 = 8
-    payload = len(frame) - start - l4
-    return max(1, -(-payload // hdr.gso_size))
 
 
 class TapDevice(Device):
@@ -210,7 +184,7 @@ class TapDevice(Device):
         self._fds = fds
         self._flags = offload_flags
         self._stats = DeviceStats()
-        self._validate: Validator | None = None
+        self._rx = RxDecoder(self._stats)
         self._closed = False
 
     # -- capabilities ----------------------------------------------------------
@@ -360,45 +334,9 @@ class TapDevice(Device):
         return out
 
     def _decode(self, raw: bytes, queue: int) -> Packet | None:
-        """Header + frame -> Packet, or None (counted) when the header is not acceptable."""
-        stats = self._stats
         view = memoryview(raw)
-        try:
-            hdr = VirtioNetHdr.unpack(view)
-        except VirtioHdrError:
-            stats.drop(DropReason.BAD_VNET_HDR)
-            return None
-        frame = view[VirtioNetHdr.SIZE :]
-        if len(frame) < 14:
-            stats.drop(DropReason.MALFORMED_FRAME)
-            return None
-        if hdr.flags or hdr.gso_type:
-            if self._validate is None:
-                self._validate = _kernel_validator()
-            reason = self._validate(hdr, frame)
-            if reason is not None:
-                stats.drop(reason)
-                return None
-            try:
-                info = hdr.to_rx_info(segments_of(hdr, frame))
-            except VirtioHdrError:
-                stats.drop(DropReason.BAD_VNET_HDR)
-                return None
-            if info.assembled is not None:
-                stats.task_done(
-                    Task.UDP_ASSEMBLY
-                    if info.assembled.task is Task.UDP_SEGMENTATION
-                    else Task.TCP_ASSEMBLY
-                )
-            if hdr.flags:
-                stats.task_done(Task.CHECKSUM)
-        else:
-            info = _PLAIN_INFO
-        if queue:
-            info = dataclasses.replace(info, queue=queue)
-        stats.rx_packets += 1
-        stats.rx_bytes += len(frame)
-        return Packet(frame, rx=info)
+        size = VirtioNetHdr.SIZE
+        return self._rx.decode(view[:size], view[size:], queue)
 
     def fileno(self) -> int:
         """The first queue's fd (``filenos()`` gives all of them)."""
@@ -428,7 +366,6 @@ class TapDevice(Device):
 
 
 _ZERO_HDR = VirtioNetHdr().pack()
-_PLAIN_INFO = VirtioNetHdr().to_rx_info()
 
 
 def _records(flags: int) -> list[AnyRecord]:
