@@ -205,13 +205,14 @@ class WireEnd:
         self.counters["sent_frames"] += 1
         self.counters["sent_bytes"] += len(frame)
 
-    def release(self, now_ns: int) -> None:
-        """Pass on delayed frames whose time has come, and a frame held for reordering."""
+    def release(self, now_ns: int, *, held: bool = True) -> None:
+        """Pass on delayed frames whose time has come and (with ``held``) a frame held
+        back for reordering, which otherwise waits for the next frame to overtake it."""
         while self._delayed and self._delayed[0][0] <= now_ns:
             self._reorder_stage(self._delayed.popleft()[1])
-        if self._held is not None and not self._delayed:
-            held, self._held = self._held, None
-            self._emit(held)
+        if held and self._held is not None and not self._delayed:
+            frame, self._held = self._held, None
+            self._emit(frame)
 
     def next_due_ns(self) -> int | None:
         """When the earliest delayed frame is due (``None`` when none waits)."""
@@ -225,12 +226,12 @@ class WireEnd:
     def flush(self, now_ns: int | None = None) -> bool:
         """Write queued output without blocking; True when nothing is left.
 
-        With ``now_ns``, due delayed frames and a held frame go out first.
+        With ``now_ns``, delayed frames that are due go out first.
         Whatever stays queued is copied, so the caller may reuse the buffers
         it passed to ``send``.
         """
         if now_ns is not None:
-            self.release(now_ns)
+            self.release(now_ns, held=False)
         out = self._out
         while out:
             chunk = list(_take(out, _IOV_MAX))

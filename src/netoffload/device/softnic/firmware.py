@@ -177,7 +177,11 @@ class Firmware:
         if self.wire is not None:
             # send_batch copies whatever the socket does not take at once, so the
             # slots may go back to the host right after it.
-            self.wire.send_batch(frames, time.monotonic_ns())
+            now = time.monotonic_ns()
+            self.wire.send_batch(frames, now)
+            # A frame held back for reordering is overtaken within its batch at most.
+            self.wire.release(now)
+            self.wire.flush()
         self.completion.push(done_slots)
         os.eventfd_write(self.completion_bell, 1)
         return True

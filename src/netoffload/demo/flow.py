@@ -1,0 +1,279 @@
+"""A simple flow generator and sink: one direction of a bulk transfer as super-packets.
+
+This is not a TCP connection (no handshake, no acks, no retransmission): it
+cuts a byte stream into TCP super-packets (or UDP super-datagrams) with the
+headers and the per-packet offload request a real stack would produce, and
+the sink puts received payload back in place by sequence number (UDP:
+by the stream offset each datagram carries in its first 8 bytes).
+
+Headers are written with ``struct`` into the caller's buffer (a SoftNic
+pool slot on the zero-copy path); the payload is one copy from the stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from netoffload.offload import (
+    ChecksumRequest,
+    ChecksumStatus,
+    GsoType,
+    Packet,
+    SegmentationRequest,
+    TxRequest,
+)
+from netoffload.wire.checksum import internet_checksum, pseudo_header_sum
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+ETH_LEN = 14
+TCP_LEN = 20
+UDP_LEN = 8
+# A datagram's first bytes: its offset in the stream (UDP has no sequence number).
+UDP_TAG = struct.Struct("!Q")
+
+_ETH = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBHHH")
+_UDP = struct.Struct("!HHHH")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+
+SRC_MAC = bytes.fromhex("020000000001")
+DST_MAC = bytes.fromhex("020000000002")
+SRC_V4 = bytes([198, 18, 0, 1])
+DST_V4 = bytes([198, 18, 0, 2])
+SRC_V6 = bytes.fromhex("fd000000000000000000000000000001")
+DST_V6 = bytes.fromhex("fd000000000000000000000000000002")
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    """One flow: protocol, IP version, segment size and super-packet size.
+
+    ``segment_bytes`` is the MSS (TCP) or the datagram payload size (UDP,
+    which includes the 8-byte stream tag); a super-packet carries up to
+    ``segments`` of them.
+    """
+
+    protocol: str = "tcp"
+    ipv6: bool = False
+    segment_bytes: int = 1448
+    segments: int = 45
+    src_port: int = 40000
+    dst_port: int = 5201
+    isn: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("tcp", "udp"):
+            raise ValueError("protocol must be tcp or udp")
+        if self.protocol == "udp" and self.segment_bytes <= UDP_TAG.size:
+            raise ValueError("a UDP segment must have room for its 8-byte stream tag")
+        if self.segment_bytes < 1 or self.segments < 1:
+            raise ValueError("segment_bytes and segments must be positive")
+
+    @property
+    def l3_len(self) -> int:
+        return 40 if self.ipv6 else 20
+
+    @property
+    def l4_offset(self) -> int:
+        return ETH_LEN + self.l3_len
+
+    @property
+    def header_len(self) -> int:
+        return self.l4_offset + (TCP_LEN if self.protocol == "tcp" else UDP_LEN)
+
+    @property
+    def data_per_segment(self) -> int:
+        """Stream bytes one segment carries."""
+        tag = UDP_TAG.size if self.protocol == "udp" else 0
+        return self.segment_bytes - tag
+
+
+class BulkFlowGenerator:
+    """Cuts ``stream`` into super-packets of ``spec``; ``write`` builds packet ``i`` in place."""
+
+    def __init__(self, stream: bytes | bytearray | memoryview, spec: FlowSpec) -> None:
+        self.stream = memoryview(stream).cast("B")
+        self.spec = spec
+        per_packet = spec.data_per_segment * spec.segments
+        self.chunks = [
+            (start, min(per_packet, len(self.stream) - start))
+            for start in range(0, len(self.stream), per_packet)
+        ]
+        self._ident = [0] * len(self.chunks)
+        ident = 0
+        for i, (_, size) in enumerate(self.chunks):
+            self._ident[i] = ident
+            ident = (ident + -(-size // spec.data_per_segment)) & 0xFFFF
+        self._requests: dict[int, TxRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def frame_len(self, index: int) -> int:
+        """The length of super-packet ``index``."""
+        size = self.chunks[index][1]
+        return self.spec.header_len + self._wire_payload(size)
+
+    def _wire_payload(self, size: int) -> int:
+        spec = self.spec
+        if spec.protocol == "tcp":
+            return size
+        return size + UDP_TAG.size * -(-size // spec.data_per_segment)
+
+    def request(self, index: int) -> TxRequest:
+        """The offload request for packet ``index``: checksum, and segmentation when it is
+        longer than one segment (Linux treats a payload of at most gso_size as non-GSO)."""
+        spec = self.spec
+        payload = self._wire_payload(self.chunks[index][1])
+        segmented = payload > spec.segment_bytes
+        key = int(segmented)
+        hit = self._requests.get(key)
+        if hit is None:
+            offset = 16 if spec.protocol == "tcp" else 6
+            seg = None
+            if segmented:
+                kind = GsoType.UDP_L4
+                if spec.protocol == "tcp":
+                    kind = GsoType.TCPV6 if spec.ipv6 else GsoType.TCPV4
+                seg = SegmentationRequest(kind, spec.segment_bytes, spec.header_len)
+            hit = TxRequest(checksum=ChecksumRequest(spec.l4_offset, offset), segmentation=seg)
+            self._requests[key] = hit
+        return hit
+
+    def write(self, into: memoryview | bytearray, index: int) -> Packet:
+        """Build super-packet ``index`` at the start of ``into``; returns it as a Packet."""
+        spec = self.spec
+        start, size = self.chunks[index]
+        payload = self._wire_payload(size)
+        l4 = spec.l4_offset
+        hdr = spec.header_len
+        l4_len = hdr - l4 + payload
+        ethertype = ETHERTYPE_IPV6 if spec.ipv6 else ETHERTYPE_IPV4
+        _ETH.pack_into(into, 0, DST_MAC, SRC_MAC, ethertype)
+        proto = IPPROTO_TCP if spec.protocol == "tcp" else IPPROTO_UDP
+        if spec.ipv6:
+            _IPV6.pack_into(into, ETH_LEN, 6 << 28, l4_len, proto, 64, SRC_V6, DST_V6)
+            pseudo = pseudo_header_sum(SRC_V6, DST_V6, proto, l4_len)
+        else:
+            _IPV4.pack_into(
+                into, ETH_LEN, 0x45, 0, 20 + l4_len, self._ident[index], 0x4000, 64, proto, 0,
+                SRC_V4, DST_V4,
+            )  # fmt: skip
+            _U16.pack_into(into, ETH_LEN + 10, internet_checksum(into[ETH_LEN : ETH_LEN + 20]))
+            pseudo = pseudo_header_sum(SRC_V4, DST_V4, proto, l4_len)
+        # The L4 checksum field holds the pseudo-header sum: CHECKSUM_PARTIAL's contract.
+        if spec.protocol == "tcp":
+            seq = (spec.isn + start) & 0xFFFFFFFF
+            _TCP.pack_into(
+                into, l4, spec.src_port, spec.dst_port, seq, 1, 5 << 4, 0x10, 65535, pseudo, 0
+            )
+            into[hdr : hdr + size] = self.stream[start : start + size]
+        else:
+            _UDP.pack_into(into, l4, spec.src_port, spec.dst_port, l4_len, pseudo)
+            step = spec.data_per_segment
+            at = hdr
+            for offset in range(start, start + size, step):
+                n = min(step, start + size - offset)
+                UDP_TAG.pack_into(into, at, offset)
+                into[at + 8 : at + 8 + n] = self.stream[offset : offset + n]
+                at += 8 + n
+        total = hdr + payload
+        view = into if isinstance(into, memoryview) else memoryview(into)
+        return Packet(view[:total], self.request(index))
+
+
+class FlowSink:
+    """Puts received payload back in stream order and counts what arrived."""
+
+    def __init__(self, spec: FlowSpec, total_bytes: int) -> None:
+        self.spec = spec
+        self.buffer = bytearray(total_bytes)
+        self._view = memoryview(self.buffer)
+        self.bytes_received = 0
+        self.packets = 0
+        self.checksum_failed = 0
+        self.not_mine = 0
+
+    def accept(self, packets: Iterable[Packet]) -> None:
+        """Take a batch of received packets (super-packets or single segments)."""
+        tcp = self.spec.protocol == "tcp"
+        isn = self.spec.isn
+        dest = self._view
+        total = len(dest)
+        for packet in packets:
+            data = packet.data
+            if packet.rx.l4 is ChecksumStatus.FAILED:
+                self.checksum_failed += 1
+                continue
+            l4, end = _l4_span(data)
+            if l4 < 0:
+                self.not_mine += 1
+                continue
+            self.packets += 1
+            if tcp:
+                doff = (data[l4 + 12] >> 4) * 4
+                (seq,) = _U32.unpack_from(data, l4 + 4)
+                offset = (seq - isn) & 0xFFFFFFFF
+                payload = data[l4 + doff : end]
+                n = len(payload)
+                if offset + n <= total:
+                    dest[offset : offset + n] = payload
+                    self.bytes_received += n
+                continue
+            assembled = packet.rx.assembled
+            body = data[l4 + UDP_LEN : end]
+            step = assembled.size if assembled is not None else len(body)
+            for at in range(0, len(body), step):
+                chunk = body[at : at + step]
+                (offset,) = UDP_TAG.unpack_from(chunk, 0)
+                n = len(chunk) - UDP_TAG.size
+                if offset + n <= total:
+                    dest[offset : offset + n] = chunk[UDP_TAG.size :]
+                    self.bytes_received += n
+
+    def verified_bytes(self, stream: bytes | bytearray | memoryview) -> int:
+        """How many stream bytes arrived intact (all of them, or 0 when anything differs)."""
+        if self.bytes_received != len(stream) or self.buffer != stream:
+            return 0
+        return len(stream)
+
+
+def _l4_span(data: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(start of the L4 header, end of the IP packet), or (-1, -1) when not IPv4/IPv6."""
+    if len(data) < ETH_LEN + 20:
+        return -1, -1
+    (ethertype,) = _U16.unpack_from(data, 12)
+    if ethertype == ETHERTYPE_IPV4:
+        ihl = (data[ETH_LEN] & 0x0F) * 4
+        (total,) = _U16.unpack_from(data, ETH_LEN + 2)
+        return ETH_LEN + ihl, min(len(data), ETH_LEN + total)
+    if ethertype == ETHERTYPE_IPV6 and len(data) >= ETH_LEN + 40:
+        (payload,) = _U16.unpack_from(data, ETH_LEN + 4)
+        return ETH_LEN + 40, min(len(data), ETH_LEN + 40 + payload)
+    return -1, -1
+
+
+def build_all(gen: BulkFlowGenerator) -> list[Packet]:
+    """Every super-packet of ``gen`` in its own bytearray (tests and small runs)."""
+    out = []
+    for i in range(len(gen)):
+        out.append(gen.write(bytearray(gen.frame_len(i)), i))
+    return out
+
+
+def payload_of(frames: Sequence[bytes]) -> bytes:
+    """Concatenated L4 payload of single TCP segments (a test helper)."""
+    parts = []
+    for frame in frames:
+        l4, end = _l4_span(frame)
+        doff = (frame[l4 + 12] >> 4) * 4
+        parts.append(bytes(frame[l4 + doff : end]))
+    return b"".join(parts)

@@ -1,0 +1,144 @@
+"""Wire: framing, impairments deterministic from the seed, drops counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from netoffload.device.wire import NO_IMPAIRMENTS, Impairments, Wire
+from netoffload.offload import DropReason
+
+
+def _frames(n: int, size: int = 200) -> list[bytes]:
+    return [i.to_bytes(4, "big") + bytes([i & 0xFF]) * (size - 4) for i in range(n)]
+
+
+def _run(impairments: Impairments, seed: int, frames: list[bytes]) -> tuple[list[bytes], dict]:
+    """Send ``frames`` a→b at 1 µs intervals; return what b got and a's counters."""
+    with Wire(impairments, seed=seed) as wire:
+        for i, frame in enumerate(frames):
+            wire.a.send(frame, now_ns=i * 1000)
+        wire.a.release(now_ns=10**12)
+        assert wire.a.drain(timeout_s=5.0)
+        got = []
+        while (frame := wire.b.recv(timeout_s=0.2)) is not None:
+            got.append(frame)
+        return got, dict(wire.a.counters)
+
+
+def test_frames_cross_intact_and_in_order_both_ways() -> None:
+    frames = [*_frames(50, 1514), b"\x00" * 14, b"\xff" * 9000]
+    with Wire(NO_IMPAIRMENTS) as wire:
+        wire.a.send_batch(frames)
+        wire.b.send(b"back" * 20)
+        assert wire.a.drain()
+        got = [wire.b.recv(timeout_s=2.0) for _ in frames]
+        assert got == frames
+        assert wire.a.recv(timeout_s=2.0) == b"back" * 20
+        assert wire.b.recv() is None
+
+
+def test_batch_views_are_frames() -> None:
+    frames = _frames(20)
+    with Wire(NO_IMPAIRMENTS) as wire:
+        wire.a.send_batch(frames)
+        views = wire.b.recv_batch(64, timeout_s=2.0)
+        while len(views) < len(frames):
+            more = wire.b.recv_batch(64, timeout_s=2.0)
+            assert more
+            views = [*[bytes(v) for v in views], *more]
+        assert [bytes(v) for v in views] == frames
+
+
+MIXED = Impairments(loss=0.1, duplicate=0.1, reorder=0.1, corrupt=0.1, mtu=1500)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_same_seed_same_outcome(seed: int) -> None:
+    frames = _frames(300)
+    first = _run(MIXED, seed, frames)
+    second = _run(MIXED, seed, frames)
+    assert first == second
+    got, counters = first
+    assert counters["lost"] > 0 and counters["duplicated"] > 0
+    assert counters["reordered"] > 0 and counters["corrupted"] > 0
+    assert len(got) == 300 - counters["lost"] + counters["duplicated"]
+    assert got != frames
+
+
+def test_different_seeds_differ() -> None:
+    frames = _frames(300)
+    assert _run(MIXED, 1, frames)[0] != _run(MIXED, 2, frames)[0]
+
+
+def test_loss_only_drops_and_keeps_order() -> None:
+    frames = _frames(400)
+    got, counters = _run(Impairments(loss=0.25), 7, frames)
+    assert counters["lost"] == 400 - len(got) > 0
+    positions = [frames.index(f) for f in got]
+    assert positions == sorted(positions)
+
+
+def test_corruption_flips_exactly_one_bit() -> None:
+    frames = _frames(200)
+    got, counters = _run(Impairments(corrupt=1.0), 3, frames)
+    assert counters["corrupted"] == 200
+    for sent, received in zip(frames, got, strict=True):
+        diff = int.from_bytes(sent, "big") ^ int.from_bytes(received, "big")
+        assert diff.bit_count() == 1
+
+
+def test_reorder_swaps_neighbours() -> None:
+    frames = _frames(100)
+    got, counters = _run(Impairments(reorder=0.3), 5, frames)
+    assert sorted(got) == sorted(frames)
+    assert got != frames
+    assert counters["reordered"] > 0
+
+
+def test_mtu_drops_are_counted() -> None:
+    frames = [b"\x00" * 1514, b"\x00" * 1515, b"\x00" * 9014, b"\x00" * 60]
+    with Wire(Impairments(mtu=1500)) as wire:
+        wire.a.send_batch(frames)
+        assert wire.a.drain()
+        got = [wire.b.recv(timeout_s=1.0), wire.b.recv(timeout_s=1.0), wire.b.recv(timeout_s=0.1)]
+        assert got == [frames[0], frames[3], None]
+        assert wire.a.counters["mtu_exceeded"] == 2
+        assert wire.a.drops() == {DropReason.MTU_EXCEEDED: 2}
+
+
+def test_delay_uses_the_passed_clock() -> None:
+    with Wire(Impairments(delay_ns=5_000)) as wire:
+        wire.a.send(b"x" * 60, now_ns=1_000)
+        assert wire.b.recv(timeout_s=0.05) is None
+        assert wire.a.next_due_ns() == 6_000
+        wire.a.flush(now_ns=5_999)
+        assert wire.b.recv(timeout_s=0.05) is None
+        wire.a.flush(now_ns=6_000)
+        assert wire.b.recv(timeout_s=1.0) == b"x" * 60
+
+
+def test_rate_limit_polices_with_a_token_bucket() -> None:
+    # 1 MB/s with a 3000-byte bucket: two 1500-byte frames pass at once, then one per 1.5 ms.
+    imp = Impairments(rate_bytes_per_s=1_000_000, burst_bytes=3000)
+    with Wire(imp) as wire:
+        for i in range(10):
+            wire.a.send(b"\x00" * 1500, now_ns=i * 100_000)  # 10 frames in 0.9 ms
+        assert wire.a.counters["rate_limited"] == 8
+        wire.a.send(b"\x00" * 1500, now_ns=5_000_000)
+        assert wire.a.counters["sent_frames"] == 3
+        assert wire.a.drops() == {DropReason.RATE_LIMITED: 8}
+
+
+def test_peer_closed_counts_as_loss() -> None:
+    with Wire(NO_IMPAIRMENTS) as wire:
+        wire.b.close()
+        wire.a.send(b"y" * 100)
+        wire.a.send(b"y" * 100)
+        assert wire.a.counters["peer_gone"] >= 1
+        assert wire.a.recv(timeout_s=0.05) is None
+        assert wire.a.peer_closed
+
+
+def test_bad_probability_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Impairments(loss=1.5)
