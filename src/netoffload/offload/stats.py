@@ -27,6 +27,7 @@ class DropReason(enum.StrEnum):
     WIRE_LOSS = "wire_loss"
     WIRE_CORRUPT = "wire_corrupt"
     RATE_LIMITED = "rate_limited"
+    GSO_UNSUPPORTED = "gso_unsupported"
 
 
 @dataclass(slots=True)
