@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from netoffload.device.softnic import control, layout
-from netoffload.device.softnic._passthrough import pipeline
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
     HEADROOM,
@@ -42,7 +41,8 @@ from netoffload.device.softnic.layout import (
     Ring,
     SlotRing,
 )
-from netoffload.device.wire import WireEnd
+from netoffload.device.wire import ETHERNET_HEADER, WireEnd
+from netoffload.engine import pipeline
 from netoffload.offload import (
     CapabilityError,
     CapabilityRecord,
@@ -160,7 +160,7 @@ class Firmware:
                 stats.drop(DropReason.MALFORMED_FRAME)
                 continue
             done_slots.append(slot)
-            if offset + length > g.slot_bytes or length < 14:
+            if offset + length > g.slot_bytes or length < ETHERNET_HEADER:
                 stats.drop(DropReason.MALFORMED_FRAME)
                 continue
             try:
@@ -221,6 +221,11 @@ class Firmware:
         stats = self.stats
         stats.rx_packets += len(frames)
         stats.rx_bytes += sum(map(len, frames))
+        if min(map(len, frames)) < ETHERNET_HEADER:
+            # A runt is not even an Ethernet frame: nothing above the port may see it.
+            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
+            stats.drop(DropReason.MALFORMED_FRAME, runts)
+            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
         try:
             outcome = pipeline.receive(frames, self.tasks)
         except Exception:  # an engine bug must cost the batch, not the NIC

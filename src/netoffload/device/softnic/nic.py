@@ -297,18 +297,27 @@ class SoftNic(Device):
         try:
             reply = self._ctrl.recv(control.MAX_MESSAGE)
         except OSError as exc:
+            self._check_dying()
             raise DeviceError(f"softnic control channel: {exc}") from None
         if not reply:
-            self._check()
+            self._check_dying()
             raise DeviceError("softnic firmware closed its control channel")
         return reply
+
+    def _check_dying(self) -> None:
+        """After the control channel broke: give the firmware a moment to be seen dead."""
+        proc = self._res.proc
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2.0)
+        self._check()
 
     def _call(self, op: Op, payload: bytes = b"") -> bytes:
         self._check()
         try:
             self._ctrl.send(op.value + payload)
         except OSError as exc:
-            self._check()
+            self._check_dying()
             raise DeviceError(f"softnic control channel: {exc}") from None
         reply = self._receive(self.call_timeout_s, op.name.lower())
         status, body = reply[:1], reply[1:]
