@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from device_frames import MAC_A, MAC_B, V4_A, V4_B, l4_start, tcp_frame, udp_frame
 
 from netoffload.device.netns import Netns
 from netoffload.device.packet import PacketDevice
@@ -37,6 +36,7 @@ from netoffload.offload import (
     TxRequest,
     VirtioNetHdr,
 )
+from tests.device.device_frames import MAC_A, MAC_B, V4_A, V4_B, l4_start, tcp_frame, udp_frame
 
 pytestmark = pytest.mark.privileged
 

@@ -6,7 +6,6 @@ import select
 import time
 
 import pytest
-from device_frames import tcp_frame, udp_frame
 
 from netoffload.device.base import DeviceError
 from netoffload.device.ethtool import read_features
@@ -21,6 +20,7 @@ from netoffload.offload import (
     Task,
     TxRequest,
 )
+from tests.device.device_frames import tcp_frame, udp_frame
 
 pytestmark = pytest.mark.privileged
 

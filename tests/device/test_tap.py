@@ -8,7 +8,6 @@ import socket
 import time
 
 import pytest
-from device_frames import MAC_A, MAC_B, V4_A, V4_B, icmp_echo_v4, tcp_frame, udp_frame
 
 from netoffload.device.base import DeviceError
 from netoffload.device.netns import Netns
@@ -35,6 +34,7 @@ from netoffload.offload import (
     UdpSegmentationCaps,
     VirtioNetHdr,
 )
+from tests.device.device_frames import MAC_A, MAC_B, V4_A, V4_B, icmp_echo_v4, tcp_frame, udp_frame
 
 pytestmark = pytest.mark.privileged
 

@@ -11,7 +11,6 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from device_frames import tcp_frame, udp_frame
 
 from netoffload.device.tap import TUN_F_CSUM, TUN_F_TSO4, TapDevice
 from netoffload.device.vnet import RxDecoder
@@ -22,6 +21,7 @@ from netoffload.offload import (
     VirtioFlags,
     VirtioNetHdr,
 )
+from tests.device.device_frames import tcp_frame, udp_frame
 
 
 @pytest.fixture

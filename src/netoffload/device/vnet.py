@@ -16,7 +16,9 @@ from netoffload.offload import (
     DropReason,
     GsoType,
     Packet,
+    RxInfo,
     Task,
+    VirtioFlags,
     VirtioHdrError,
     VirtioNetHdr,
 )
@@ -52,43 +54,79 @@ def segments_of(hdr: VirtioNetHdr, frame: memoryview) -> int:
 _PLAIN_INFO = VirtioNetHdr().to_rx_info()
 
 
-class RxDecoder:
-    """Turns (header bytes, frame) into a ``Packet``, counting every drop in ``stats``."""
+_CACHE_LIMIT = 256
 
-    __slots__ = ("_validate", "hdr_size", "stats")
+
+class RxDecoder:
+    """Turns (header bytes, frame) into a ``Packet``, counting every drop in ``stats``.
+
+    A flow's packets carry the same header bytes, so parsed headers and the
+    ``RxInfo`` made from them are cached by those bytes (the validation,
+    which depends on the frame, still runs for every packet).
+    """
+
+    __slots__ = ("_headers", "_infos", "_plain", "_validate", "hdr_size", "stats")
 
     def __init__(self, stats: DeviceStats, hdr_size: int = VirtioNetHdr.SIZE) -> None:
         self.stats = stats
         self.hdr_size = hdr_size
         self._validate: Validator | None = None
+        self._headers: dict[bytes, VirtioNetHdr] = {}
+        self._infos: dict[tuple[bytes, int], RxInfo] = {}
+        self._plain = bytes(hdr_size)
+
+    def _header(self, raw: bytes) -> VirtioNetHdr | None:
+        hdr = self._headers.get(raw)
+        if hdr is None:
+            try:
+                hdr = VirtioNetHdr.unpack(raw, self.hdr_size)
+            except VirtioHdrError:
+                return None
+            if len(self._headers) >= _CACHE_LIMIT:
+                self._headers.clear()
+            self._headers[raw] = hdr
+        return hdr
+
+    def _info(self, raw: bytes, hdr: VirtioNetHdr, segments: int) -> RxInfo | None:
+        key = (raw, segments)
+        info = self._infos.get(key)
+        if info is None:
+            try:
+                info = hdr.to_rx_info(segments)
+            except VirtioHdrError:
+                return None
+            if len(self._infos) >= _CACHE_LIMIT:
+                self._infos.clear()
+            self._infos[key] = info
+        return info
 
     def decode(self, hdr_bytes: memoryview, frame: memoryview, queue: int = 0) -> Packet | None:
         """The packet, or None when the header or frame is unacceptable (counted)."""
         stats = self.stats
-        try:
-            hdr = VirtioNetHdr.unpack(hdr_bytes, self.hdr_size)
-        except VirtioHdrError:
+        raw = bytes(hdr_bytes)
+        hdr = self._header(raw) if len(raw) == self.hdr_size else None
+        if hdr is None:
             stats.drop(DropReason.BAD_VNET_HDR)
             return None
         if len(frame) < MIN_FRAME:
             stats.drop(DropReason.MALFORMED_FRAME)
             return None
-        if hdr.flags or hdr.gso_type:
+        if raw != self._plain:
             if self._validate is None:
                 self._validate = kernel_validator()
             reason = self._validate(hdr, frame)
             if reason is not None:
                 stats.drop(reason)
                 return None
-            try:
-                info = hdr.to_rx_info(segments_of(hdr, frame))
-            except VirtioHdrError:
+            found = self._info(raw, hdr, segments_of(hdr, frame))
+            if found is None:
                 stats.drop(DropReason.BAD_VNET_HDR)
                 return None
+            info = found
             if info.assembled is not None:
                 udp = info.assembled.task is Task.UDP_SEGMENTATION
                 stats.task_done(Task.UDP_ASSEMBLY if udp else Task.TCP_ASSEMBLY)
-            if hdr.flags:
+            if hdr.flags & (VirtioFlags.NEEDS_CSUM | VirtioFlags.DATA_VALID):
                 stats.task_done(Task.CHECKSUM)
         else:
             info = _PLAIN_INFO

@@ -1,0 +1,244 @@
+"""`netoffload bench tap`: bytes through a TAP with offloads on vs off, both directions.
+
+Everything happens in a private network namespace made for the run (and
+always deleted), with addresses from 198.18.0.0/15 only.
+
+* **write** (host -> kernel): our ``TapDevice.send`` writes UDP data into a
+  TAP that is a bridge port; the bridge floods it out of a veth whose peer
+  discards it (the destination MAC is nobody's). *On*: 64 KiB UDP_L4 GSO
+  super-packets with NEEDS_CSUM; *off*: the same payload as 1472-byte
+  datagrams with their checksums already filled.
+* **read** (kernel -> host): a process inside the namespace sends UDP with
+  UDP_SEGMENT (GSO) towards an address routed out of a second TAP, and our
+  ``TapDevice.recv`` reads. *On*: the TAP has TUN_F_CSUM|TSO|USO, so the
+  kernel hands over each 64 KiB super-packet whole; *off*: no offload
+  flags, so the kernel segments and checksums in software and we read
+  1514-byte frames.
+
+Throughput is UDP payload (goodput), so on and off move the same bytes.
+Each measurement is bounded in time; the sender exits on its own deadline
+and is also killed when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from netoffload.device.base import DeviceError
+from netoffload.device.netns import Netns
+from netoffload.device.tap import TapDevice
+from netoffload.offload import (
+    ChecksumRequest,
+    GsoType,
+    Packet,
+    SegmentationRequest,
+    Selection,
+    TxRequest,
+)
+from netoffload.wire.checksum import internet_checksum, pseudo_header_sum
+
+SEGMENT = 1472  # UDP payload of a 1500-byte IPv4 packet
+SEGMENTS = 44  # 44 x 1472 = 64768 bytes: under the 65507-byte UDP limit
+HOST_ADDR = bytes([198, 18, 0, 1])
+TAP_ADDR = bytes([198, 18, 0, 2])
+FOREIGN_MAC = bytes.fromhex("02000000aa01")
+SRC_MAC = bytes.fromhex("02000000aa02")
+L2L3L4 = 14 + 20 + 8
+UDP_SEGMENT_OPT = 103
+
+_SENDER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_UDP, {opt}, {seg})
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+payload = bytes({size})
+deadline = time.monotonic() + float(sys.argv[1])
+n = 0
+while time.monotonic() < deadline and n < 10_000_000:
+    for _ in range(64):
+        try:
+            sock.sendto(payload, ("198.18.0.1", 9))
+        except OSError:
+            pass
+    n += 64
+"""
+
+
+def _ipv4_udp(payload_len: int, ident: int, partial: bool) -> bytes:
+    udp_len = 8 + payload_len
+    ip = bytearray(20)
+    ip[0], ip[8], ip[9] = 0x45, 64, 17
+    ip[2:4] = (20 + udp_len).to_bytes(2, "big")
+    ip[4:6] = (ident & 0xFFFF).to_bytes(2, "big")
+    ip[6] = 0x40  # DF
+    ip[12:16], ip[16:20] = TAP_ADDR, HOST_ADDR
+    ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
+    payload = bytes(payload_len)
+    udp = bytearray(8)
+    udp[0:2], udp[2:4] = (40000).to_bytes(2, "big"), (9).to_bytes(2, "big")
+    udp[4:6] = udp_len.to_bytes(2, "big")
+    pseudo = pseudo_header_sum(TAP_ADDR, HOST_ADDR, 17, udp_len)
+    csum = pseudo if partial else (internet_checksum(bytes(udp) + payload, pseudo) or 0xFFFF)
+    udp[6:8] = csum.to_bytes(2, "big")
+    return FOREIGN_MAC + SRC_MAC + b"\x08\x00" + bytes(ip) + bytes(udp) + payload
+
+
+def _write_batch(on: bool) -> list[Packet]:
+    if on:
+        request = TxRequest(
+            checksum=ChecksumRequest(34, 6),
+            segmentation=SegmentationRequest(GsoType.UDP_L4, SEGMENT, L2L3L4),
+        )
+        frame = _ipv4_udp(SEGMENT * SEGMENTS, 1, partial=True)
+        return [Packet(frame, tx=request)] * 16
+    return [Packet(_ipv4_udp(SEGMENT, i, partial=False)) for i in range(SEGMENTS)] * 4
+
+
+def _measure_write(tap: TapDevice, on: bool, seconds: float) -> tuple[float, float]:
+    """(payload Gbit/s, frames/s) written; bounded by ``seconds``."""
+    batch = _write_batch(on)
+    payload = sum(len(p.data) - L2L3L4 for p in batch)
+    frames = len(batch)
+    before = tap.stats()
+    start = time.perf_counter()
+    deadline = start + seconds
+    sent_payload = sent_frames = 0
+    while time.perf_counter() < deadline:
+        if tap.send(batch) == frames:
+            sent_payload += payload
+            sent_frames += frames
+    elapsed = time.perf_counter() - start
+    after = tap.stats()
+    if after.dropped != before.dropped:
+        raise DeviceError(f"TAP write dropped packets: {dict(after.drops)}")
+    return sent_payload * 8 / elapsed / 1e9, sent_frames / elapsed
+
+
+def _measure_read(ns: Netns, tap: TapDevice, seconds: float) -> tuple[float, float]:
+    """(payload Gbit/s, frames/s) read while a sender in the namespace runs."""
+    code = _SENDER.format(opt=UDP_SEGMENT_OPT, seg=SEGMENT, size=SEGMENT * SEGMENTS)
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c", code, str(seconds + 1.0)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        warm_deadline = time.monotonic() + 3.0
+        while not tap.recv(64):  # wait until the first frame: the sender is up
+            if time.monotonic() > warm_deadline or sender.poll() is not None:
+                err = sender.stderr.read().decode().strip() if sender.stderr else ""
+                raise DeviceError(f"the traffic sender in {ns.name} did not start {err}".strip())
+            time.sleep(0.001)
+        got_payload = got_frames = 0
+        start = time.perf_counter()
+        deadline = start + seconds
+        fd = tap.fileno()
+        import select
+
+        while time.perf_counter() < deadline:
+            packets = tap.recv(256)
+            if not packets:
+                select.select([fd], [], [], 0.01)
+                continue
+            got_frames += len(packets)
+            got_payload += sum(len(p.data) for p in packets) - L2L3L4 * len(packets)
+        elapsed = time.perf_counter() - start
+    finally:
+        sender.kill()
+        sender.wait()
+        while tap.recv(256):
+            pass
+    return got_payload * 8 / elapsed / 1e9, got_frames / elapsed
+
+
+def _require_privileges() -> None:
+    if os.geteuid() != 0:
+        raise DeviceError("bench tap needs root (CAP_NET_ADMIN) to create namespaces and TAPs")
+    if not os.path.exists("/dev/net/tun"):
+        raise DeviceError("bench tap needs /dev/net/tun")
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure write and read Gbit/s with offloads on and off; returns the JSON result."""
+    _require_privileges()
+    seconds = 0.3 if quick else 1.5
+    result: dict[str, Any] = {
+        "benchmark": "tap",
+        "quick": quick,
+        "kernel": platform.release(),
+        "seconds_per_measurement": seconds,
+        "segment_payload_bytes": SEGMENT,
+        "super_packet_payload_bytes": SEGMENT * SEGMENTS,
+    }
+    with Netns("nsobench") as ns:
+        ns.ip("link", "add", "nsobr0", "type", "bridge")
+        ns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
+        with ns.entered():
+            writer = TapDevice("nsotapw", up=False)
+            reader = TapDevice("nsotapr", up=False)
+        with writer, reader:
+            ns.ip("link", "set", "nsotapw", "master", "nsobr0")
+            ns.ip("link", "set", "nsova", "master", "nsobr0")
+            ns.ip("addr", "add", "198.18.0.2/24", "dev", "nsotapr")
+            for dev in ("nsobr0", "nsova", "nsovb", "nsotapw", "nsotapr"):
+                ns.ip("link", "set", dev, "up")
+            ns.ip(
+                "neigh", "add", "198.18.0.1", "lladdr", "02:00:00:00:aa:01",
+                "dev", "nsotapr", "nud", "permanent",
+            )  # fmt: skip
+            for on in (False, True):
+                label = "on" if on else "off"
+                selection = Selection(writer.capabilities()) if on else Selection()
+                writer.enable(selection)
+                reader.enable(Selection(reader.capabilities()) if on else Selection())
+                gbit, fps = _measure_write(writer, on, seconds)
+                result[f"write_gbit_per_s_{label}"] = round(gbit, 3)
+                result[f"write_frames_per_s_{label}"] = round(fps)
+                gbit, fps = _measure_read(ns, reader, seconds)
+                result[f"read_gbit_per_s_{label}"] = round(gbit, 3)
+                result[f"read_frames_per_s_{label}"] = round(fps)
+    for direction in ("write", "read"):
+        off = result[f"{direction}_gbit_per_s_off"]
+        on_rate = result[f"{direction}_gbit_per_s_on"]
+        result[f"{direction}_ratio"] = round(on_rate / off, 2) if off else None
+    return result
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    """The side-by-side table."""
+    table = Table(
+        title=(
+            f"TAP throughput, offloads on vs off (UDP goodput; kernel {result['kernel']}, "
+            f"{result['seconds_per_measurement']} s each)"
+        ),
+        title_justify="left",
+    )
+    table.add_column("direction")
+    table.add_column("off Gbit/s", justify="right")
+    table.add_column("off frames/s", justify="right")
+    table.add_column("on Gbit/s", justify="right")
+    table.add_column("on frames/s", justify="right")
+    table.add_column("on / off", justify="right")
+    for direction, note in (("write", "host -> kernel"), ("read", "kernel -> host")):
+        ratio = result.get(f"{direction}_ratio")
+        table.add_row(
+            f"{direction} ({note})",
+            f"{result[f'{direction}_gbit_per_s_off']:.2f}",
+            f"{result[f'{direction}_frames_per_s_off']:,}",
+            f"{result[f'{direction}_gbit_per_s_on']:.2f}",
+            f"{result[f'{direction}_frames_per_s_on']:,}",
+            "-" if ratio is None else f"{ratio:.1f}x",
+        )
+    console.print(table)
+    console.print(
+        f"on: {result['super_packet_payload_bytes']}-byte UDP super-packets (GSO/USO, NEEDS_CSUM); "
+        f"off: {result['segment_payload_bytes']}-byte datagrams, checksums in software."
+    )
