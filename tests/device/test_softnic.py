@@ -161,14 +161,17 @@ def test_checksum_and_segmentation_match_the_engine(pair: tuple[SoftNic, SoftNic
 def test_receive_verifies_and_coalesces(pair: tuple[SoftNic, SoftNic]) -> None:
     a, b = pair
     _, packets = _tcp_frames(60000)
+    segments = -(-60000 // 1448)
     a.send_all(packets)
-    got = _receive(b, 1)
-    assert len(got) == 1
-    info = got[0].rx
-    assert info.l4 is ChecksumStatus.VERIFIED
-    assert info.assembled is not None and info.assembled.gso_type is GsoType.TCPV4
-    assert info.segments == -(-60000 // 1448) or info.segments > 1
-    assert b.stats().tasks[Task.TCP_ASSEMBLY.label] >= 1
+    got: list[Packet] = []
+    while sum(p.rx.segments for p in got) < segments and b.wait(5.0):
+        got += [Packet(bytes(p.data), rx=p.rx) for p in b.recv()]
+    assert sum(p.rx.segments for p in got) == segments
+    assert len(got) < segments  # how the reads fell decides the cut, not whether it merges
+    assert all(p.rx.l4 is ChecksumStatus.VERIFIED for p in got)
+    merged = [p.rx.assembled for p in got if p.rx.segments > 1]
+    assert merged and all(m is not None and m.gso_type is GsoType.TCPV4 for m in merged)
+    assert b.stats().tasks[Task.TCP_ASSEMBLY.label] >= 2
 
 
 def test_a_task_that_is_not_enabled_is_dropped_and_counted(pair: tuple[SoftNic, SoftNic]) -> None:

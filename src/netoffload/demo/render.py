@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from rich.console import Console
@@ -56,6 +57,7 @@ def render_results(result: dict[str, Any], console: Console) -> None:
     row("host CPU s per GB", "host_cpu_s_per_gb", 3)
     row("host CPU s", "host_cpu_s", 3)
     row("wall time s", "seconds", 3)
+    row("super-packets built", "super_packets", 0)
     row("packets host → NIC", "packets_posted", 0)
     row("packets NIC → host", "packets_received", 0)
     table.add_row(
@@ -73,7 +75,9 @@ def render_results(result: dict[str, Any], console: Console) -> None:
     console.print(table)
     for mode, data in (("on", on), ("off", off)):
         drops = {**data["sender_stats"]["drops"], **data["receiver_stats"]["drops"]}
-        tasks = data["sender_stats"]["tasks"] | data["receiver_stats"]["tasks"]
+        tasks = dict(
+            Counter(data["sender_stats"]["tasks"]) + Counter(data["receiver_stats"]["tasks"])
+        )
         host_tasks = data["host_stats"]["tasks"]
         console.print(
             f"offload {mode}: NIC tasks {tasks or '{}'}; host tasks {host_tasks or '{}'}; "

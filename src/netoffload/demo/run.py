@@ -45,6 +45,7 @@ class ModeResult:
     bytes_verified: int = 0
     seconds: float = 0.0
     host_cpu_s: float = 0.0
+    super_packets: int = 0
     packets_posted: int = 0
     packets_received: int = 0
     sender: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class ModeResult:
             "host_cpu_s": self.host_cpu_s,
             "bytes_sent": self.bytes_sent,
             "bytes_verified": self.bytes_verified,
+            "super_packets": self.super_packets,
             "packets_posted": self.packets_posted,
             "packets_received": self.packets_received,
             "sender_stats": self.sender,
@@ -111,7 +113,7 @@ def _transfer(
             if packets:
                 tx.send(packets)
                 index += len(packets)
-                result.packets_posted += len(packets)
+                result.super_packets += len(packets)
                 progressed = True
         elif tx.backlog:
             progressed = tx.push() > 0
@@ -165,6 +167,7 @@ def run_mode(
             result.sender = sender.stats().as_dict()
             result.wire = sender.wire_counters()
             result.receiver = receiver.stats().as_dict()
+            result.packets_posted = tx.stats.tx_packets
             stats = tx.stats
             stats.merge(rx.stats)
             result.host = stats.as_dict()
