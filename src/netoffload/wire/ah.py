@@ -6,6 +6,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
@@ -23,29 +24,19 @@ _U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!BBHII")
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _check_bits(name: str, value: int, bits: int) -> None:
     if not isinstance(value, int) or not 0 <= value < (1 << bits):
         raise WireError(f"{name} {value!r} does not fit in {bits} bits")
 
 
-class AhPacket:
+class AhPacket(HeaderView):
     """A zero-copy view of an AH header and what follows it.
 
     ``AhPacket.checked(buf)`` checks the payload length field against the
     buffer, after which no accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> AhPacket:
@@ -64,16 +55,6 @@ class AhPacket:
             raise WireError(f"AH payload length {self.payload_len} is below 1", PAYLOAD_LEN)
         if header_len > n:
             raise WireError(f"AH header of {header_len} bytes overruns {n} bytes", PAYLOAD_LEN)
-
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def next_header(self) -> int:
@@ -182,9 +163,7 @@ class AhRepr:
 
     def emit(self, buf: Buffer, offset: int = 0, *, payload: Buffer = b"") -> None:
         """Write the header (reserved field zero) and ``payload`` into ``buf`` at ``offset``."""
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         total = self.header_len + len(payload)
         if offset < 0 or offset + total > len(view):
             raise WireError(f"buffer too short for {total} bytes of AH and payload", offset)

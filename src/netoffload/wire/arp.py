@@ -8,6 +8,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 from netoffload.wire.ethernet import EtherType, MacAddress
@@ -37,14 +38,7 @@ class ArpOperation(IntEnum):
     REPLY = 2
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
-class ArpPacket:
+class ArpPacket(HeaderView):
     """A zero-copy view of an Ethernet/IPv4 ARP packet.
 
     ``ArpPacket(buf)`` does not check anything; use ``ArpPacket.checked(buf)``
@@ -52,10 +46,7 @@ class ArpPacket:
     of the packet (Ethernet padding) are ignored.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> ArpPacket:
@@ -78,19 +69,9 @@ class ArpPacket:
             raise WireError(f"ARP packet of {n} bytes is shorter than {PACKET_LEN}", 0)
         return packet
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _u16(self, offset: int) -> int:
         value: int = _U16.unpack_from(self._buf, offset)[0]
         return value
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def hardware_type(self) -> int:
@@ -199,9 +180,7 @@ class ArpRepr:
 
     def emit(self, buf: Buffer, offset: int = 0) -> None:
         """Write this packet into ``buf`` at ``offset``."""
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         if offset < 0 or offset + PACKET_LEN > len(view):
             raise WireError(f"buffer too short for a {PACKET_LEN}-byte ARP packet", offset)
         _FIXED.pack_into(view, offset, HARDWARE_ETHERNET, EtherType.IPV4, 6, 4, self.operation)

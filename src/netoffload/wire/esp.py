@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from netoffload.wire._view import HeaderView, byte_view, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
@@ -26,29 +27,19 @@ _U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!II")
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _check_u32(name: str, value: int) -> None:
     if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
         raise WireError(f"{name} {value!r} does not fit in 32 bits")
 
 
-class EspPacket:
+class EspPacket(HeaderView):
     """A zero-copy view of an ESP packet: SPI, sequence number, then opaque data.
 
     ``EspPacket.checked(buf)`` checks that the header fits, after which no
     accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> EspPacket:
@@ -61,16 +52,6 @@ class EspPacket:
         """Raise ``WireError`` unless every accessor is safe on this buffer."""
         if len(self._buf) < HEADER_LEN:
             raise WireError(f"ESP packet of {len(self._buf)} bytes is shorter than 8", 0)
-
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def spi(self) -> int:
@@ -128,9 +109,7 @@ class EspRepr:
 
     def emit(self, buf: Buffer, offset: int = 0, *, payload: Buffer = b"") -> None:
         """Write the header and the opaque ``payload`` into ``buf`` at ``offset``."""
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         total = HEADER_LEN + len(payload)
         if offset < 0 or offset + total > len(view):
             raise WireError(f"buffer too short for a {total}-byte ESP packet", offset)
@@ -184,7 +163,7 @@ class EspTrailer:
 
         With ``check_padding`` the padding must be the default 1, 2, 3, ...
         """
-        view = _memoryview(plaintext)
+        view = byte_view(plaintext)
         n = len(view)
         if n < TRAILER_LEN:
             raise WireError(f"decrypted ESP payload of {n} bytes has no trailer", 0)
@@ -207,9 +186,7 @@ class EspTrailer:
 
     def emit(self, buf: Buffer, offset: int) -> None:
         """Write padding and trailer into ``buf`` at ``offset`` (the end of the payload)."""
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         if offset < 0 or offset + self.trailer_len > len(view):
             raise WireError("buffer too short for the ESP trailer", offset)
         view[offset : offset + self.trailer_len] = self.to_bytes()

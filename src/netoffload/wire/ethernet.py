@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
@@ -52,13 +53,6 @@ def _ethertype(value: int) -> int:
         return EtherType(value)
     except ValueError:
         return value
-
-
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +138,7 @@ class VlanTag:
         return cls(pcp=tci >> 13, dei=bool(tci & 0x1000), vid=tci & 0xFFF, tpid=_ethertype(tpid))
 
 
-class EthernetFrame:
+class EthernetFrame(HeaderView):
     """A zero-copy view of an Ethernet II frame, VLAN tags included.
 
     ``EthernetFrame(buf)`` does not check anything; use
@@ -152,10 +146,7 @@ class EthernetFrame:
     accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> EthernetFrame:
@@ -189,16 +180,6 @@ class EthernetFrame:
             if offset + 2 > len(buf):
                 raise WireError("VLAN tag runs past the end of the frame", offset - VLAN_TAG_LEN)
         return count
-
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def dst(self) -> MacAddress:
@@ -283,9 +264,7 @@ class EthernetRepr:
 
     def emit(self, buf: Buffer, offset: int = 0) -> None:
         """Write this header into ``buf`` at ``offset`` (payload bytes are left alone)."""
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         if offset < 0 or offset + self.header_len > len(view):
             raise WireError(f"buffer too short for a {self.header_len}-byte header", offset)
         view[offset : offset + 6] = self.dst.octets

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum
 from netoffload.wire.error import WireError
 
@@ -59,29 +60,19 @@ class TimeExceededCode(IntEnum):
     REASSEMBLY = 1
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _check_range(what: str, value: int, top: int) -> None:
     if not 0 <= value <= top:
         raise WireError(f"ICMPv4 {what} {value} not in 0..{top}")
 
 
-class Icmpv4Packet:
+class Icmpv4Packet(HeaderView):
     """A zero-copy view of one ICMPv4 message; the buffer is the whole message.
 
     ``Icmpv4Packet(buf)`` does not check anything; use ``Icmpv4Packet.checked``
     on untrusted input, after which no accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Icmpv4Packet:
@@ -93,19 +84,9 @@ class Icmpv4Packet:
             )
         return packet
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _u16(self, offset: int) -> int:
         value: int = _U16.unpack_from(self._buf, offset)[0]
         return value
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def icmp_type(self) -> int:
@@ -246,9 +227,7 @@ class Icmpv4Repr(ABC):
 
         The checksum is computed unless ``checksum`` is given (0 included).
         """
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         end = offset + self.buffer_len()
         if offset < 0 or end > len(view):
             raise WireError(f"buffer too short for a {self.buffer_len()}-byte message", offset)

@@ -14,6 +14,7 @@ from enum import IntEnum
 from ipaddress import IPv6Address
 from typing import Final, TypeAlias
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum, pseudo_header_sum
 from netoffload.wire.error import WireError
 from netoffload.wire.ethernet import MacAddress
@@ -67,13 +68,6 @@ class NdpOptionType(IntEnum):
     MTU = 5
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _packed(addr: Ipv6AddressLike) -> Buffer:
     packed = addr.packed if isinstance(addr, IPv6Address) else addr
     if len(packed) != 16:
@@ -90,17 +84,14 @@ def _check_range(what: str, value: int, top: int) -> None:
         raise WireError(f"ICMPv6 {what} {value} not in 0..{top}")
 
 
-class Icmpv6Packet:
+class Icmpv6Packet(HeaderView):
     """A zero-copy view of one ICMPv6 message; the buffer is the whole message.
 
     ``Icmpv6Packet(buf)`` does not check anything; use ``Icmpv6Packet.checked``
     on untrusted input, after which no accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Icmpv6Packet:
@@ -112,19 +103,9 @@ class Icmpv6Packet:
             )
         return packet
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _u16(self, offset: int) -> int:
         value: int = _U16.unpack_from(self._buf, offset)[0]
         return value
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def icmp_type(self) -> int:
@@ -357,9 +338,7 @@ class Icmpv6Repr(ABC):
         The checksum (over the pseudo-header of ``src`` and ``dst``) is
         computed unless ``checksum`` is given (0 included).
         """
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         n = self.buffer_len()
         if offset < 0 or offset + n > len(view):
             raise WireError(f"buffer too short for a {n}-byte message", offset)

@@ -8,6 +8,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum
 from netoffload.wire.error import WireError
 
@@ -64,14 +65,7 @@ def ip_protocol(value: int) -> int:
         return value
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
-class Ipv4Packet:
+class Ipv4Packet(HeaderView):
     """A zero-copy view of an IPv4 packet.
 
     ``Ipv4Packet(buf)`` does not check anything; use ``Ipv4Packet.checked(buf)``
@@ -79,10 +73,7 @@ class Ipv4Packet:
     ``total_len`` (Ethernet padding) are allowed and are not payload.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Ipv4Packet:
@@ -115,18 +106,8 @@ class Ipv4Packet:
                 f"IPv4 total length {self.total_len} overruns a {n}-byte buffer", TOTAL_LEN
             )
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _set16(self, offset: int, value: int) -> None:
         _U16.pack_into(self._writable(), offset, value)
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def version(self) -> int:
@@ -372,9 +353,7 @@ class Ipv4Repr:
         The checksum is computed unless ``checksum`` is given (0 included, e.g.
         for a device that fills it in).
         """
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         end = offset + self.header_len
         if offset < 0 or end > len(view):
             raise WireError(f"buffer too short for a {self.header_len}-byte header", offset)

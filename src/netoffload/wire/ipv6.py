@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import ClassVar, Final, NamedTuple, Self, TypeAlias
 
+from netoffload.wire._view import HeaderView, byte_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 from netoffload.wire.ipv4 import IpProtocol, ip_protocol
@@ -52,16 +53,9 @@ _U32 = struct.Struct("!I")
 _FIXED = struct.Struct("!IHBB")
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _writable_at(buf: Buffer, offset: int, length: int) -> memoryview:
     """``buf`` as a writable memoryview with ``length`` bytes free at ``offset``."""
-    view = _memoryview(buf)
+    view = byte_view(buf)
     if view.readonly:
         raise WireError("cannot emit into a read-only buffer")
     if offset < 0 or offset + length > len(view):
@@ -74,7 +68,7 @@ def _check_range(what: str, value: int, top: int) -> None:
         raise WireError(f"{what} {value} not in 0..{top}")
 
 
-class Ipv6Packet:
+class Ipv6Packet(HeaderView):
     """A zero-copy view of an IPv6 packet (fixed header plus payload).
 
     ``Ipv6Packet(buf)`` does not check anything; use ``Ipv6Packet.checked(buf)``
@@ -82,10 +76,7 @@ class Ipv6Packet:
     payload length (Ethernet padding) are allowed and are not payload.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Ipv6Packet:
@@ -106,19 +97,9 @@ class Ipv6Packet:
                 f"IPv6 payload length {self.payload_len} overruns a {n}-byte buffer", PAYLOAD_LEN
             )
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _first_word(self) -> int:
         value: int = _U32.unpack_from(self._buf, VER_TC_FLOW)[0]
         return value
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def version(self) -> int:
@@ -272,17 +253,14 @@ class Ipv6Repr:
 # --- extension headers -------------------------------------------------------
 
 
-class Ipv6ExtHeader:
+class Ipv6ExtHeader(HeaderView):
     """A zero-copy view of a hop-by-hop, routing or destination options header.
 
     These share a layout: next header, length in 8-byte units not counting
     the first 8, then ``data``. ``checked`` guarantees the whole header fits.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Ipv6ExtHeader:
@@ -319,13 +297,10 @@ class Ipv6ExtHeader:
         return self._buf[2 : self.header_len]
 
 
-class Ipv6FragmentHeader:
+class Ipv6FragmentHeader(HeaderView):
     """A zero-copy view of an IPv6 fragment header (always 8 bytes)."""
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> Ipv6FragmentHeader:
@@ -336,11 +311,6 @@ class Ipv6FragmentHeader:
                 f"IPv6 fragment header of {len(header._buf)} bytes is shorter than 8", 0
             )
         return header
-
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
 
     def _word(self) -> int:
         value: int = _U16.unpack_from(self._buf, FRAG_OFFSET_FLAGS)[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import Final, TypeAlias
 
+from netoffload.wire._view import HeaderView, byte_view, writable_view
 from netoffload.wire.checksum import (
     IPPROTO_TCP,
     Address,
@@ -75,13 +76,6 @@ class TcpOptionKind(IntEnum):
 
 _KNOWN_KINDS: Final = frozenset(int(k) for k in TcpOptionKind)
 _NO_FLAGS: Final = TcpFlags(0)
-
-
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
 
 
 def _check_range(name: str, value: int, bits: int) -> None:
@@ -236,7 +230,7 @@ def parse_options(data: Buffer, base_offset: int = OPTIONS) -> tuple[TcpOption, 
     Raises ``WireError`` on a length byte below 2, an option running past the
     area, or a known kind with the wrong length.
     """
-    view = _memoryview(data)
+    view = byte_view(data)
     n = len(view)
     out: list[TcpOption] = []
     i = 0
@@ -290,7 +284,7 @@ def options_bytes(options: tuple[TcpOption, ...]) -> bytes:
     return raw + bytes(-len(raw) % 4)
 
 
-class TcpPacket:
+class TcpPacket(HeaderView):
     """A zero-copy view of a TCP segment: the buffer is the header and the payload.
 
     ``TcpPacket(buf)`` checks nothing; ``TcpPacket.checked(buf)`` checks the
@@ -298,10 +292,7 @@ class TcpPacket:
     need a writable buffer (a ``bytearray`` or writable ``memoryview``).
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> TcpPacket:
@@ -324,11 +315,6 @@ class TcpPacket:
             )
         parse_options(self.options)
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _put16(self, offset: int, name: str, value: int) -> None:
         _check_range(name, value, 16)
         _U16.pack_into(self._writable(), offset, value)
@@ -336,11 +322,6 @@ class TcpPacket:
     def _put32(self, offset: int, name: str, value: int) -> None:
         _check_range(name, value, 32)
         _U32.pack_into(self._writable(), offset, value)
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def src_port(self) -> int:
@@ -565,9 +546,7 @@ class TcpRepr:
         ``checksum=None`` computes the checksum (``src`` and ``dst`` are then
         needed); any other value is written as given (0 included).
         """
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         opts = options_bytes(self.options)
         header_len = HEADER_LEN + len(opts)
         total = header_len + len(payload)

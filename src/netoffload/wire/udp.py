@@ -12,6 +12,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from netoffload.wire._view import HeaderView, writable_view
 from netoffload.wire.checksum import (
     IPPROTO_UDP,
     Address,
@@ -35,13 +36,6 @@ _U16 = struct.Struct("!H")
 _HEADER = struct.Struct("!HHHH")
 
 
-def _memoryview(buf: Buffer) -> memoryview:
-    view = memoryview(buf)
-    if view.ndim != 1 or view.format != "B":
-        view = view.cast("B")
-    return view
-
-
 def _check_u16(name: str, value: int) -> None:
     if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
         raise WireError(f"{name} {value!r} does not fit in 16 bits")
@@ -54,17 +48,14 @@ def _is_ipv6(src: Address, dst: Address) -> bool:
     return n_src == 16
 
 
-class UdpPacket:
+class UdpPacket(HeaderView):
     """A zero-copy view of a UDP datagram.
 
     ``UdpPacket(buf)`` checks nothing; ``UdpPacket.checked(buf)`` checks the
     length field against the buffer, after which no accessor can fail.
     """
 
-    __slots__ = ("_buf",)
-
-    def __init__(self, buf: Buffer) -> None:
-        self._buf = _memoryview(buf)
+    __slots__ = ()
 
     @classmethod
     def checked(cls, buf: Buffer) -> UdpPacket:
@@ -84,19 +75,9 @@ class UdpPacket:
         if length > n:
             raise WireError(f"UDP length field {length} overruns a {n}-byte buffer", LENGTH)
 
-    def _writable(self) -> memoryview:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        return self._buf
-
     def _put16(self, offset: int, name: str, value: int) -> None:
         _check_u16(name, value)
         _U16.pack_into(self._writable(), offset, value)
-
-    @property
-    def buffer(self) -> memoryview:
-        """The whole underlying buffer."""
-        return self._buf
 
     @property
     def src_port(self) -> int:
@@ -233,9 +214,7 @@ class UdpRepr:
         computed 0 is written as 0xFFFF); any other value is written as given,
         so ``checksum=0`` sends no checksum over IPv4.
         """
-        view = _memoryview(buf)
-        if view.readonly:
-            raise WireError("cannot emit into a read-only buffer")
+        view = writable_view(buf)
         total = HEADER_LEN + len(payload)
         if total > MAX_LENGTH:
             raise WireError(f"UDP datagram of {total} bytes exceeds {MAX_LENGTH}")
