@@ -56,18 +56,30 @@ def ipv6_header(
 
 
 def tcp_header(
-    sport: int, dport: int, seq: int, *, ack: int = 1, flags: int = 0x18, window: int = 512
+    sport: int,
+    dport: int,
+    seq: int,
+    *,
+    ack: int = 1,
+    flags: int = 0x18,
+    window: int = 512,
+    options: bytes = b"",
 ) -> bytes:
-    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, window, 0, 0)
+    doff = 5 + len(options) // 4
+    fixed = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, window, 0, 0)
+    return fixed + options
 
 
 def udp_header(sport: int, dport: int, length: int) -> bytes:
     return struct.pack("!HHHH", sport, dport, length, 0)
 
 
-def _l3(version: int, proto: int, l4_len: int, ident: int = 0x1234) -> tuple[bytes, int]:
+def _l3(
+    version: int, proto: int, l4_len: int, *, ident: int = 0x1234, ttl: int = 64, df: bool = True
+) -> tuple[bytes, int]:
     if version == 4:
-        return ether(MAC_B, MAC_A, 0x0800) + ipv4_header(V4_A, V4_B, proto, l4_len, ident=ident), 34
+        ip = ipv4_header(V4_A, V4_B, proto, l4_len, ident=ident, ttl=ttl, df=df)
+        return ether(MAC_B, MAC_A, 0x0800) + ip, 34
     return ether(MAC_B, MAC_A, 0x86DD) + ipv6_header(V6_A, V6_B, proto, l4_len), 54
 
 
@@ -87,10 +99,13 @@ def tcp_frame(
     ident: int = 0x1234,
     sport: int = 40000,
     dport: int = 5001,
+    options: bytes = b"",
+    ttl: int = 64,
+    df: bool = True,
 ) -> bytes:
     """An Ethernet/IP/TCP frame; ``partial`` leaves the pseudo-header sum (NEEDS_CSUM form)."""
-    l4 = bytearray(tcp_header(sport, dport, seq, flags=flags) + payload)
-    head, l4_start = _l3(version, TCP_PROTO, len(l4), ident)
+    l4 = bytearray(tcp_header(sport, dport, seq, flags=flags, options=options) + payload)
+    head, l4_start = _l3(version, TCP_PROTO, len(l4), ident=ident, ttl=ttl, df=df)
     pseudo = _pseudo(version, TCP_PROTO, len(l4))
     csum = pseudo if partial else internet_checksum(l4, pseudo)
     struct.pack_into("!H", l4, 16, csum)
@@ -112,7 +127,7 @@ def udp_frame(
     """An Ethernet/IP/UDP frame; ``corrupt`` spoils the checksum; ``length`` sets the UDP length."""
     udp_len = 8 + len(payload) if length is None else length
     l4 = bytearray(udp_header(sport, dport, udp_len) + payload)
-    head, _ = _l3(version, UDP_PROTO, len(l4), ident)
+    head, _ = _l3(version, UDP_PROTO, len(l4), ident=ident)
     pseudo = _pseudo(version, UDP_PROTO, udp_len)
     if partial:
         csum = pseudo
