@@ -6,28 +6,48 @@ rest-of-header word and body, so they re-emit byte for byte.
 
 from __future__ import annotations
 
-import struct
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import ClassVar, Final
 
-from netoffload.wire._view import HeaderView, writable_view
-from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum
+from netoffload.wire._icmp import (
+    CHECKSUM,
+    CODE,
+    ECHO_IDENT,
+    ECHO_SEQ,
+    HEADER_LEN,
+    REST,
+    TYPE,
+    IcmpRepr,
+    IcmpView,
+)
+from netoffload.wire._view import check_range
+from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
-TYPE: Final = 0
-CODE: Final = 1
-CHECKSUM: Final = 2
-REST: Final = 4
-ECHO_IDENT: Final = 4
-ECHO_SEQ: Final = 6
-NEXT_HOP_MTU: Final = 6
-HEADER_LEN: Final = 8
+# The header offsets come from _icmp (both versions share them) and stay importable here.
+__all__ = [
+    "CHECKSUM",
+    "CODE",
+    "ECHO_IDENT",
+    "ECHO_SEQ",
+    "HEADER_LEN",
+    "NEXT_HOP_MTU",
+    "REST",
+    "TYPE",
+    "DestUnreachableCode",
+    "Icmpv4DestUnreachableRepr",
+    "Icmpv4EchoRepr",
+    "Icmpv4OtherRepr",
+    "Icmpv4Packet",
+    "Icmpv4Repr",
+    "Icmpv4TimeExceededRepr",
+    "Icmpv4Type",
+    "TimeExceededCode",
+]
 
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_HEADER = struct.Struct("!BBHI")
+NEXT_HOP_MTU: Final = 6
 
 
 class Icmpv4Type(IntEnum):
@@ -61,11 +81,10 @@ class TimeExceededCode(IntEnum):
 
 
 def _check_range(what: str, value: int, top: int) -> None:
-    if not 0 <= value <= top:
-        raise WireError(f"ICMPv4 {what} {value} not in 0..{top}")
+    check_range(f"ICMPv4 {what}", value, top)
 
 
-class Icmpv4Packet(HeaderView):
+class Icmpv4Packet(IcmpView):
     """A zero-copy view of one ICMPv4 message; the buffer is the whole message.
 
     ``Icmpv4Packet(buf)`` does not check anything; use ``Icmpv4Packet.checked``
@@ -74,92 +93,17 @@ class Icmpv4Packet(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Icmpv4Packet:
-        """A view of ``buf`` after checking that the 8-byte header is there."""
-        packet = cls(buf)
-        if len(packet._buf) < HEADER_LEN:
-            raise WireError(
-                f"ICMPv4 message of {len(packet._buf)} bytes is shorter than {HEADER_LEN}", 0
-            )
-        return packet
-
-    def _u16(self, offset: int) -> int:
-        value: int = _U16.unpack_from(self._buf, offset)[0]
-        return value
-
-    @property
-    def icmp_type(self) -> int:
-        """Message type (an ``Icmpv4Type`` member when known)."""
-        value = self._buf[TYPE]
-        try:
-            return Icmpv4Type(value)
-        except ValueError:
-            return value
-
-    @icmp_type.setter
-    def icmp_type(self, value: int) -> None:
-        self._writable()[TYPE] = value
-
-    @property
-    def code(self) -> int:
-        """Message code."""
-        return self._buf[CODE]
-
-    @code.setter
-    def code(self, value: int) -> None:
-        self._writable()[CODE] = value
-
-    @property
-    def checksum(self) -> int:
-        """Checksum field."""
-        return self._u16(CHECKSUM)
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        _U16.pack_into(self._writable(), CHECKSUM, value)
-
-    @property
-    def rest(self) -> int:
-        """The 32-bit rest-of-header word, whatever the type makes of it."""
-        value: int = _U32.unpack_from(self._buf, REST)[0]
-        return value
-
-    @rest.setter
-    def rest(self, value: int) -> None:
-        _U32.pack_into(self._writable(), REST, value)
-
-    @property
-    def echo_ident(self) -> int:
-        """Echo identifier."""
-        return self._u16(ECHO_IDENT)
-
-    @echo_ident.setter
-    def echo_ident(self, value: int) -> None:
-        _U16.pack_into(self._writable(), ECHO_IDENT, value)
-
-    @property
-    def echo_seq(self) -> int:
-        """Echo sequence number."""
-        return self._u16(ECHO_SEQ)
-
-    @echo_seq.setter
-    def echo_seq(self, value: int) -> None:
-        _U16.pack_into(self._writable(), ECHO_SEQ, value)
+    NAME: ClassVar[str] = "ICMPv4"
+    TYPES: ClassVar[type[IntEnum]] = Icmpv4Type
 
     @property
     def next_hop_mtu(self) -> int:
         """Next-hop MTU of a "fragmentation needed" message (RFC 1191)."""
         return self._u16(NEXT_HOP_MTU)
 
-    @property
-    def data(self) -> memoryview:
-        """Everything after the 8-byte header: echo data or the quoted datagram."""
-        return self._buf[HEADER_LEN:]
-
     def compute_checksum(self) -> int:
         """The checksum the message should carry (the field itself is skipped)."""
-        return internet_checksum(self._buf[REST:], ones_sum(self._buf[:CHECKSUM]))
+        return self._checksum_for(0)
 
     def fill_checksum(self) -> None:
         """Compute the checksum and write it into the checksum field."""
@@ -167,28 +111,15 @@ class Icmpv4Packet(HeaderView):
 
     def verify_checksum(self) -> bool:
         """True when the checksum is correct."""
-        return internet_checksum(self._buf) == 0
+        return self._checksum_ok(0)
 
 
-class Icmpv4Repr(ABC):
+class Icmpv4Repr(IcmpRepr):
     """An ICMPv4 message as checked values; ``parse`` picks the subclass."""
 
     __slots__ = ()
 
-    @property
-    @abstractmethod
-    def icmp_type(self) -> int:
-        """Message type."""
-
-    @property
-    @abstractmethod
-    def icmp_code(self) -> int:
-        """Message code."""
-
-    @property
-    @abstractmethod
-    def rest(self) -> int:
-        """The 32-bit rest-of-header word."""
+    NAME: ClassVar[str] = "ICMPv4"
 
     @property
     @abstractmethod
@@ -222,22 +153,17 @@ class Icmpv4Repr(ABC):
         """Bytes of the whole message."""
         return HEADER_LEN + len(self.body)
 
+    def _emit_body(self, view: memoryview, pos: int) -> None:
+        body = self.body
+        view[pos : pos + len(body)] = body
+
     def emit(self, buf: Buffer, offset: int = 0, *, checksum: int | None = None) -> None:
         """Write the whole message into ``buf`` at ``offset``.
 
         The checksum is computed unless ``checksum`` is given (0 included).
         """
-        view = writable_view(buf)
-        end = offset + self.buffer_len()
-        if offset < 0 or end > len(view):
-            raise WireError(f"buffer too short for a {self.buffer_len()}-byte message", offset)
-        if checksum is not None:
-            _check_range("checksum", checksum, 0xFFFF)
-        _HEADER.pack_into(view, offset, self.icmp_type, self.icmp_code, 0, self.rest)
-        view[offset + HEADER_LEN : end] = self.body
-        if checksum is None:
-            checksum = internet_checksum(view[offset:end])
-        _U16.pack_into(view, offset + CHECKSUM, checksum)
+        view = self._reserve(buf, offset, checksum)
+        self._write(view, offset, checksum, 0)
 
     def to_bytes(self, *, checksum: int | None = None) -> bytes:
         """The whole message as bytes."""

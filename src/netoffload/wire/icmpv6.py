@@ -7,36 +7,63 @@ source and destination addresses. Other message types are kept as
 
 from __future__ import annotations
 
-import struct
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv6Address
-from typing import Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
-from netoffload.wire._view import HeaderView, writable_view
-from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum, pseudo_header_sum
+from netoffload.wire._icmp import (
+    CHECKSUM,
+    CODE,
+    ECHO_IDENT,
+    ECHO_SEQ,
+    HEADER_LEN,
+    REST,
+    TYPE,
+    IcmpRepr,
+    IcmpView,
+)
+from netoffload.wire._view import check_range
+from netoffload.wire.checksum import Buffer, pseudo_header_sum
 from netoffload.wire.error import WireError
 from netoffload.wire.ethernet import MacAddress
 from netoffload.wire.ipv4 import IpProtocol
 
-TYPE: Final = 0
-CODE: Final = 1
-CHECKSUM: Final = 2
-REST: Final = 4
-ECHO_IDENT: Final = 4
-ECHO_SEQ: Final = 6
-HEADER_LEN: Final = 8
+# The header offsets come from _icmp (both versions share them) and stay importable here.
+__all__ = [
+    "CHECKSUM",
+    "CODE",
+    "ECHO_IDENT",
+    "ECHO_SEQ",
+    "FLAG_OVERRIDE",
+    "FLAG_ROUTER",
+    "FLAG_SOLICITED",
+    "HEADER_LEN",
+    "NDP_OPTIONS",
+    "NDP_TARGET",
+    "REST",
+    "TYPE",
+    "Icmpv6EchoRepr",
+    "Icmpv6NeighborAdvertRepr",
+    "Icmpv6NeighborSolicitRepr",
+    "Icmpv6OtherRepr",
+    "Icmpv6Packet",
+    "Icmpv6Repr",
+    "Icmpv6Type",
+    "Ipv6AddressLike",
+    "NdpLinkAddress",
+    "NdpOption",
+    "NdpOptionType",
+    "NdpRawOption",
+]
+
 NDP_TARGET: Final = slice(8, 24)
 NDP_OPTIONS: Final = 24
 
 FLAG_ROUTER: Final = 0x8000_0000
 FLAG_SOLICITED: Final = 0x4000_0000
 FLAG_OVERRIDE: Final = 0x2000_0000
-
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_HEADER = struct.Struct("!BBHI")
 
 #: An IPv6 address for the pseudo-header: an ``IPv6Address`` or 16 packed bytes.
 Ipv6AddressLike: TypeAlias = IPv6Address | Buffer
@@ -80,93 +107,25 @@ def _pseudo_sum(src: Ipv6AddressLike, dst: Ipv6AddressLike, length: int) -> int:
 
 
 def _check_range(what: str, value: int, top: int) -> None:
-    if not 0 <= value <= top:
-        raise WireError(f"ICMPv6 {what} {value} not in 0..{top}")
+    check_range(f"ICMPv6 {what}", value, top)
 
 
-class Icmpv6Packet(HeaderView):
+class Icmpv6Packet(IcmpView):
     """A zero-copy view of one ICMPv6 message; the buffer is the whole message.
 
     ``Icmpv6Packet(buf)`` does not check anything; use ``Icmpv6Packet.checked``
-    on untrusted input, after which no accessor can fail.
+    on untrusted input, after which no accessor can fail. The rest-of-header
+    word holds the echo id/seq, NDP flags, an MTU or a pointer, by type.
     """
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Icmpv6Packet:
-        """A view of ``buf`` after checking that the 8-byte header is there."""
-        packet = cls(buf)
-        if len(packet._buf) < HEADER_LEN:
-            raise WireError(
-                f"ICMPv6 message of {len(packet._buf)} bytes is shorter than {HEADER_LEN}", 0
-            )
-        return packet
-
-    def _u16(self, offset: int) -> int:
-        value: int = _U16.unpack_from(self._buf, offset)[0]
-        return value
-
-    @property
-    def icmp_type(self) -> int:
-        """Message type (an ``Icmpv6Type`` member when known)."""
-        value = self._buf[TYPE]
-        try:
-            return Icmpv6Type(value)
-        except ValueError:
-            return value
-
-    @icmp_type.setter
-    def icmp_type(self, value: int) -> None:
-        self._writable()[TYPE] = value
-
-    @property
-    def code(self) -> int:
-        """Message code."""
-        return self._buf[CODE]
-
-    @code.setter
-    def code(self, value: int) -> None:
-        self._writable()[CODE] = value
-
-    @property
-    def checksum(self) -> int:
-        """Checksum field."""
-        return self._u16(CHECKSUM)
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        _U16.pack_into(self._writable(), CHECKSUM, value)
-
-    @property
-    def rest(self) -> int:
-        """The 32-bit rest-of-header word (echo id/seq, NDP flags, MTU, pointer)."""
-        value: int = _U32.unpack_from(self._buf, REST)[0]
-        return value
-
-    @rest.setter
-    def rest(self, value: int) -> None:
-        _U32.pack_into(self._writable(), REST, value)
-
-    @property
-    def echo_ident(self) -> int:
-        """Echo identifier."""
-        return self._u16(ECHO_IDENT)
-
-    @property
-    def echo_seq(self) -> int:
-        """Echo sequence number."""
-        return self._u16(ECHO_SEQ)
-
-    @property
-    def data(self) -> memoryview:
-        """Everything after the 8-byte header (no copy)."""
-        return self._buf[HEADER_LEN:]
+    NAME: ClassVar[str] = "ICMPv6"
+    TYPES: ClassVar[type[IntEnum]] = Icmpv6Type
 
     def compute_checksum(self, src: Ipv6AddressLike, dst: Ipv6AddressLike) -> int:
         """The checksum the message should carry between ``src`` and ``dst``."""
-        initial = ones_sum(self._buf[:CHECKSUM], _pseudo_sum(src, dst, len(self._buf)))
-        return internet_checksum(self._buf[REST:], initial)
+        return self._checksum_for(_pseudo_sum(src, dst, len(self._buf)))
 
     def fill_checksum(self, src: Ipv6AddressLike, dst: Ipv6AddressLike) -> None:
         """Compute the checksum and write it into the checksum field."""
@@ -174,7 +133,7 @@ class Icmpv6Packet(HeaderView):
 
     def verify_checksum(self, src: Ipv6AddressLike, dst: Ipv6AddressLike) -> bool:
         """True when the checksum is correct for a message from ``src`` to ``dst``."""
-        return internet_checksum(self._buf, _pseudo_sum(src, dst, len(self._buf))) == 0
+        return self._checksum_ok(_pseudo_sum(src, dst, len(self._buf)))
 
 
 # --- neighbor discovery options ---------------------------------------------
@@ -251,33 +210,16 @@ def _parse_ndp_options(data: memoryview, base: int) -> tuple[NdpOption, ...]:
 # --- messages ------------------------------------------------------------------
 
 
-class Icmpv6Repr(ABC):
+class Icmpv6Repr(IcmpRepr):
     """An ICMPv6 message as checked values; ``parse`` picks the subclass."""
 
     __slots__ = ()
 
-    @property
-    @abstractmethod
-    def icmp_type(self) -> int:
-        """Message type."""
-
-    @property
-    @abstractmethod
-    def icmp_code(self) -> int:
-        """Message code."""
-
-    @property
-    @abstractmethod
-    def rest(self) -> int:
-        """The 32-bit rest-of-header word."""
+    NAME: ClassVar[str] = "ICMPv6"
 
     @abstractmethod
     def body_len(self) -> int:
         """Bytes after the 8-byte header."""
-
-    @abstractmethod
-    def _emit_body(self, view: memoryview, pos: int) -> None:
-        """Write the bytes after the 8-byte header at ``pos``."""
 
     @classmethod
     def parse(
@@ -338,18 +280,8 @@ class Icmpv6Repr(ABC):
         The checksum (over the pseudo-header of ``src`` and ``dst``) is
         computed unless ``checksum`` is given (0 included).
         """
-        view = writable_view(buf)
-        n = self.buffer_len()
-        if offset < 0 or offset + n > len(view):
-            raise WireError(f"buffer too short for a {n}-byte message", offset)
-        if checksum is not None:
-            _check_range("checksum", checksum, 0xFFFF)
-        pseudo = _pseudo_sum(src, dst, n)
-        _HEADER.pack_into(view, offset, self.icmp_type, self.icmp_code, 0, self.rest)
-        self._emit_body(view, offset + HEADER_LEN)
-        if checksum is None:
-            checksum = internet_checksum(view[offset : offset + n], pseudo)
-        _U16.pack_into(view, offset + CHECKSUM, checksum)
+        view = self._reserve(buf, offset, checksum)
+        self._write(view, offset, checksum, _pseudo_sum(src, dst, self.buffer_len()))
 
     def to_bytes(
         self, src: Ipv6AddressLike, dst: Ipv6AddressLike, *, checksum: int | None = None
