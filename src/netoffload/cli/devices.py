@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from netoffload.device.base import Device, DeviceError
 from netoffload.device.names import open_device
@@ -44,33 +45,42 @@ def _call(fn: Callable[[], T]) -> T:
 
 def _format_value(value: Any) -> str:
     if isinstance(value, list):
-        return "|".join(value) if value else "none"
+        return ", ".join(value) if value else "none"
     return str(value)
 
 
 def _format_params(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_format_value(v)}" for k, v in params.items())
+    return "\n".join(f"{k}: {_format_value(v)}" for k, v in params.items())
+
+
+def _state(line: CapabilityStatus) -> str:
+    if line.enabled is None:
+        state = "off"
+    elif line.enabled == line.advertised:
+        state = "on"
+    else:
+        state = "partly on"
+    return state if line.changeable else f"{state} (fixed)"
 
 
 def render_status(name: str, status: list[CapabilityStatus], console: Console) -> None:
-    """The capability chain as a table, one task per row (like `ethtool -k`, by task)."""
+    """The capability chain as a table, one task per row (like `ethtool -k`, by task).
+
+    A task enabled with less than it offers shows what is enabled under its
+    parameters. Cells are plain text: parameter values never go through
+    rich's markup.
+    """
     table = Table(title=f"{name}: offload capabilities", title_justify="left")
     table.add_column("task")
     table.add_column("state")
-    table.add_column("parameters (offered)", overflow="fold")
-    table.add_column("enabled with", overflow="fold")
+    table.add_column("parameters")
     for line in status:
-        state = "on" if line.enabled is not None else "off"
-        if not line.changeable:
-            state += " [fixed]"
-        enabled = ""
+        params = _format_params(line.advertised.params())
         if line.enabled is not None and line.enabled != line.advertised:
-            enabled = _format_params(line.enabled.params())
-        table.add_row(
-            line.advertised.task.label, state, _format_params(line.advertised.params()), enabled
-        )
+            params += "\nenabled:\n" + _format_params(line.enabled.params())
+        table.add_row(Text(line.advertised.task.label), Text(_state(line)), Text(params))
     if not status:
-        table.add_row("(none)", "", "this device offers no task", "")
+        table.add_row("(none)", "", "this device offers no task")
     console.print(table)
 
 
