@@ -11,18 +11,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias
 
-from netoffload.wire._view import HeaderView, byte_view, writable_view
-from netoffload.wire.checksum import (
-    IPPROTO_TCP,
-    Address,
-    Buffer,
-    add16,
-    internet_checksum,
-    ones_sum,
-    pseudo_header_sum,
+from netoffload.wire._transport import (
+    TransportView,
+    emit_addresses,
+    emitted_checksum,
+    parse_addresses,
 )
+from netoffload.wire._view import byte_view, check_bits, writable_view
+from netoffload.wire.checksum import IPPROTO_TCP, Address, Buffer
 from netoffload.wire.error import WireError
 
 SRC_PORT: Final = 0
@@ -42,7 +40,6 @@ MAX_SACK_BLOCKS: Final = 4
 
 _FLAG_MASK: Final = 0x1FF
 _U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!HHIIHHHH")
 _TIMESTAMPS = struct.Struct("!II")
 
@@ -78,11 +75,6 @@ _KNOWN_KINDS: Final = frozenset(int(k) for k in TcpOptionKind)
 _NO_FLAGS: Final = TcpFlags(0)
 
 
-def _check_range(name: str, value: int, bits: int) -> None:
-    if not isinstance(value, int) or not 0 <= value < (1 << bits):
-        raise WireError(f"{name} {value!r} does not fit in {bits} bits")
-
-
 @dataclass(frozen=True, slots=True)
 class TcpEndOfList:
     """End of option list (kind 0); what follows it is padding."""
@@ -108,7 +100,7 @@ class TcpMss:
     mss_bytes: int
 
     def __post_init__(self) -> None:
-        _check_range("MSS", self.mss_bytes, 16)
+        check_bits("MSS", self.mss_bytes, 16)
 
     def to_bytes(self) -> bytes:
         """The option as it appears on the wire."""
@@ -122,7 +114,7 @@ class TcpWindowScale:
     shift: int
 
     def __post_init__(self) -> None:
-        _check_range("window scale shift", self.shift, 8)
+        check_bits("window scale shift", self.shift, 8)
 
     def to_bytes(self) -> bytes:
         """The option as it appears on the wire."""
@@ -148,8 +140,8 @@ class TcpSack:
         if not 1 <= len(self.blocks) <= MAX_SACK_BLOCKS:
             raise WireError(f"a SACK option holds 1 to 4 blocks, not {len(self.blocks)}")
         for left, right in self.blocks:
-            _check_range("SACK edge", left, 32)
-            _check_range("SACK edge", right, 32)
+            check_bits("SACK edge", left, 32)
+            check_bits("SACK edge", right, 32)
 
     def to_bytes(self) -> bytes:
         """The option as it appears on the wire."""
@@ -167,8 +159,8 @@ class TcpTimestamps:
     tsecr: int
 
     def __post_init__(self) -> None:
-        _check_range("TSval", self.tsval, 32)
-        _check_range("TSecr", self.tsecr, 32)
+        check_bits("TSval", self.tsval, 32)
+        check_bits("TSecr", self.tsecr, 32)
 
     def to_bytes(self) -> bytes:
         """The option as it appears on the wire."""
@@ -185,7 +177,7 @@ class TcpUnknownOption:
     def __post_init__(self) -> None:
         if self.kind in _KNOWN_KINDS:
             raise WireError(f"option kind {self.kind} has its own type")
-        _check_range("option kind", self.kind, 8)
+        check_bits("option kind", self.kind, 8)
         if not isinstance(self.data, bytes) or len(self.data) > MAX_OPTIONS_LEN - 2:
             raise WireError(f"option data must be at most {MAX_OPTIONS_LEN - 2} bytes")
 
@@ -284,7 +276,7 @@ def options_bytes(options: tuple[TcpOption, ...]) -> bytes:
     return raw + bytes(-len(raw) % 4)
 
 
-class TcpPacket(HeaderView):
+class TcpPacket(TransportView):
     """A zero-copy view of a TCP segment: the buffer is the header and the payload.
 
     ``TcpPacket(buf)`` checks nothing; ``TcpPacket.checked(buf)`` checks the
@@ -294,15 +286,11 @@ class TcpPacket(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> TcpPacket:
-        """A view of ``buf`` after checking the header and options."""
-        packet = cls(buf)
-        packet.check_len()
-        return packet
+    PROTOCOL: ClassVar[int] = IPPROTO_TCP
+    CHECKSUM: ClassVar[int] = CHECKSUM
 
     def check_len(self) -> None:
-        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        """Raise ``WireError`` unless the header and its options are whole and well formed."""
         n = len(self._buf)
         if n < HEADER_LEN:
             raise WireError(f"TCP segment of {n} bytes is shorter than {HEADER_LEN}", 0)
@@ -315,53 +303,23 @@ class TcpPacket(HeaderView):
             )
         parse_options(self.options)
 
-    def _put16(self, offset: int, name: str, value: int) -> None:
-        _check_range(name, value, 16)
-        _U16.pack_into(self._writable(), offset, value)
-
-    def _put32(self, offset: int, name: str, value: int) -> None:
-        _check_range(name, value, 32)
-        _U32.pack_into(self._writable(), offset, value)
-
-    @property
-    def src_port(self) -> int:
-        """Source port."""
-        value: int = _U16.unpack_from(self._buf, SRC_PORT)[0]
-        return value
-
-    @src_port.setter
-    def src_port(self, value: int) -> None:
-        self._put16(SRC_PORT, "source port", value)
-
-    @property
-    def dst_port(self) -> int:
-        """Destination port."""
-        value: int = _U16.unpack_from(self._buf, DST_PORT)[0]
-        return value
-
-    @dst_port.setter
-    def dst_port(self, value: int) -> None:
-        self._put16(DST_PORT, "destination port", value)
-
     @property
     def seq_number(self) -> int:
         """Sequence number."""
-        value: int = _U32.unpack_from(self._buf, SEQ_NUMBER)[0]
-        return value
+        return self._u32(SEQ_NUMBER)
 
     @seq_number.setter
     def seq_number(self, value: int) -> None:
-        self._put32(SEQ_NUMBER, "sequence number", value)
+        self._put_u32(SEQ_NUMBER, "sequence number", value)
 
     @property
     def ack_number(self) -> int:
         """Acknowledgment number (meaningful when ACK is set)."""
-        value: int = _U32.unpack_from(self._buf, ACK_NUMBER)[0]
-        return value
+        return self._u32(ACK_NUMBER)
 
     @ack_number.setter
     def ack_number(self, value: int) -> None:
-        self._put32(ACK_NUMBER, "acknowledgment number", value)
+        self._put_u32(ACK_NUMBER, "acknowledgment number", value)
 
     @property
     def header_len(self) -> int:
@@ -378,15 +336,13 @@ class TcpPacket(HeaderView):
     @property
     def flags(self) -> TcpFlags:
         """The nine control bits."""
-        word: int = _U16.unpack_from(self._buf, DATA_OFFSET_FLAGS)[0]
-        return TcpFlags(word & _FLAG_MASK)
+        return TcpFlags(self._u16(DATA_OFFSET_FLAGS) & _FLAG_MASK)
 
     @flags.setter
     def flags(self, value: int) -> None:
-        _check_range("TCP flags", value, 9)
-        buf = self._writable()
-        word: int = _U16.unpack_from(buf, DATA_OFFSET_FLAGS)[0]
-        _U16.pack_into(buf, DATA_OFFSET_FLAGS, (word & ~_FLAG_MASK) | int(value))
+        check_bits("TCP flags", value, 9)
+        word = self._u16(DATA_OFFSET_FLAGS)
+        self._set_u16(DATA_OFFSET_FLAGS, (word & ~_FLAG_MASK) | int(value))
 
     @property
     def reserved_bits(self) -> int:
@@ -396,32 +352,20 @@ class TcpPacket(HeaderView):
     @property
     def window_len(self) -> int:
         """Window field (before any window scaling)."""
-        value: int = _U16.unpack_from(self._buf, WINDOW)[0]
-        return value
+        return self._u16(WINDOW)
 
     @window_len.setter
     def window_len(self, value: int) -> None:
-        self._put16(WINDOW, "window", value)
-
-    @property
-    def checksum(self) -> int:
-        """Checksum field as it is in the buffer."""
-        value: int = _U16.unpack_from(self._buf, CHECKSUM)[0]
-        return value
-
-    @checksum.setter
-    def checksum(self, value: int) -> None:
-        self._put16(CHECKSUM, "checksum", value)
+        self._put_u16(WINDOW, "window", value)
 
     @property
     def urgent_pointer(self) -> int:
         """Urgent pointer (meaningful when URG is set)."""
-        value: int = _U16.unpack_from(self._buf, URGENT_POINTER)[0]
-        return value
+        return self._u16(URGENT_POINTER)
 
     @urgent_pointer.setter
     def urgent_pointer(self, value: int) -> None:
-        self._put16(URGENT_POINTER, "urgent pointer", value)
+        self._put_u16(URGENT_POINTER, "urgent pointer", value)
 
     @property
     def options(self) -> memoryview:
@@ -438,24 +382,6 @@ class TcpPacket(HeaderView):
         """The bytes after the header (no copy)."""
         return self._buf[self.header_len :]
 
-    def _sum(self, src: Address, dst: Address) -> int:
-        """Folded sum of the pseudo-header and the whole segment as it stands."""
-        pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, len(self._buf))
-        return add16(pseudo, ones_sum(self._buf))
-
-    def compute_checksum(self, src: Address, dst: Address) -> int:
-        """The value the checksum field should hold, whatever it holds now."""
-        without_field = add16(self._sum(src, dst), ~self.checksum & 0xFFFF)
-        return ~without_field & 0xFFFF
-
-    def verify_checksum(self, src: Address, dst: Address) -> bool:
-        """True when the checksum is right for these IPv4 or IPv6 addresses."""
-        return self._sum(src, dst) == 0xFFFF
-
-    def fill_checksum(self, src: Address, dst: Address) -> None:
-        """Compute the checksum and write it into the buffer."""
-        self.checksum = self.compute_checksum(src, dst)
-
 
 @dataclass(frozen=True, slots=True)
 class TcpRepr:
@@ -471,13 +397,13 @@ class TcpRepr:
     options: tuple[TcpOption, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_range("source port", self.src_port, 16)
-        _check_range("destination port", self.dst_port, 16)
-        _check_range("sequence number", self.seq_number, 32)
-        _check_range("acknowledgment number", self.ack_number, 32)
-        _check_range("TCP flags", self.flags, 9)
-        _check_range("window", self.window_len, 16)
-        _check_range("urgent pointer", self.urgent_pointer, 16)
+        check_bits("source port", self.src_port, 16)
+        check_bits("destination port", self.dst_port, 16)
+        check_bits("sequence number", self.seq_number, 32)
+        check_bits("acknowledgment number", self.ack_number, 32)
+        check_bits("TCP flags", self.flags, 9)
+        check_bits("window", self.window_len, 16)
+        check_bits("urgent pointer", self.urgent_pointer, 16)
         if not isinstance(self.options, tuple):
             raise WireError("options must be a tuple")
         for opt in self.options:
@@ -501,14 +427,8 @@ class TcpRepr:
         ``verify_checksum`` is false.
         """
         packet = TcpPacket.checked(data)
-        if (src is None) != (dst is None):
-            raise WireError("give both src and dst, or neither")
-        if (
-            verify_checksum
-            and src is not None
-            and dst is not None
-            and not packet.verify_checksum(src, dst)
-        ):
+        addresses = parse_addresses(src, dst, verify_checksum)
+        if addresses is not None and not packet.verify_checksum(*addresses):
             raise WireError("TCP checksum is wrong", CHECKSUM)
         return cls(
             src_port=packet.src_port,
@@ -552,10 +472,7 @@ class TcpRepr:
         total = header_len + len(payload)
         if offset < 0 or offset + total > len(view):
             raise WireError(f"buffer too short for a {total}-byte segment", offset)
-        if checksum is None and (src is None or dst is None):
-            raise WireError("src and dst are needed to compute the checksum")
-        if checksum is not None:
-            _check_range("checksum", checksum, 16)
+        addresses = emit_addresses(src, dst, checksum)
         _HEADER.pack_into(
             view,
             offset,
@@ -570,10 +487,8 @@ class TcpRepr:
         )
         view[offset + HEADER_LEN : offset + header_len] = opts
         view[offset + header_len : offset + total] = payload
-        if checksum is None:
-            assert src is not None and dst is not None
-            pseudo = pseudo_header_sum(src, dst, IPPROTO_TCP, total)
-            value = internet_checksum(view[offset : offset + total], pseudo)
+        if addresses is not None:
+            value = emitted_checksum(view[offset : offset + total], IPPROTO_TCP, addresses)
             _U16.pack_into(view, offset + CHECKSUM, value)
 
     def to_bytes(
