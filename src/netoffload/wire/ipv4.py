@@ -6,9 +6,10 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import IPv4Address
-from typing import Final
+from typing import ClassVar, Final
 
-from netoffload.wire._view import HeaderView, writable_view
+from netoffload.wire._ip import IpAddressView
+from netoffload.wire._view import check_range, writable_view
 from netoffload.wire.checksum import Buffer, internet_checksum, ones_sum
 from netoffload.wire.error import WireError
 
@@ -65,7 +66,7 @@ def ip_protocol(value: int) -> int:
         return value
 
 
-class Ipv4Packet(HeaderView):
+class Ipv4Packet(IpAddressView[IPv4Address]):
     """A zero-copy view of an IPv4 packet.
 
     ``Ipv4Packet(buf)`` does not check anything; use ``Ipv4Packet.checked(buf)``
@@ -75,15 +76,11 @@ class Ipv4Packet(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Ipv4Packet:
-        """A view of ``buf`` after checking version and every length field."""
-        packet = cls(buf)
-        packet.check_len()
-        return packet
+    SRC: ClassVar[slice] = SRC
+    DST: ClassVar[slice] = DST
 
     def check_len(self) -> None:
-        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        """Raise ``WireError`` unless the version and every length field fit the buffer."""
         n = len(self._buf)
         if n < HEADER_LEN:
             raise WireError(f"IPv4 packet of {n} bytes is shorter than {HEADER_LEN}", 0)
@@ -105,9 +102,6 @@ class Ipv4Packet(HeaderView):
             raise WireError(
                 f"IPv4 total length {self.total_len} overruns a {n}-byte buffer", TOTAL_LEN
             )
-
-    def _set16(self, offset: int, value: int) -> None:
-        _U16.pack_into(self._writable(), offset, value)
 
     @property
     def version(self) -> int:
@@ -147,26 +141,23 @@ class Ipv4Packet(HeaderView):
     @property
     def total_len(self) -> int:
         """Header plus payload length in bytes."""
-        value: int = _U16.unpack_from(self._buf, TOTAL_LEN)[0]
-        return value
+        return self._u16(TOTAL_LEN)
 
     @total_len.setter
     def total_len(self, value: int) -> None:
-        self._set16(TOTAL_LEN, value)
+        self._set_u16(TOTAL_LEN, value)
 
     @property
     def ident(self) -> int:
         """Identification field."""
-        value: int = _U16.unpack_from(self._buf, IDENT)[0]
-        return value
+        return self._u16(IDENT)
 
     @ident.setter
     def ident(self, value: int) -> None:
-        self._set16(IDENT, value)
+        self._set_u16(IDENT, value)
 
     def _flags_frag(self) -> int:
-        value: int = _U16.unpack_from(self._buf, FLAGS_FRAG)[0]
-        return value
+        return self._u16(FLAGS_FRAG)
 
     @property
     def dont_frag(self) -> bool:
@@ -176,7 +167,7 @@ class Ipv4Packet(HeaderView):
     @dont_frag.setter
     def dont_frag(self, value: bool) -> None:
         word = self._flags_frag() & ~FLAG_DF
-        self._set16(FLAGS_FRAG, word | (FLAG_DF if value else 0))
+        self._set_u16(FLAGS_FRAG, word | (FLAG_DF if value else 0))
 
     @property
     def more_frags(self) -> bool:
@@ -186,7 +177,7 @@ class Ipv4Packet(HeaderView):
     @more_frags.setter
     def more_frags(self, value: bool) -> None:
         word = self._flags_frag() & ~FLAG_MF
-        self._set16(FLAGS_FRAG, word | (FLAG_MF if value else 0))
+        self._set_u16(FLAGS_FRAG, word | (FLAG_MF if value else 0))
 
     @property
     def frag_offset(self) -> int:
@@ -196,7 +187,7 @@ class Ipv4Packet(HeaderView):
     @frag_offset.setter
     def frag_offset(self, value: int) -> None:
         word = self._flags_frag() & ~FRAG_OFFSET_MASK
-        self._set16(FLAGS_FRAG, word | (value & FRAG_OFFSET_MASK))
+        self._set_u16(FLAGS_FRAG, word | (value & FRAG_OFFSET_MASK))
 
     @property
     def ttl(self) -> int:
@@ -219,40 +210,14 @@ class Ipv4Packet(HeaderView):
     @property
     def checksum(self) -> int:
         """Header checksum field."""
-        value: int = _U16.unpack_from(self._buf, CHECKSUM)[0]
-        return value
+        return self._u16(CHECKSUM)
 
     @checksum.setter
     def checksum(self, value: int) -> None:
-        self._set16(CHECKSUM, value)
+        self._set_u16(CHECKSUM, value)
 
-    @property
-    def src_bytes(self) -> memoryview:
-        """Source address, 4 bytes (no copy)."""
-        return self._buf[SRC]
-
-    @property
-    def dst_bytes(self) -> memoryview:
-        """Destination address, 4 bytes (no copy)."""
-        return self._buf[DST]
-
-    @property
-    def src(self) -> IPv4Address:
-        """Source address."""
-        return IPv4Address(bytes(self._buf[SRC]))
-
-    @src.setter
-    def src(self, value: IPv4Address) -> None:
-        self._writable()[SRC] = value.packed
-
-    @property
-    def dst(self) -> IPv4Address:
-        """Destination address."""
-        return IPv4Address(bytes(self._buf[DST]))
-
-    @dst.setter
-    def dst(self, value: IPv4Address) -> None:
-        self._writable()[DST] = value.packed
+    def _address(self, packed: bytes) -> IPv4Address:
+        return IPv4Address(packed)
 
     @property
     def options(self) -> memoryview:
@@ -308,8 +273,7 @@ class Ipv4Repr:
             ("ident", self.ident, 0xFFFF),
             ("frag_offset", self.frag_offset, FRAG_OFFSET_MASK),
         ):
-            if not 0 <= value <= top:
-                raise WireError(f"IPv4 {name} {value} not in 0..{top}")
+            check_range(f"IPv4 {name}", value, top)
         if len(self.options) % 4 or len(self.options) > MAX_OPTIONS_LEN:
             raise WireError(
                 f"IPv4 options are {len(self.options)} bytes; need a multiple of 4, at most 40"

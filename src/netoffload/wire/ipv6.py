@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import ClassVar, Final, NamedTuple, Self, TypeAlias
 
-from netoffload.wire._view import HeaderView, byte_view
+from netoffload.wire._ip import IpAddressView
+from netoffload.wire._view import HeaderView, byte_view, check_range
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 from netoffload.wire.ipv4 import IpProtocol, ip_protocol
@@ -48,8 +49,6 @@ EXTENSION_HEADERS: Final = frozenset(
 OPTION_PAD1: Final = 0
 OPTION_PADN: Final = 1
 
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 _FIXED = struct.Struct("!IHBB")
 
 
@@ -63,12 +62,7 @@ def _writable_at(buf: Buffer, offset: int, length: int) -> memoryview:
     return view
 
 
-def _check_range(what: str, value: int, top: int) -> None:
-    if not 0 <= value <= top:
-        raise WireError(f"{what} {value} not in 0..{top}")
-
-
-class Ipv6Packet(HeaderView):
+class Ipv6Packet(IpAddressView[IPv6Address]):
     """A zero-copy view of an IPv6 packet (fixed header plus payload).
 
     ``Ipv6Packet(buf)`` does not check anything; use ``Ipv6Packet.checked(buf)``
@@ -78,15 +72,11 @@ class Ipv6Packet(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Ipv6Packet:
-        """A view of ``buf`` after checking the version and the payload length."""
-        packet = cls(buf)
-        packet.check_len()
-        return packet
+    SRC: ClassVar[slice] = SRC
+    DST: ClassVar[slice] = DST
 
     def check_len(self) -> None:
-        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        """Raise ``WireError`` unless the version and the payload length fit the buffer."""
         n = len(self._buf)
         if n < HEADER_LEN:
             raise WireError(f"IPv6 packet of {n} bytes is shorter than {HEADER_LEN}", 0)
@@ -97,10 +87,6 @@ class Ipv6Packet(HeaderView):
                 f"IPv6 payload length {self.payload_len} overruns a {n}-byte buffer", PAYLOAD_LEN
             )
 
-    def _first_word(self) -> int:
-        value: int = _U32.unpack_from(self._buf, VER_TC_FLOW)[0]
-        return value
-
     @property
     def version(self) -> int:
         """IP version (6 for a valid packet)."""
@@ -109,32 +95,31 @@ class Ipv6Packet(HeaderView):
     @property
     def traffic_class(self) -> int:
         """Traffic class (DSCP and ECN)."""
-        return (self._first_word() >> 20) & 0xFF
+        return (self._u32(VER_TC_FLOW) >> 20) & 0xFF
 
     @traffic_class.setter
     def traffic_class(self, value: int) -> None:
-        word = (self._first_word() & ~(0xFF << 20)) | ((value & 0xFF) << 20)
-        _U32.pack_into(self._writable(), VER_TC_FLOW, word)
+        word = (self._u32(VER_TC_FLOW) & ~(0xFF << 20)) | ((value & 0xFF) << 20)
+        self._set_u32(VER_TC_FLOW, word)
 
     @property
     def flow_label(self) -> int:
         """20-bit flow label."""
-        return self._first_word() & 0xFFFFF
+        return self._u32(VER_TC_FLOW) & 0xFFFFF
 
     @flow_label.setter
     def flow_label(self, value: int) -> None:
-        word = (self._first_word() & ~0xFFFFF) | (value & 0xFFFFF)
-        _U32.pack_into(self._writable(), VER_TC_FLOW, word)
+        word = (self._u32(VER_TC_FLOW) & ~0xFFFFF) | (value & 0xFFFFF)
+        self._set_u32(VER_TC_FLOW, word)
 
     @property
     def payload_len(self) -> int:
         """Bytes after the fixed header, extension headers included."""
-        value: int = _U16.unpack_from(self._buf, PAYLOAD_LEN)[0]
-        return value
+        return self._u16(PAYLOAD_LEN)
 
     @payload_len.setter
     def payload_len(self, value: int) -> None:
-        _U16.pack_into(self._writable(), PAYLOAD_LEN, value)
+        self._set_u16(PAYLOAD_LEN, value)
 
     @property
     def next_header(self) -> int:
@@ -154,33 +139,8 @@ class Ipv6Packet(HeaderView):
     def hop_limit(self, value: int) -> None:
         self._writable()[HOP_LIMIT] = value
 
-    @property
-    def src_bytes(self) -> memoryview:
-        """Source address, 16 bytes (no copy)."""
-        return self._buf[SRC]
-
-    @property
-    def dst_bytes(self) -> memoryview:
-        """Destination address, 16 bytes (no copy)."""
-        return self._buf[DST]
-
-    @property
-    def src(self) -> IPv6Address:
-        """Source address."""
-        return IPv6Address(bytes(self._buf[SRC]))
-
-    @src.setter
-    def src(self, value: IPv6Address) -> None:
-        self._writable()[SRC] = value.packed
-
-    @property
-    def dst(self) -> IPv6Address:
-        """Destination address."""
-        return IPv6Address(bytes(self._buf[DST]))
-
-    @dst.setter
-    def dst(self, value: IPv6Address) -> None:
-        self._writable()[DST] = value.packed
+    def _address(self, packed: bytes) -> IPv6Address:
+        return IPv6Address(packed)
 
     @property
     def payload(self) -> memoryview:
@@ -201,11 +161,11 @@ class Ipv6Repr:
     flow_label: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("IPv6 next header", self.next_header, 0xFF)
-        _check_range("IPv6 payload length", self.payload_len, 0xFFFF)
-        _check_range("IPv6 hop limit", self.hop_limit, 0xFF)
-        _check_range("IPv6 traffic class", self.traffic_class, 0xFF)
-        _check_range("IPv6 flow label", self.flow_label, 0xFFFFF)
+        check_range("IPv6 next header", self.next_header, 0xFF)
+        check_range("IPv6 payload length", self.payload_len, 0xFFFF)
+        check_range("IPv6 hop limit", self.hop_limit, 0xFF)
+        check_range("IPv6 traffic class", self.traffic_class, 0xFF)
+        check_range("IPv6 flow label", self.flow_label, 0xFFFFF)
 
     @classmethod
     def parse(cls, data: Buffer) -> Ipv6Repr:
@@ -262,18 +222,15 @@ class Ipv6ExtHeader(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Ipv6ExtHeader:
-        """A view of ``buf`` after checking that the header fits in it."""
-        header = cls(buf)
-        n = len(header._buf)
+    def check_len(self) -> None:
+        """Raise ``WireError`` unless the whole header fits in the buffer."""
+        n = len(self._buf)
         if n < EXT_MIN_LEN:
             raise WireError(f"IPv6 extension header of {n} bytes is shorter than 8", 0)
-        if header.header_len > n:
+        if self.header_len > n:
             raise WireError(
-                f"IPv6 extension header length {header.header_len} overruns {n} bytes", EXT_LEN
+                f"IPv6 extension header length {self.header_len} overruns {n} bytes", EXT_LEN
             )
-        return header
 
     @property
     def next_header(self) -> int:
@@ -282,9 +239,7 @@ class Ipv6ExtHeader(HeaderView):
 
     @next_header.setter
     def next_header(self, value: int) -> None:
-        if self._buf.readonly:
-            raise WireError("cannot set a field of a read-only buffer")
-        self._buf[EXT_NEXT_HEADER] = value
+        self._writable()[EXT_NEXT_HEADER] = value
 
     @property
     def header_len(self) -> int:
@@ -302,19 +257,13 @@ class Ipv6FragmentHeader(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> Ipv6FragmentHeader:
-        """A view of ``buf`` after checking that 8 bytes are there."""
-        header = cls(buf)
-        if len(header._buf) < FRAG_HEADER_LEN:
-            raise WireError(
-                f"IPv6 fragment header of {len(header._buf)} bytes is shorter than 8", 0
-            )
-        return header
+    def check_len(self) -> None:
+        """Raise ``WireError`` unless the 8 bytes are there."""
+        if len(self._buf) < FRAG_HEADER_LEN:
+            raise WireError(f"IPv6 fragment header of {len(self._buf)} bytes is shorter than 8", 0)
 
     def _word(self) -> int:
-        value: int = _U16.unpack_from(self._buf, FRAG_OFFSET_FLAGS)[0]
-        return value
+        return self._u16(FRAG_OFFSET_FLAGS)
 
     @property
     def next_header(self) -> int:
@@ -332,7 +281,7 @@ class Ipv6FragmentHeader(HeaderView):
 
     @frag_offset.setter
     def frag_offset(self, value: int) -> None:
-        _U16.pack_into(self._writable(), FRAG_OFFSET_FLAGS, (value << 3) | (self._word() & 7))
+        self._set_u16(FRAG_OFFSET_FLAGS, (value << 3) | (self._word() & 7))
 
     @property
     def more_frags(self) -> bool:
@@ -341,17 +290,16 @@ class Ipv6FragmentHeader(HeaderView):
 
     @more_frags.setter
     def more_frags(self, value: bool) -> None:
-        _U16.pack_into(self._writable(), FRAG_OFFSET_FLAGS, (self._word() & ~1) | int(value))
+        self._set_u16(FRAG_OFFSET_FLAGS, (self._word() & ~1) | int(value))
 
     @property
     def ident(self) -> int:
         """Identification."""
-        value: int = _U32.unpack_from(self._buf, FRAG_IDENT)[0]
-        return value
+        return self._u32(FRAG_IDENT)
 
     @ident.setter
     def ident(self, value: int) -> None:
-        _U32.pack_into(self._writable(), FRAG_IDENT, value)
+        self._set_u32(FRAG_IDENT, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,10 +314,10 @@ class Ipv6Option:
     data: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_range("IPv6 option type", self.option_type, 0xFF)
+        check_range("IPv6 option type", self.option_type, 0xFF)
         if self.option_type == OPTION_PAD1 and self.data:
             raise WireError("a Pad1 option has no data")
-        _check_range("IPv6 option data length", len(self.data), 0xFF)
+        check_range("IPv6 option data length", len(self.data), 0xFF)
 
     @property
     def wire_len(self) -> int:
@@ -420,7 +368,7 @@ class _Ipv6OptionsRepr:
     options: tuple[Ipv6Option, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_range("IPv6 next header", self.next_header, 0xFF)
+        check_range("IPv6 next header", self.next_header, 0xFF)
         used = OPTIONS_DATA + sum(o.wire_len for o in self.options)
         if used % 8 or used > MAX_EXT_HEADER_LEN:
             raise WireError(
@@ -486,9 +434,9 @@ class Ipv6RoutingRepr:
     data: bytes = bytes(4)
 
     def __post_init__(self) -> None:
-        _check_range("IPv6 next header", self.next_header, 0xFF)
-        _check_range("IPv6 routing type", self.routing_type, 0xFF)
-        _check_range("IPv6 segments left", self.segments_left, 0xFF)
+        check_range("IPv6 next header", self.next_header, 0xFF)
+        check_range("IPv6 routing type", self.routing_type, 0xFF)
+        check_range("IPv6 segments left", self.segments_left, 0xFF)
         n = ROUTING_DATA + len(self.data)
         if n % 8 or n > MAX_EXT_HEADER_LEN:
             raise WireError(f"IPv6 routing header would be {n} bytes, not a multiple of 8")
@@ -533,9 +481,9 @@ class Ipv6FragmentRepr:
     ident: int
 
     def __post_init__(self) -> None:
-        _check_range("IPv6 next header", self.next_header, 0xFF)
-        _check_range("IPv6 fragment offset", self.frag_offset, 0x1FFF)
-        _check_range("IPv6 fragment identification", self.ident, 0xFFFFFFFF)
+        check_range("IPv6 next header", self.next_header, 0xFF)
+        check_range("IPv6 fragment offset", self.frag_offset, 0x1FFF)
+        check_range("IPv6 fragment identification", self.ident, 0xFFFFFFFF)
 
     @classmethod
     def parse(cls, data: Buffer) -> Ipv6FragmentRepr:
