@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
-from netoffload.wire._view import HeaderView, writable_view
+from netoffload.wire._ipsec import SpiSequenceView
+from netoffload.wire._view import check_bits, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
@@ -20,16 +21,10 @@ FIXED_LEN: Final = 12
 #: Largest header the 8-bit payload length can describe: (255 + 2) * 4 bytes.
 MAX_HEADER_LEN: Final = (0xFF + 2) * 4
 
-_U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!BBHII")
 
 
-def _check_bits(name: str, value: int, bits: int) -> None:
-    if not isinstance(value, int) or not 0 <= value < (1 << bits):
-        raise WireError(f"{name} {value!r} does not fit in {bits} bits")
-
-
-class AhPacket(HeaderView):
+class AhPacket(SpiSequenceView):
     """A zero-copy view of an AH header and what follows it.
 
     ``AhPacket.checked(buf)`` checks the payload length field against the
@@ -38,15 +33,11 @@ class AhPacket(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> AhPacket:
-        """A view of ``buf`` after checking the header length."""
-        packet = cls(buf)
-        packet.check_len()
-        return packet
+    SPI: ClassVar[int] = SPI
+    SEQUENCE_NUMBER: ClassVar[int] = SEQUENCE_NUMBER
 
     def check_len(self) -> None:
-        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        """Raise ``WireError`` unless the payload length field fits the buffer."""
         n = len(self._buf)
         if n < FIXED_LEN:
             raise WireError(f"AH header of {n} bytes is shorter than {FIXED_LEN}", 0)
@@ -63,7 +54,7 @@ class AhPacket(HeaderView):
 
     @next_header.setter
     def next_header(self, value: int) -> None:
-        _check_bits("next header", value, 8)
+        check_bits("next header", value, 8)
         self._writable()[NEXT_HEADER] = value
 
     @property
@@ -80,28 +71,6 @@ class AhPacket(HeaderView):
     def reserved(self) -> int:
         """The reserved field (zero when sent)."""
         return (self._buf[RESERVED] << 8) | self._buf[RESERVED + 1]
-
-    @property
-    def spi(self) -> int:
-        """Security parameters index."""
-        value: int = _U32.unpack_from(self._buf, SPI)[0]
-        return value
-
-    @spi.setter
-    def spi(self, value: int) -> None:
-        _check_bits("SPI", value, 32)
-        _U32.pack_into(self._writable(), SPI, value)
-
-    @property
-    def sequence_number(self) -> int:
-        """Low 32 bits of the anti-replay sequence number."""
-        value: int = _U32.unpack_from(self._buf, SEQUENCE_NUMBER)[0]
-        return value
-
-    @sequence_number.setter
-    def sequence_number(self, value: int) -> None:
-        _check_bits("sequence number", value, 32)
-        _U32.pack_into(self._writable(), SEQUENCE_NUMBER, value)
 
     @property
     def icv(self) -> memoryview:
@@ -128,9 +97,9 @@ class AhRepr:
     icv: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_bits("next header", self.next_header, 8)
-        _check_bits("SPI", self.spi, 32)
-        _check_bits("sequence number", self.sequence_number, 32)
+        check_bits("next header", self.next_header, 8)
+        check_bits("SPI", self.spi, 32)
+        check_bits("sequence number", self.sequence_number, 32)
         if not isinstance(self.icv, bytes):
             raise WireError("the ICV must be bytes")
         if len(self.icv) % 4 or FIXED_LEN + len(self.icv) > MAX_HEADER_LEN:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
-from netoffload.wire._view import HeaderView, byte_view, writable_view
+from netoffload.wire._ipsec import SpiSequenceView
+from netoffload.wire._view import byte_view, check_bits, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 
@@ -23,16 +24,10 @@ TRAILER_LEN: Final = 2
 #: Next header 59: no next header, used by dummy packets (RFC 4303 section 2.6).
 NEXT_HEADER_NONE: Final = 59
 
-_U32 = struct.Struct("!I")
 _HEADER = struct.Struct("!II")
 
 
-def _check_u32(name: str, value: int) -> None:
-    if not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFF:
-        raise WireError(f"{name} {value!r} does not fit in 32 bits")
-
-
-class EspPacket(HeaderView):
+class EspPacket(SpiSequenceView):
     """A zero-copy view of an ESP packet: SPI, sequence number, then opaque data.
 
     ``EspPacket.checked(buf)`` checks that the header fits, after which no
@@ -41,39 +36,13 @@ class EspPacket(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> EspPacket:
-        """A view of ``buf`` after checking that the header fits."""
-        packet = cls(buf)
-        packet.check_len()
-        return packet
+    SPI: ClassVar[int] = SPI
+    SEQUENCE_NUMBER: ClassVar[int] = SEQUENCE_NUMBER
 
     def check_len(self) -> None:
-        """Raise ``WireError`` unless every accessor is safe on this buffer."""
+        """Raise ``WireError`` unless the 8-byte header is there."""
         if len(self._buf) < HEADER_LEN:
             raise WireError(f"ESP packet of {len(self._buf)} bytes is shorter than 8", 0)
-
-    @property
-    def spi(self) -> int:
-        """Security parameters index (0 is reserved and never sent)."""
-        value: int = _U32.unpack_from(self._buf, SPI)[0]
-        return value
-
-    @spi.setter
-    def spi(self, value: int) -> None:
-        _check_u32("SPI", value)
-        _U32.pack_into(self._writable(), SPI, value)
-
-    @property
-    def sequence_number(self) -> int:
-        """Low 32 bits of the anti-replay sequence number."""
-        value: int = _U32.unpack_from(self._buf, SEQUENCE_NUMBER)[0]
-        return value
-
-    @sequence_number.setter
-    def sequence_number(self, value: int) -> None:
-        _check_u32("sequence number", value)
-        _U32.pack_into(self._writable(), SEQUENCE_NUMBER, value)
 
     @property
     def data(self) -> memoryview:
@@ -89,8 +58,8 @@ class EspRepr:
     sequence_number: int
 
     def __post_init__(self) -> None:
-        _check_u32("SPI", self.spi)
-        _check_u32("sequence number", self.sequence_number)
+        check_bits("SPI", self.spi, 32)
+        check_bits("sequence number", self.sequence_number, 32)
 
     @classmethod
     def parse(cls, data: Buffer) -> EspRepr:
