@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import BinaryIO, Final, TypeAlias
+from typing import BinaryIO, Final, Self, TypeAlias
 
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
@@ -81,7 +81,36 @@ class _Sink:
             self._file.flush()
 
 
-class PcapWriter:
+class _Writer:
+    """What both writers share: the sink, the timestamp unit, the snap length, closing."""
+
+    def __init__(self, target: Target, *, nanosecond: bool, snaplen: int) -> None:
+        self._per_second = 1_000_000_000 if nanosecond else 1_000_000
+        self._snaplen = snaplen
+        self._sink = _Sink(target)
+
+    def _captured(self, frame: Buffer) -> tuple[memoryview, memoryview]:
+        """The whole frame and the part of it that is kept (at most ``snaplen`` bytes)."""
+        whole = memoryview(frame).cast("B")
+        return whole, whole[: self._snaplen]
+
+    def close(self) -> None:
+        """Close the file if this writer opened it, else flush it."""
+        self._sink.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class PcapWriter(_Writer):
     """Writes a classic pcap file: ``write(frame, timestamp_ns)``, then ``close()``.
 
     ``nanosecond=True`` uses the nanosecond magic; otherwise timestamps are
@@ -99,34 +128,16 @@ class PcapWriter:
     ) -> None:
         if not 0 < snaplen <= _MAX_U32 or not 0 <= linktype <= _MAX_U32:
             raise WireError("snaplen and linktype must fit in 32 bits (snaplen above 0)")
-        self._per_second = 1_000_000_000 if nanosecond else 1_000_000
-        self._snaplen = snaplen
-        self._sink = _Sink(target)
+        super().__init__(target, nanosecond=nanosecond, snaplen=snaplen)
         magic = PCAP_MAGIC_NS if nanosecond else PCAP_MAGIC_US
         self._sink.write(_PCAP_HEADER.pack(magic, 2, 4, 0, 0, snaplen, linktype))
 
     def write(self, frame: Buffer, timestamp_ns: int) -> None:
         """Append one frame captured at ``timestamp_ns``."""
         seconds, fraction = _split_ns(timestamp_ns, self._per_second)
-        whole = memoryview(frame).cast("B")
-        data = whole[: self._snaplen]
+        whole, data = self._captured(frame)
         self._sink.write(_PCAP_RECORD.pack(seconds, fraction, len(data), len(whole)))
         self._sink.write(data)
-
-    def close(self) -> None:
-        """Close the file if this writer opened it, else flush it."""
-        self._sink.close()
-
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _option(code: int, value: bytes) -> bytes:
@@ -146,7 +157,7 @@ def _block(block_type: int, body: bytes) -> bytes:
     return struct.pack("<II", block_type, total) + body + struct.pack("<I", total)
 
 
-class PcapngWriter:
+class PcapngWriter(_Writer):
     """Writes a pcapng file with one Ethernet (by default) interface.
 
     Timestamps are stored in nanoseconds (``if_tsresol`` = 9) unless
@@ -168,9 +179,7 @@ class PcapngWriter:
     ) -> None:
         if not 0 <= linktype <= 0xFFFF or not 0 <= snaplen <= _MAX_U32:
             raise WireError("pcapng linktype must fit in 16 bits and snaplen in 32")
-        self._per_second = 1_000_000_000 if nanosecond else 1_000_000
-        self._snaplen = snaplen or _MAX_U32
-        self._sink = _Sink(target)
+        super().__init__(target, nanosecond=nanosecond, snaplen=snaplen or _MAX_U32)
         shb_opts: list[tuple[int, bytes]] = []
         if comment is not None:
             shb_opts.append((OPT_COMMENT, comment.encode()))
@@ -189,8 +198,8 @@ class PcapngWriter:
         """Append one frame captured at ``timestamp_ns`` as an enhanced packet block."""
         seconds, fraction = _split_ns(timestamp_ns, self._per_second)
         units = seconds * self._per_second + fraction
-        whole = memoryview(frame).cast("B")
-        data = bytes(whole[: self._snaplen])
+        whole, kept = self._captured(frame)
+        data = bytes(kept)
         body = (
             struct.pack("<IIIII", 0, units >> 32, units & _MAX_U32, len(data), len(whole))
             + data
@@ -198,21 +207,6 @@ class PcapngWriter:
             + _options([] if comment is None else [(OPT_COMMENT, comment.encode())])
         )
         self._sink.write(_block(BLOCK_EPB, body))
-
-    def close(self) -> None:
-        """Close the file if this writer opened it, else flush it."""
-        self._sink.close()
-
-    def __enter__(self) -> PcapngWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --- readers ------------------------------------------------------------------------
