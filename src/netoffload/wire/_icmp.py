@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final
 
@@ -159,3 +160,39 @@ class IcmpRepr(ABC):
         if checksum is None:
             checksum = internet_checksum(view[offset : offset + self.buffer_len()], initial)
         _U16.pack_into(view, offset + CHECKSUM, checksum)
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpEchoFields:
+    """An echo request, or an echo reply when ``reply`` is true.
+
+    Mixed in ahead of a version's ``*Repr``, which names the two types.
+    """
+
+    NAME: ClassVar[str]
+    ECHO_REQUEST: ClassVar[int]
+    ECHO_REPLY: ClassVar[int]
+
+    ident: int
+    seq: int
+    data: bytes = b""
+    reply: bool = False
+
+    def __post_init__(self) -> None:
+        check_range(f"{self.NAME} echo identifier", self.ident, 0xFFFF)
+        check_range(f"{self.NAME} echo sequence number", self.seq, 0xFFFF)
+
+    @property
+    def icmp_type(self) -> int:
+        """Echo reply or echo request."""
+        return self.ECHO_REPLY if self.reply else self.ECHO_REQUEST
+
+    @property
+    def icmp_code(self) -> int:
+        """Always 0."""
+        return 0
+
+    @property
+    def rest(self) -> int:
+        """Identifier and sequence number."""
+        return (self.ident << 16) | self.seq

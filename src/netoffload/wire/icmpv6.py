@@ -21,6 +21,7 @@ from netoffload.wire._icmp import (
     HEADER_LEN,
     REST,
     TYPE,
+    IcmpEchoFields,
     IcmpRepr,
     IcmpView,
 )
@@ -293,32 +294,11 @@ class Icmpv6Repr(IcmpRepr):
 
 
 @dataclass(frozen=True, slots=True)
-class Icmpv6EchoRepr(Icmpv6Repr):
+class Icmpv6EchoRepr(IcmpEchoFields, Icmpv6Repr):
     """An echo request, or an echo reply when ``reply`` is true."""
 
-    ident: int
-    seq: int
-    data: bytes = b""
-    reply: bool = False
-
-    def __post_init__(self) -> None:
-        _check_range("echo identifier", self.ident, 0xFFFF)
-        _check_range("echo sequence number", self.seq, 0xFFFF)
-
-    @property
-    def icmp_type(self) -> int:
-        """Echo reply or echo request."""
-        return Icmpv6Type.ECHO_REPLY if self.reply else Icmpv6Type.ECHO_REQUEST
-
-    @property
-    def icmp_code(self) -> int:
-        """Always 0."""
-        return 0
-
-    @property
-    def rest(self) -> int:
-        """Identifier and sequence number."""
-        return (self.ident << 16) | self.seq
+    ECHO_REQUEST: ClassVar[int] = Icmpv6Type.ECHO_REQUEST
+    ECHO_REPLY: ClassVar[int] = Icmpv6Type.ECHO_REPLY
 
     def body_len(self) -> int:
         """Length of the echo data."""
