@@ -8,7 +8,7 @@ from enum import IntEnum
 from ipaddress import IPv4Address
 from typing import Final
 
-from netoffload.wire._view import HeaderView, writable_view
+from netoffload.wire._view import HeaderView, check_range, writable_view
 from netoffload.wire.checksum import Buffer
 from netoffload.wire.error import WireError
 from netoffload.wire.ethernet import EtherType, MacAddress
@@ -27,7 +27,6 @@ PACKET_LEN: Final = 28
 
 HARDWARE_ETHERNET: Final = 1
 
-_U16 = struct.Struct("!H")
 _FIXED = struct.Struct("!HHBBH")
 
 
@@ -48,30 +47,23 @@ class ArpPacket(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> ArpPacket:
-        """A view of ``buf`` after checking the address types, sizes and length."""
-        packet = cls(buf)
-        n = len(packet._buf)
+    def check_len(self) -> None:
+        """Raise ``WireError`` unless the address types, sizes and length are Ethernet/IPv4."""
+        n = len(self._buf)
         if n < FIXED_LEN:
             raise WireError(f"ARP packet of {n} bytes is shorter than {FIXED_LEN}", 0)
-        if packet.hardware_type != HARDWARE_ETHERNET:
-            raise WireError(f"ARP hardware type {packet.hardware_type} is not Ethernet", 0)
-        if packet.protocol_type != EtherType.IPV4:
+        if self.hardware_type != HARDWARE_ETHERNET:
+            raise WireError(f"ARP hardware type {self.hardware_type} is not Ethernet", 0)
+        if self.protocol_type != EtherType.IPV4:
             raise WireError(
-                f"ARP protocol type {packet.protocol_type:#06x} is not IPv4", PROTOCOL_TYPE
+                f"ARP protocol type {self.protocol_type:#06x} is not IPv4", PROTOCOL_TYPE
             )
-        if packet.hardware_len != 6:
-            raise WireError(f"ARP hardware length {packet.hardware_len}, not 6", HARDWARE_LEN)
-        if packet.protocol_len != 4:
-            raise WireError(f"ARP protocol length {packet.protocol_len}, not 4", PROTOCOL_LEN)
+        if self.hardware_len != 6:
+            raise WireError(f"ARP hardware length {self.hardware_len}, not 6", HARDWARE_LEN)
+        if self.protocol_len != 4:
+            raise WireError(f"ARP protocol length {self.protocol_len}, not 4", PROTOCOL_LEN)
         if n < PACKET_LEN:
             raise WireError(f"ARP packet of {n} bytes is shorter than {PACKET_LEN}", 0)
-        return packet
-
-    def _u16(self, offset: int) -> int:
-        value: int = _U16.unpack_from(self._buf, offset)[0]
-        return value
 
     @property
     def hardware_type(self) -> int:
@@ -104,7 +96,7 @@ class ArpPacket(HeaderView):
 
     @operation.setter
     def operation(self, value: int) -> None:
-        _U16.pack_into(self._writable(), OPERATION, value)
+        self._set_u16(OPERATION, value)
 
     @property
     def sender_hw(self) -> MacAddress:
@@ -154,8 +146,7 @@ class ArpRepr:
     target_proto: IPv4Address
 
     def __post_init__(self) -> None:
-        if not 0 <= self.operation <= 0xFFFF:
-            raise WireError(f"ARP operation {self.operation} not in 0..65535")
+        check_range("ARP operation", self.operation, 0xFFFF)
 
     @classmethod
     def parse(cls, data: Buffer) -> ArpRepr:

@@ -148,13 +148,6 @@ class EthernetFrame(HeaderView):
 
     __slots__ = ()
 
-    @classmethod
-    def checked(cls, buf: Buffer) -> EthernetFrame:
-        """A view of ``buf`` after checking that the header and its tags fit."""
-        frame = cls(buf)
-        frame.check_len()
-        return frame
-
     def check_len(self) -> None:
         """Raise ``WireError`` unless every header accessor is safe on this buffer."""
         n = len(self._buf)
@@ -215,12 +208,11 @@ class EthernetFrame(HeaderView):
     @property
     def ethertype(self) -> int:
         """The EtherType of the payload (after any VLAN tags)."""
-        value: int = _U16.unpack_from(self._buf, self.header_len - 2)[0]
-        return _ethertype(value)
+        return _ethertype(self._u16(self.header_len - 2))
 
     @ethertype.setter
     def ethertype(self, value: int) -> None:
-        _U16.pack_into(self._writable(), self.header_len - 2, value)
+        self._set_u16(self.header_len - 2, value)
 
     @property
     def payload(self) -> memoryview:
