@@ -332,34 +332,32 @@ class TapDevice(Device):
         out: list[Packet] = []
         size = VirtioNetHdr.SIZE
         decode = self._rx.decode
+        readv = os.readv
+        arena, used = self._arena, self._arena_used
         for queue, fd in enumerate(self._fds):
             while len(out) < max_packets:
-                start = self._arena_used
-                if len(self._arena) - start < READ_SIZE:
-                    self._arena = memoryview(bytearray(ARENA_BYTES))
-                    start = 0
-                window = self._arena[start : start + READ_SIZE]
+                if len(arena) - used < READ_SIZE:
+                    arena = self._arena = memoryview(bytearray(ARENA_BYTES))
+                    used = 0
+                window = arena[used : used + READ_SIZE]
                 try:
-                    n = os.readv(fd, [window])
+                    n = readv(fd, [window])
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     if exc.errno == errno.EAGAIN:
                         break
+                    self._arena_used = used
                     reason = os.strerror(exc.errno or 0)
                     raise DeviceError(f"read from TAP {self.name!r}: {reason}") from None
                 if n == 0:
                     break
-                self._arena_used = start + ((n + 63) & ~63)  # next read starts cache-aligned
+                used += (n + 63) & ~63  # the next read starts cache-aligned
                 packet = decode(window[: min(size, n)], window[size:n], queue)
                 if packet is not None:
                     out.append(packet)
+        self._arena_used = used
         return out
-
-    def _decode(self, raw: bytes, queue: int) -> Packet | None:
-        view = memoryview(raw)
-        size = VirtioNetHdr.SIZE
-        return self._rx.decode(view[:size], view[size:], queue)
 
     def fileno(self) -> int:
         """The first queue's fd (``filenos()`` gives all of them)."""
