@@ -10,6 +10,8 @@ from netoffload.wire._view import HeaderView, check_bits, check_range
 from netoffload.wire.error import WireError
 from netoffload.wire.icmpv4 import Icmpv4Packet
 from netoffload.wire.icmpv6 import Icmpv6Packet
+from netoffload.wire.ipv4 import Ipv4Packet
+from netoffload.wire.ipv6 import Ipv6Packet
 
 
 class _Pair(HeaderView):
@@ -100,3 +102,25 @@ def test_icmp_views_share_the_header_layout(packet_type: type[Icmpv4Packet | Icm
     assert packet.rest == 0x12340007
     with pytest.raises(WireError, match="shorter than 8"):
         packet_type.checked(bytes(7))
+
+
+def test_every_view_setter_rejects_out_of_range_with_wire_error() -> None:
+    # Setters of all views check values first: a bad value is a WireError,
+    # never struct.error or ValueError from the byte assignment.
+    ipv4 = Ipv4Packet(bytearray(20))
+    ipv6 = Ipv6Packet(bytearray(40))
+    icmp4 = Icmpv4Packet(bytearray(8))
+    icmp6 = Icmpv6Packet(bytearray(8))
+    cases = [
+        (ipv4, "ttl", 256),
+        (ipv4, "total_len", 1 << 16),
+        (ipv4, "ident", -1),
+        (ipv6, "hop_limit", 300),
+        (ipv6, "payload_len", 1 << 16),
+        (icmp4, "code", 256),
+        (icmp6, "checksum", 1 << 16),
+        (icmp4, "rest", 1 << 32),
+    ]
+    for view, name, value in cases:
+        with pytest.raises(WireError, match="does not fit"):
+            setattr(view, name, value)

@@ -53,7 +53,7 @@ class IcmpView(HeaderView):
 
     @icmp_type.setter
     def icmp_type(self, value: int) -> None:
-        self._writable()[TYPE] = value
+        self._set_u8(TYPE, value)
 
     @property
     def code(self) -> int:
@@ -62,7 +62,7 @@ class IcmpView(HeaderView):
 
     @code.setter
     def code(self, value: int) -> None:
-        self._writable()[CODE] = value
+        self._set_u8(CODE, value)
 
     @property
     def checksum(self) -> int:

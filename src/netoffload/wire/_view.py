@@ -83,10 +83,17 @@ class HeaderView:
         value: int = _unpack_u32(self._buf, offset)[0]
         return value
 
+    # Setters check the value first, so a bad one is a WireError, never struct.error.
+    def _set_u8(self, offset: int, value: int) -> None:
+        check_bits(f"field at offset {offset}", value, 8)
+        self._writable()[offset] = value
+
     def _set_u16(self, offset: int, value: int) -> None:
+        check_bits(f"field at offset {offset}", value, 16)
         _pack_u16(self._writable(), offset, value)
 
     def _set_u32(self, offset: int, value: int) -> None:
+        check_bits(f"field at offset {offset}", value, 32)
         _pack_u32(self._writable(), offset, value)
 
     def _put_u16(self, offset: int, what: str, value: int) -> None:

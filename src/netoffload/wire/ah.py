@@ -55,7 +55,7 @@ class AhPacket(SpiSequenceView):
     @next_header.setter
     def next_header(self, value: int) -> None:
         check_bits("next header", value, 8)
-        self._writable()[NEXT_HEADER] = value
+        self._set_u8(NEXT_HEADER, value)
 
     @property
     def payload_len(self) -> int:

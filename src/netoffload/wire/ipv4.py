@@ -196,7 +196,7 @@ class Ipv4Packet(IpAddressView[IPv4Address]):
 
     @ttl.setter
     def ttl(self, value: int) -> None:
-        self._writable()[TTL] = value
+        self._set_u8(TTL, value)
 
     @property
     def protocol(self) -> int:
@@ -205,7 +205,7 @@ class Ipv4Packet(IpAddressView[IPv4Address]):
 
     @protocol.setter
     def protocol(self, value: int) -> None:
-        self._writable()[PROTOCOL] = value
+        self._set_u8(PROTOCOL, value)
 
     @property
     def checksum(self) -> int:

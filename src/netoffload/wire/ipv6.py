@@ -128,7 +128,7 @@ class Ipv6Packet(IpAddressView[IPv6Address]):
 
     @next_header.setter
     def next_header(self, value: int) -> None:
-        self._writable()[NEXT_HEADER] = value
+        self._set_u8(NEXT_HEADER, value)
 
     @property
     def hop_limit(self) -> int:
@@ -137,7 +137,7 @@ class Ipv6Packet(IpAddressView[IPv6Address]):
 
     @hop_limit.setter
     def hop_limit(self, value: int) -> None:
-        self._writable()[HOP_LIMIT] = value
+        self._set_u8(HOP_LIMIT, value)
 
     def _address(self, packed: bytes) -> IPv6Address:
         return IPv6Address(packed)
@@ -239,7 +239,7 @@ class Ipv6ExtHeader(HeaderView):
 
     @next_header.setter
     def next_header(self, value: int) -> None:
-        self._writable()[EXT_NEXT_HEADER] = value
+        self._set_u8(EXT_NEXT_HEADER, value)
 
     @property
     def header_len(self) -> int:
@@ -272,7 +272,7 @@ class Ipv6FragmentHeader(HeaderView):
 
     @next_header.setter
     def next_header(self, value: int) -> None:
-        self._writable()[EXT_NEXT_HEADER] = value
+        self._set_u8(EXT_NEXT_HEADER, value)
 
     @property
     def frag_offset(self) -> int:
