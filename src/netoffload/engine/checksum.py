@@ -25,6 +25,7 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from netoffload.engine import rows
 from netoffload.engine.dissect import (
     ETH_P_8021AD,
     ETH_P_8021Q,
@@ -181,8 +182,46 @@ class FillJob:
 def fill_batch(jobs: Sequence[FillJob]) -> list[bytes | DropReason]:
     """Do every job's fills; a bad request or frame gives its ``DropReason`` instead.
 
-    The L4 sums of the whole batch are one vectorised pass.
+    L4-only jobs of one frame length and request (at least ``rows.MIN_ROWS``
+    of them: a batch of full-size frames) are filled as the rows of one
+    matrix; the rest take the general path, whose L4 sums are one vectorised
+    pass too.
     """
+    out: list[bytes | DropReason | None] = [None] * len(jobs)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    general: list[int] = []
+    for i, job in enumerate(jobs):
+        req = job.l4
+        if req is None or job.ipv4_header:
+            general.append(i)
+            continue
+        start, offset, n = req.start, req.offset, len(job.frame)
+        if start & 1 or start < 0 or offset < 0 or start + offset + 2 > n:
+            general.append(i)
+            continue
+        groups.setdefault((n, start, offset), []).append(i)
+    for (length, start, offset), idx in groups.items():
+        if len(idx) < rows.MIN_ROWS:
+            general.extend(idx)
+            continue
+        buf = bytearray().join([jobs[i].frame for i in idx])
+        rows.fill_rows(np.frombuffer(buf, np.uint8).reshape(len(idx), length), start, offset)
+        # Rows straight out of the filled buffer: a bytes() of all of it first would be
+        # one more large allocation, and fresh pages cost more than the copying.
+        mv = memoryview(buf)
+        for i, at in zip(idx, range(0, len(buf), length), strict=True):
+            out[i] = bytes(mv[at : at + length])
+    if len(general) == len(jobs):
+        return _fill_general(jobs)
+    if general:
+        general.sort()
+        for i, result in zip(general, _fill_general([jobs[i] for i in general]), strict=True):
+            out[i] = result
+    return [r if r is not None else DropReason.MALFORMED_FRAME for r in out]
+
+
+def _fill_general(jobs: Sequence[FillJob]) -> list[bytes | DropReason]:
+    """``fill_batch`` for any jobs: per-frame copies, L4 sums as spans of one joined buffer."""
     out: list[bytes | DropReason | None] = [None] * len(jobs)
     bufs: list[bytearray | None] = [None] * len(jobs)
     vector: list[int] = []
@@ -289,19 +328,15 @@ def _parse(j: _Joined, frames: Sequence[Buffer]) -> tuple[IntArray, ...]:
     return version, l3, l4, proto, ip_end, frag.astype(np.int64)
 
 
-def verify_batch(frames: Sequence[Buffer]) -> VerifyResult:
-    """Verify the IPv4 header and TCP/UDP checksums of every frame in one pass.
-
-    A UDP/IPv4 checksum of 0 is ABSENT; UDP/IPv6 with 0 is FAILED (RFC 8200).
-    Checksums of malformed frames (truncated, lengths that disagree) and of
-    fragments or other protocols are NOT_CHECKED. The UDP span is the UDP
-    length, as Linux trims a datagram to it.
-    """
+def _verify_general(
+    frames: Sequence[Buffer],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``verify_batch`` for frames of any lengths and layouts: spans of one joined buffer."""
     n = len(frames)
     hdr_status = np.zeros(n, dtype=np.uint8)
     l4_status = np.zeros(n, dtype=np.uint8)
     if n == 0:
-        return VerifyResult(hdr_status, l4_status)
+        return hdr_status, l4_status
     j = _join(frames)
     version, l3, l4, proto, ip_end, frag = _parse(j, frames)
     o, u8, length = j.starts, j.u8, j.lengths
@@ -335,4 +370,52 @@ def verify_batch(frames: Sequence[Buffer]) -> VerifyResult:
         l4_status[checked] = np.where(ok, _VERIFIED, _FAILED)
     l4_status[absent & (version == 4)] = _ABSENT
     l4_status[absent & (version == 6)] = _FAILED
+    return hdr_status, l4_status
+
+
+def verify_batch(frames: Sequence[Buffer]) -> VerifyResult:
+    """Verify the IPv4 header and TCP/UDP checksums of every frame in one pass.
+
+    A UDP/IPv4 checksum of 0 is ABSENT; UDP/IPv6 with 0 is FAILED (RFC 8200).
+    Checksums of malformed frames (truncated, lengths that disagree) and of
+    fragments or other protocols are NOT_CHECKED. The UDP span is the UDP
+    length, as Linux trims a datagram to it.
+
+    Frames of one length (at least ``rows.MIN_ROWS`` of them) are verified as
+    the rows of one matrix; the rest, and rows of layouts the matrix path
+    leaves alone, take the general path. Both give the same answer.
+    """
+    n = len(frames)
+    hdr_status = np.zeros(n, dtype=np.uint8)
+    l4_status = np.zeros(n, dtype=np.uint8)
+    if n == 0:
+        return VerifyResult(hdr_status, l4_status)
+    pending = np.ones(n, dtype=bool)
+    for idx, length in _length_groups(list(map(len, frames))):
+        part = list(frames) if idx is None else [frames[i] for i in idx.tolist()]
+        hs, ls, deferred = rows.verify_rows(rows.matrix(part, length))
+        if idx is None:
+            hdr_status, l4_status, pending = hs, ls, deferred
+        else:
+            hdr_status[idx], l4_status[idx] = hs, ls
+            pending[idx] = deferred
+    rest = np.flatnonzero(pending)
+    if len(rest) == n:
+        hdr_status, l4_status = _verify_general(frames)
+    elif len(rest):
+        hs, ls = _verify_general([frames[i] for i in rest.tolist()])
+        hdr_status[rest], l4_status[rest] = hs, ls
     return VerifyResult(hdr_status, l4_status)
+
+
+def _length_groups(lengths: list[int]) -> list[tuple[IntArray | None, int]]:
+    """(indices, length) of every length shared by enough frames; ``None`` = all of them."""
+    first = lengths[0]
+    if lengths.count(first) == len(lengths):
+        if len(lengths) >= rows.MIN_ROWS and first >= rows.MIN_LENGTH:
+            return [(None, first)]
+        return []
+    arr = np.array(lengths, dtype=np.int64)
+    values, counts = np.unique(arr, return_counts=True)
+    big = (counts >= rows.MIN_ROWS) & (values >= rows.MIN_LENGTH)
+    return [(np.flatnonzero(arr == v), v) for v in values[big].tolist()]
