@@ -8,8 +8,7 @@ starts. Errors are a ``DissectError`` carrying a ``DropReason``.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from netoffload.offload.stats import DropReason
 
@@ -52,9 +51,11 @@ class DissectError(ValueError):
         super().__init__(message)
 
 
-@dataclass(frozen=True, slots=True)
-class Dissection:
+class Dissection(NamedTuple):
     """Offsets (from the frame start) and lengths of one frame's layers.
+
+    An immutable record made once per frame on every hot path: a named tuple
+    builds in a fraction of a frozen dataclass's time.
 
     ``ip_end`` is where the IP packet ends according to its own length field
     (it may differ from the frame length: Ethernet padding, or a lie).
@@ -101,8 +102,13 @@ def dissect(frame: Buffer, *, l4: bool = True) -> Dissection:
     Raises ``DissectError``: MALFORMED_FRAME for anything truncated or
     inconsistent, or a non-IP EtherType.
     """
-    l3, ethertype = l3_offset(frame)
     n = len(frame)
+    # The untagged frame needs no loop: byte indexing beats struct for one field.
+    ethertype = (frame[12] << 8) | frame[13] if n >= ETH_HLEN else ETH_P_8021Q
+    if ethertype in (ETH_P_8021Q, ETH_P_8021AD):
+        l3, ethertype = l3_offset(frame)
+    else:
+        l3 = ETH_HLEN
     if ethertype == ETH_P_IP:
         if n < l3 + 20:
             raise DissectError(DropReason.MALFORMED_FRAME, "truncated IPv4 header")
@@ -112,8 +118,8 @@ def dissect(frame: Buffer, *, l4: bool = True) -> Dissection:
         ihl = (vihl & 0x0F) * 4
         if ihl < 20 or n < l3 + ihl:
             raise DissectError(DropReason.MALFORMED_FRAME, f"bad IPv4 header length {ihl}")
-        (total,) = _U16.unpack_from(frame, l3 + 2)
-        (frag,) = _U16.unpack_from(frame, l3 + 6)
+        total = (frame[l3 + 2] << 8) | frame[l3 + 3]
+        frag = (frame[l3 + 6] << 8) | frame[l3 + 7]
         fragment = bool(frag & (IPV4_MF | IPV4_OFFSET_MASK))
         protocol = frame[l3 + 9]
         l4_off = l3 + ihl
@@ -125,7 +131,7 @@ def dissect(frame: Buffer, *, l4: bool = True) -> Dissection:
             raise DissectError(DropReason.MALFORMED_FRAME, "truncated IPv6 header")
         if frame[l3] >> 4 != 6:
             raise DissectError(DropReason.MALFORMED_FRAME, "IPv6 EtherType, version is not 6")
-        (plen,) = _U16.unpack_from(frame, l3 + 4)
+        plen = (frame[l3 + 4] << 8) | frame[l3 + 5]
         protocol = frame[l3 + 6]
         l4_off = l3 + 40
         while protocol in _IPV6_WALKED:
@@ -152,15 +158,7 @@ def dissect(frame: Buffer, *, l4: bool = True) -> Dissection:
             raise DissectError(DropReason.MALFORMED_FRAME, "truncated UDP header")
         thlen = UDP_HLEN
     return Dissection(
-        l3=l3,
-        version=version,
-        l4=l4_off,
-        protocol=protocol,
-        ip_end=ip_end,
-        payload=l4_off + thlen,
-        l4_header_len=thlen,
-        fragment=fragment,
-        ipv4_options=options,
+        l3, version, l4_off, protocol, ip_end, l4_off + thlen, thlen, fragment, options
     )
 
 

@@ -27,8 +27,7 @@ caught later, when it is segmented, which is where this module reports it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from netoffload.engine.dissect import (
     ETH_HLEN,
@@ -44,7 +43,7 @@ from netoffload.engine.dissect import (
 )
 from netoffload.offload.extension import GsoType
 from netoffload.offload.stats import DropReason
-from netoffload.offload.virtio import GSO_ECN, VirtioNetHdr
+from netoffload.offload.virtio import GSO_ECN, VirtioFlags, VirtioNetHdr
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -53,13 +52,28 @@ GSO_BY_FRAGS = 0xFFFF
 IPV4_MIN = 20
 IPV6_MIN = 40
 
+_NEEDS_CSUM = int(VirtioFlags.NEEDS_CSUM)
+_NONE = int(GsoType.NONE)
+_UDP = int(GsoType.UDP)
+_UDP_L4 = int(GsoType.UDP_L4)
+_TCPV6 = int(GsoType.TCPV6)
+_KIND = {int(k): k for k in GsoType}
+# The L4 header each segmentation kind needs; the keys are the known gso_types.
+_THLEN = {
+    int(GsoType.TCPV4): TCP_HLEN,
+    _UDP: UDP_HLEN,
+    _TCPV6: TCP_HLEN,
+    _UDP_L4: UDP_HLEN,
+}
+_WANT_VERSION = {int(GsoType.TCPV4): 4, _TCPV6: 6}
 
-@dataclass(frozen=True, slots=True)
-class VnetPlan:
+
+class VnetPlan(NamedTuple):
     """What an accepted header asks for: segmentation (``gso``) and/or a checksum fill.
 
     ``kind`` is the segmentation kind (NONE when the frame is too small to be
-    GSO, as the kernel decides); ``dissection`` is set when ``gso`` is.
+    GSO, as the kernel decides); ``dissection`` is set when ``gso`` is. A
+    named tuple: one is made for every header validated.
     """
 
     kind: GsoType
@@ -89,8 +103,11 @@ def _reject(reason: DropReason, message: str) -> VnetHdrRejected:
 
 def plan_vnet_hdr(hdr: VirtioNetHdr, frame: Buffer) -> VnetPlan:
     """Validate ``hdr`` for ``frame`` and say what to do; raises ``VnetHdrRejected``."""
+    # Runs on every TAP read and SoftNic transmit: plain ints throughout, enum
+    # members only looked up (never constructed) for the plan.
     n = len(frame)
-    needs_csum = hdr.needs_csum
+    needs_csum = bool(hdr.flags & _NEEDS_CSUM)
+    gso_type, gso_size = hdr.gso_type, hdr.gso_size
     start, off = hdr.csum_start, hdr.csum_offset
     # -- tun.c ---------------------------------------------------------------
     if n < ETH_HLEN:
@@ -105,19 +122,18 @@ def plan_vnet_hdr(hdr: VirtioNetHdr, frame: Buffer) -> VnetPlan:
     if hdr_len and hdr_len < ETH_HLEN:
         raise _reject(DropReason.BAD_VNET_HDR, f"hdr_len {hdr_len} is shorter than Ethernet")
     # -- virtio_net_hdr_to_skb ---------------------------------------------
-    kind = GsoType.NONE
+    raw = _NONE
     thlen = 0
     nh_min = IPV4_MIN
-    ecn = bool(hdr.gso_type & GSO_ECN)
-    if hdr.gso_type != 0:
-        raw = hdr.gso_type & ~GSO_ECN
-        if raw not in (GsoType.TCPV4, GsoType.TCPV6, GsoType.UDP, GsoType.UDP_L4):
-            raise _reject(DropReason.BAD_VNET_HDR, f"unknown gso_type {hdr.gso_type:#x}")
-        kind = GsoType(raw)
-        thlen = UDP_HLEN if kind in (GsoType.UDP, GsoType.UDP_L4) else TCP_HLEN
-        if kind is GsoType.TCPV6:
+    ecn = bool(gso_type & GSO_ECN)
+    if gso_type:
+        raw = gso_type & ~GSO_ECN
+        if raw not in _THLEN:
+            raise _reject(DropReason.BAD_VNET_HDR, f"unknown gso_type {gso_type:#x}")
+        thlen = _THLEN[raw]
+        if raw == _TCPV6:
             nh_min = IPV6_MIN
-        if hdr.gso_size == 0:
+        if gso_size == 0:
             raise _reject(DropReason.GSO_SIZE_INVALID, "gso_size is 0")
     p_off = 0
     if needs_csum:
@@ -126,49 +142,47 @@ def plan_vnet_hdr(hdr: VirtioNetHdr, frame: Buffer) -> VnetPlan:
         if start < nh_min:
             raise _reject(DropReason.CSUM_OFFSETS_INVALID, f"csum_start {start} is below {nh_min}")
         p_off = start + thlen
-    elif kind is not GsoType.NONE:
+    elif raw != _NONE:
         p_off = nh_min + thlen
         if p_off > n:
             raise _reject(DropReason.MALFORMED_FRAME, "frame too short for its gso_type")
-    if kind is GsoType.NONE:
-        return VnetPlan(GsoType.NONE, hdr.gso_size, needs_csum, start, off, ecn, None)
+    if raw == _NONE:
+        return VnetPlan(GsoType.NONE, gso_size, needs_csum, start, off, ecn, None)
     nh_off = p_off
-    if kind is GsoType.UDP:
+    if raw == _UDP:
         nh_off -= thlen  # UFO's gso_size need not include the UDP header
-    elif kind is GsoType.UDP_L4:
+    elif raw == _UDP_L4:
         if not needs_csum:
             raise _reject(DropReason.BAD_VNET_HDR, "UDP_L4 segmentation without NEEDS_CSUM")
         if off != UDP_CSUM_OFFSET:
             raise _reject(DropReason.CSUM_OFFSETS_INVALID, f"UDP csum_offset {off}, not 6")
-        if n - p_off > hdr.gso_size * UDP_MAX_SEGMENTS:
+        if n - p_off > gso_size * UDP_MAX_SEGMENTS:
             raise _reject(DropReason.TOO_MANY_SEGMENTS, f"more than {UDP_MAX_SEGMENTS} segments")
         if ecn:
             raise _reject(DropReason.BAD_VNET_HDR, "ECN bit on UDP_L4 segmentation")
     elif needs_csum and off != TCP_CSUM_OFFSET:
         raise _reject(DropReason.CSUM_OFFSETS_INVALID, f"TCP csum_offset {off}, not 16")
-    if hdr.gso_size == GSO_BY_FRAGS:
+    if gso_size == GSO_BY_FRAGS:
         raise _reject(DropReason.GSO_SIZE_INVALID, "gso_size 0xFFFF (GSO_BY_FRAGS)")
-    if n - nh_off <= hdr.gso_size:
+    if n - nh_off <= gso_size:
         # "Too small packets are not really GSO ones": sent as one packet.
-        return VnetPlan(GsoType.NONE, hdr.gso_size, needs_csum, start, off, ecn, None)
-    d = _check_dodgy(kind, hdr.gso_size, needs_csum, start, frame)
-    return VnetPlan(kind, hdr.gso_size, needs_csum, start, off, ecn, d)
+        return VnetPlan(GsoType.NONE, gso_size, needs_csum, start, off, ecn, None)
+    d = _check_dodgy(raw, gso_size, needs_csum, start, frame)
+    return VnetPlan(_KIND[raw], gso_size, needs_csum, start, off, ecn, d)
 
 
-def _check_dodgy(
-    kind: GsoType, mss: int, needs_csum: bool, start: int, frame: Buffer
-) -> Dissection:
+def _check_dodgy(raw: int, mss: int, needs_csum: bool, start: int, frame: Buffer) -> Dissection:
     """The header re-checks the kernel's segmentation code makes on an untrusted packet."""
     try:
         d = dissect(frame)
     except DissectError as exc:
         raise _reject(exc.reason, str(exc)) from None
-    want_version = {GsoType.TCPV4: 4, GsoType.TCPV6: 6}.get(kind)
+    want_version = _WANT_VERSION.get(raw)
     want_proto = IPPROTO_TCP if want_version is not None else IPPROTO_UDP
     if (want_version is not None and d.version != want_version) or d.protocol != want_proto:
         raise _reject(
             DropReason.GSO_TYPE_MISMATCH,
-            f"gso_type {kind.name} on an IPv{d.version} packet of protocol {d.protocol}",
+            f"gso_type {_KIND[raw].name} on an IPv{d.version} packet of protocol {d.protocol}",
         )
     if d.fragment or d.l4_header_len == 0:
         raise _reject(DropReason.GSO_TYPE_MISMATCH, "an IP fragment cannot be segmented")
@@ -179,7 +193,7 @@ def _check_dodgy(
     n = len(frame)
     if want_proto == IPPROTO_TCP and n - d.payload <= mss:
         raise _reject(DropReason.GSO_SIZE_INVALID, "TCP payload is not longer than gso_size")
-    if kind is GsoType.UDP_L4 and n - d.l4 <= UDP_HLEN + mss:
+    if raw == _UDP_L4 and n - d.l4 <= UDP_HLEN + mss:
         raise _reject(DropReason.GSO_SIZE_INVALID, "UDP payload is not longer than gso_size")
     return d
 
