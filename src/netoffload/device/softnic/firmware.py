@@ -34,11 +34,9 @@ from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
     HEADROOM,
-    RX_HEAD,
-    TX_HEAD,
+    DescRing,
     Geometry,
     Memo,
-    Ring,
     SlotRing,
 )
 from netoffload.device.wire import ETHERNET_HEADER, WireEnd
@@ -74,8 +72,9 @@ class Firmware:
         self.region = layout.map_region(config["mem_fd"], g)
         os.close(config["mem_fd"])
         self.mem = memoryview(self.region)
-        self.tx = Ring(self.mem, "tx", g.tx_ring_offset, g.ring_entries, layout.DESC_SIZE)
-        self.rx = Ring(self.mem, "rx", g.rx_ring_offset, g.ring_entries, layout.DESC_SIZE)
+        self.tx = DescRing(self.mem, "tx", g.tx_ring_offset, g.ring_entries)
+        self.rx = DescRing(self.mem, "rx", g.rx_ring_offset, g.ring_entries)
+        self.pool = g.pool_offset  # a computed property: read once, used per frame
         self.completion = SlotRing(self.mem, "completion", g.completion_ring_offset, g.ring_entries)
         self.fill = SlotRing(self.mem, "fill", g.fill_ring_offset, g.ring_entries)
         self.nic_bell: int = config["nic_bell"]
@@ -151,24 +150,24 @@ class Firmware:
         if count == 0:
             return False
         g, mem, stats = self.geometry, self.mem, self.stats
+        pool, slot_bytes, slots = self.pool, g.slot_bytes, g.slots
+        decode = self.decode_tx
         packets: list[Packet] = []
         done_slots: list[int] = []
-        for i in range(count):
-            at = self.tx.entry_offset(tail + i)
-            slot, offset, length = TX_HEAD.unpack_from(mem, at)
-            if slot >= g.slots:
+        for slot, offset, length, ext in self.tx.read(tail, count):
+            if slot >= slots:
                 stats.drop(DropReason.MALFORMED_FRAME)
                 continue
             done_slots.append(slot)
-            if offset + length > g.slot_bytes or length < ETHERNET_HEADER:
+            if offset + length > slot_bytes or length < ETHERNET_HEADER:
                 stats.drop(DropReason.MALFORMED_FRAME)
                 continue
             try:
-                request = self.decode_tx(bytes(mem[at + TX_HEAD.size : at + layout.DESC_SIZE]))
+                request = decode(ext)
             except VirtioHdrError:
                 stats.drop(DropReason.BAD_VNET_HDR)
                 continue
-            base = g.pool_offset + slot * g.slot_bytes + offset
+            base = pool + slot * slot_bytes + offset
             packets.append(Packet(mem[base : base + length], request))
         self.tx.publish_consumer(tail + count)
         frames = self._run_transmit(packets)
@@ -235,10 +234,12 @@ class Firmware:
             stats.drop(reason)
         for task, n in outcome.tasks.items():
             stats.task_done(task, n)
-        g, mem = self.geometry, self.mem
+        mem, slot_bytes = self.mem, self.geometry.slot_bytes
+        pool = self.pool
+        encode = self.encode_rx
         head = self.rx.producer
-        posted = 0
-        capacity = g.slot_bytes - HEADROOM
+        rows: list[tuple[int, int, int, bytes]] = []
+        capacity = slot_bytes - HEADROOM
         for packet in outcome.packets:
             size = len(packet.data)
             if size > capacity:
@@ -248,14 +249,12 @@ class Firmware:
                 stats.drop(DropReason.NO_BUFFER)
                 continue
             slot = free.pop()
-            base = g.pool_offset + slot * g.slot_bytes + HEADROOM
+            base = pool + slot * slot_bytes + HEADROOM
             mem[base : base + size] = packet.data
-            at = self.rx.entry_offset(head + posted)
-            RX_HEAD.pack_into(mem, at, slot, HEADROOM, size)
-            mem[at + RX_HEAD.size : at + layout.DESC_SIZE] = self.encode_rx(packet.rx)
-            posted += 1
-        if posted:
-            self.rx.publish_producer(head + posted)
+            rows.append((slot, HEADROOM, size, encode(packet.rx)))
+        if rows:
+            self.rx.write(head, rows)
+            self.rx.publish_producer(head + len(rows))
             os.eventfd_write(self.rx_bell, 1)
         return True
 

@@ -124,6 +124,10 @@ class Geometry:
 # Index cache lines in the header page, in ring order tx, rx, completion, fill.
 _INDEX_LINES = {"tx": 1, "rx": 3, "completion": 5, "fill": 7}
 _U32 = struct.Struct("<I")
+# A TX or RX descriptor: u32 slot, offset, length, then its extension (layouts below).
+DESC_DTYPE = np.dtype(
+    [("slot", "<u4"), ("offset", "<u4"), ("length", "<u4"), ("ext", f"V{DESC_SIZE - 12}")]
+)
 
 
 def create_region(geometry: Geometry) -> tuple[int, mmap.mmap]:
@@ -239,6 +243,41 @@ class SlotRing(Ring):
         out: list[int] = self._array[positions].tolist()
         self.publish_consumer(tail + n)
         return out
+
+
+class DescRing(Ring):
+    """A ring of 64-byte descriptors, read and written a batch at a time.
+
+    A row is ``(slot, offset, length, ext)``: the common head as integers and
+    the extension as its raw bytes, which the codecs below (and their memos)
+    take as they are. One NumPy gather or scatter per batch replaces a struct
+    call and a slice per descriptor.
+    """
+
+    __slots__ = ("_array",)
+
+    def __init__(self, mem: memoryview, name: str, entries_offset: int, capacity: int) -> None:
+        super().__init__(mem, name, entries_offset, capacity, DESC_SIZE)
+        self._array: npt.NDArray[np.void] = np.frombuffer(
+            mem, dtype=DESC_DTYPE, count=capacity, offset=entries_offset
+        )
+
+    def _positions(self, start: int, count: int) -> npt.NDArray[np.uint32]:
+        return (np.uint32(start & 0xFFFFFFFF) + np.arange(count, dtype=np.uint32)) & np.uint32(
+            self._mask
+        )
+
+    def read(self, start: int, count: int) -> list[tuple[int, int, int, bytes]]:
+        """Rows of the ``count`` entries from free-running index ``start``."""
+        rows: list[tuple[int, int, int, bytes]] = self._array[
+            self._positions(start, count)
+        ].tolist()
+        return rows
+
+    def write(self, start: int, rows: list[tuple[int, int, int, bytes]]) -> None:
+        """Store ``rows`` from free-running index ``start`` (publishing is the caller's)."""
+        if rows:
+            self._array[self._positions(start, len(rows))] = np.array(rows, dtype=DESC_DTYPE)
 
 
 # -- transmit descriptors ---------------------------------------------------------

@@ -38,11 +38,9 @@ from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
     HEADROOM,
-    RX_HEAD,
-    TX_HEAD,
+    DescRing,
     Geometry,
     Memo,
-    Ring,
     SlotRing,
 )
 from netoffload.device.wire import Wire, WireEnd
@@ -176,8 +174,9 @@ class SoftNic(Device):
             res.release()
             raise
         mem = self._mem
-        self._tx = Ring(mem, "tx", g.tx_ring_offset, g.ring_entries, layout.DESC_SIZE)
-        self._rx = Ring(mem, "rx", g.rx_ring_offset, g.ring_entries, layout.DESC_SIZE)
+        self._tx = DescRing(mem, "tx", g.tx_ring_offset, g.ring_entries)
+        self._rx = DescRing(mem, "rx", g.rx_ring_offset, g.ring_entries)
+        self._pool = g.pool_offset  # a computed property: read once, used per frame
         self._completion = SlotRing(mem, "completion", g.completion_ring_offset, g.ring_entries)
         self._fill = SlotRing(mem, "fill", g.fill_ring_offset, g.ring_entries)
         self._tx_free: list[int] = list(range(g.tx_slots - 1, -1, -1))
@@ -439,14 +438,18 @@ class SoftNic(Device):
         self._check()
         self._reap()
         g, mem, ring = self.geometry, self._mem, self._tx
+        pool, slot_bytes = self._pool, g.slot_bytes
         head = ring.producer
         room = min(ring.space(), len(batch))
-        capacity = g.slot_bytes - HEADROOM
-        posted = accepted = 0
+        capacity = slot_bytes - HEADROOM
+        encode = self._encode_tx
+        locate = self._locate
+        rows: list[tuple[int, int, int, bytes]] = []
+        accepted = 0
         for i in range(room):
             packet = batch[i]
             data = packet.data
-            where = self._locate(data)
+            where = locate(data)
             if where is not None:
                 slot, offset = where
                 self._lent.discard(slot)
@@ -459,20 +462,17 @@ class SoftNic(Device):
                 if not self._tx_free:
                     break
                 slot, offset = self._tx_free.pop(), HEADROOM
-                base = g.pool_offset + slot * g.slot_bytes + offset
+                base = pool + slot * slot_bytes + offset
                 mem[base : base + size] = data
-            at = ring.entry_offset(head + posted)
-            TX_HEAD.pack_into(mem, at, slot, offset, len(data))
-            ext = (
-                layout.encode_tx_ext_vnet(headers[i])
-                if headers is not None
-                else self._encode_tx(packet.tx)
-            )
-            mem[at + TX_HEAD.size : at + layout.DESC_SIZE] = ext
-            posted += 1
+            if headers is not None:
+                ext = layout.encode_tx_ext_vnet(headers[i])
+            else:
+                ext = encode(packet.tx)
+            rows.append((slot, offset, len(data), ext))
             accepted += 1
-        if posted:
-            ring.publish_producer(head + posted)
+        if rows:
+            ring.write(head, rows)
+            ring.publish_producer(head + len(rows))
             self._ring(self._nic_bell)
         return accepted
 
@@ -508,13 +508,10 @@ class SoftNic(Device):
         out: list[Packet] = []
         held = self._rx_held
         decode = self._decode_rx
-        unpack = RX_HEAD.unpack_from
-        for i in range(count):
-            at = ring.entry_offset(tail + i)
-            slot, offset, length = unpack(mem, at)
-            base = g.pool_offset + slot * g.slot_bytes + offset
-            info = decode(bytes(mem[at + RX_HEAD.size : at + layout.DESC_SIZE]))
-            out.append(Packet(mem[base : base + length], rx=info))
+        pool, slot_bytes = self._pool, g.slot_bytes
+        for slot, offset, length, ext in ring.read(tail, count):
+            base = pool + slot * slot_bytes + offset
+            out.append(Packet(mem[base : base + length], rx=decode(ext)))
             held.append(slot)
         ring.publish_consumer(tail + count)
         if ring.available():
