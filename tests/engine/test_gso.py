@@ -19,6 +19,7 @@ from netoffload.offload.extension import (
 from netoffload.offload.stats import DropReason
 from netoffload.offload.virtio import VirtioNetHdr
 from tests.engine.builders import as_partial, checksums_ok, tcp4, tcp6, udp4, udp6
+from tests.engine.gso_reference import reference_segments
 
 OPTS = [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]
 PAYLOAD = bytes((i * 7 + 3) % 256 for i in range(65000))
@@ -207,3 +208,57 @@ def test_garbage_raises_only_gso_error(
         segment(bytes(frame), hdr)
     except GsoError as exc:
         assert isinstance(exc.reason, DropReason)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["tcp4", "tcp4vlan", "tcp4opts", "tcp6", "tcp6ext", "udp4", "udp6"]),
+    size=st.integers(2, 5000),
+    mss=st.integers(1, 1500),
+    flags=st.sampled_from(["A", "PA", "FA", "CA", "FPAC", "UA"]),
+    seq=st.integers(0, 0xFFFFFFFF),
+    ip_id=st.integers(0, 0xFFFF),
+    needs_csum=st.booleans(),
+    salt=st.binary(min_size=2, max_size=2),
+)
+def test_segments_equal_the_per_segment_reference(
+    *,
+    kind: str,
+    size: int,
+    mss: int,
+    flags: str,
+    seq: int,
+    ip_id: int,
+    needs_csum: bool,
+    salt: bytes,
+) -> None:
+    payload = salt + PAYLOAD[: size - 2]
+    tcp = kind.startswith("tcp")
+    if kind == "tcp6ext":
+        frame = tcp6(payload, flags=flags, seq=seq, ext=IPv6ExtHdrHopByHop())
+    elif kind == "tcp6":
+        frame = tcp6(payload, flags=flags, seq=seq, options=OPTS)
+    elif tcp:
+        vlan = 9 if kind == "tcp4vlan" else None
+        opts = OPTS if kind == "tcp4opts" else None
+        frame = tcp4(payload, flags=flags, seq=seq, ip_id=ip_id, vlan=vlan, options=opts)
+    else:
+        frame = udp4(payload, ip_id=ip_id) if kind == "udp4" else udp6(payload)
+    gso_type = 5 if not tcp else (4 if kind.startswith("tcp6") else 1)
+    partial, start, offset = as_partial(frame)
+    if tcp and not needs_csum:
+        hdr = VirtioNetHdr(gso_type=gso_type, gso_size=mss)
+        partial = frame
+    else:
+        hdr = VirtioNetHdr(1, gso_type, 0, mss, start, offset)
+    if size <= mss or (not tcp and size > 128 * mss):
+        return
+    assert segment(partial, hdr) == reference_segments(partial, hdr)
+    if kind in ("tcp4", "tcp4vlan", "tcp4opts"):
+        req = TxRequest(
+            checksum=ChecksumRequest(start, offset),
+            segmentation=SegmentationRequest(GsoType.TCPV4, mss, fixed_id=True),
+        )
+        assert segment_request(as_partial(frame)[0], req) == reference_segments(
+            as_partial(frame)[0], VirtioNetHdr(1, 1, 0, mss, start, offset), fixed_id=True
+        )

@@ -19,7 +19,8 @@ Sources: ``inet_gso_segment`` (net/ipv4/af_inet.c), ``ipv6_gso_segment``
   header to its end; a UDP result of 0 is sent as 0xFFFF (TCP keeps 0, as
   ``gso_make_checksum`` does).
 
-Payload sums of equal-size segments are one strided vectorised call.
+Per-segment fields are NumPy columns: the headers of all segments are the rows
+of one matrix, and the payload sums of equal-size segments one pass.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ import struct
 from dataclasses import dataclass
 from typing import TypeAlias
 
+import numpy as np
+import numpy.typing as npt
+
+from netoffload.engine import rows
 from netoffload.engine.checksum import (
     FillJob,
-    complement_for_wire,
     fill_batch,
     fill_partial,
     request_valid,
@@ -45,12 +49,15 @@ from netoffload.offload.extension import (
 )
 from netoffload.offload.stats import DropReason
 from netoffload.offload.virtio import GSO_ECN, VirtioFlags, VirtioNetHdr
-from netoffload.wire.checksum import add16, fold32, ones_sum, ones_sum_spans, pseudo_header_sum
+from netoffload.wire.checksum import add16, ones_sum, pseudo_header_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
+_BE16 = np.dtype(">u2")
+IntArray: TypeAlias = npt.NDArray[np.int64]
+ByteArray: TypeAlias = npt.NDArray[np.uint8]
 
 TCP_FIN = 0x01
 TCP_PSH = 0x08
@@ -160,110 +167,139 @@ def _layout(d: Dissection) -> _Layout:
     return _Layout(d.l3, d.l4, d.payload, d.version, d.protocol)
 
 
-def _payload_sums(mv: memoryview, first: int, mss: int, count: int, last_len: int) -> list[int]:
-    """Folded sums of ``count`` payload pieces: equal ones in one strided call, then the last."""
+@dataclass(slots=True)
+class _Cut:
+    """A super-packet laid out as its segments: one row each, headers then payload piece.
+
+    ``words`` is the same memory as big-endian 16-bit columns (every header
+    field written here starts on an even offset). ``sums`` holds each piece's
+    payload sum modulo 0xFFFF. Rows are padded to an even width; the last
+    row's segment may be shorter than the others.
+    """
+
+    rows: ByteArray
+    words: npt.NDArray[np.uint16]
+    index: IntArray
+    plen: IntArray
+    sums: IntArray
+    hdr_end: int
+    mss: int
+
+    @property
+    def count(self) -> int:
+        return len(self.plen)
+
+    def frames(self) -> list[bytes]:
+        """The segments as frames: one copy out of the rows."""
+        data = self.rows.tobytes()
+        width = self.rows.shape[1]
+        size = self.hdr_end + self.mss
+        last = (self.count - 1) * width
+        frames = [data[at : at + size] for at in range(0, last, width)]
+        frames.append(data[last : last + self.hdr_end + int(self.plen[-1])])
+        return frames
+
+
+def _cut(mv: memoryview, hdr_end: int, mss: int) -> _Cut:
+    """Lay ``mv`` out as its segments (headers copied from the super-packet, unfilled)."""
+    n = len(mv)
+    count = -(-(n - hdr_end) // mss)
+    last_len = n - hdr_end - (count - 1) * mss
     full = count if last_len == mss else count - 1
-    sums: list[int] = []
+    plen = np.full(count, mss, dtype=np.int64)
+    plen[-1] = last_len
+    src = np.frombuffer(mv, dtype=np.uint8)
+    size = hdr_end + mss
+    out = np.empty((count, size + (size & 1)), dtype=np.uint8)
+    out[:, :hdr_end] = src[:hdr_end]
+    sums = np.empty(count, dtype=np.int64)
     if full:
-        starts = [first + i * mss for i in range(full)]
-        sums = [int(s) for s in ones_sum_spans(mv, starts, [mss] * full)]
+        # Back-to-back pieces of one size are a reshape of the payload: no gather.
+        pieces = src[hdr_end : hdr_end + full * mss].reshape(full, mss)
+        out[:full, hdr_end:size] = pieces
+        # Little-endian word sums times 256: the big-endian sums' residues.
+        sums[:full] = rows.le_sum(pieces, 0, mss) * 256
     if full < count:
-        start = first + full * mss
-        sums.append(ones_sum(mv[start : start + last_len]))
-    return sums
+        tail = src[hdr_end + full * mss :]
+        out[full, hdr_end : hdr_end + last_len] = tail
+        sums[full] = ones_sum(tail.data)
+    index = np.arange(count, dtype=np.int64)
+    return _Cut(out, out.view(_BE16), index, plen, sums, hdr_end, mss)
 
 
-def _ip_parts(frame: Buffer, layout: _Layout) -> tuple[bytearray, int, int, int]:
-    """The header template, the IPv4 header sum without length/ID/checksum, and the ID."""
-    template = bytearray(frame[: layout.hdr_end])
-    base = 0
-    ident = 0
-    if layout.version == 4:
-        l3 = layout.l3
-        ihl = (template[l3] & 0x0F) * 4
-        (ident,) = _U16.unpack_from(template, l3 + 4)
-        hdr = bytearray(template[l3 : l3 + ihl])
-        hdr[2:6] = b"\x00\x00\x00\x00"
-        hdr[10:12] = b"\x00\x00"
-        base = ones_sum(hdr)
-    addr_sum = (
-        ones_sum(template[layout.l3 + 12 : layout.l3 + 20])
-        if layout.version == 4
-        else (ones_sum(template[layout.l3 + 8 : layout.l3 + 40]))
-    )
-    return template, base, ident, addr_sum
+def _complement(total: IntArray) -> IntArray:
+    """The complemented one's-complement sum of terms adding up to ``total`` (modulo 0xFFFF).
+
+    A chain of ``add16`` over terms that are not all zero gives the residue
+    modulo 0xFFFF, with 0xFFFF for a multiple of it; its complement is
+    ``0xFFFE - (total - 1) % 0xFFFF``. Every sum here has a non-zero term, and
+    any integer congruent to the true sum gives the same answer.
+    """
+    value: IntArray = 0xFFFE - (total - 1) % 0xFFFF
+    return value
 
 
-def _set_ip(hdr: bytearray, layout: _Layout, seg_len: int, ident: int, base: int) -> None:
+def _be16(data: bytes, offset: int) -> int:
+    return (data[offset] << 8) | data[offset + 1]
+
+
+def _fill_ip(cut: _Cut, template: bytes, layout: _Layout, ident: IntArray) -> None:
+    """IPv4 total length, ID and header checksum, or the IPv6 payload length, of every row."""
+    w = cut.words
     l3 = layout.l3
     if layout.version == 4:
-        total = seg_len - l3
-        _U16.pack_into(hdr, l3 + 2, total)
-        _U16.pack_into(hdr, l3 + 4, ident)
-        _U16.pack_into(hdr, l3 + 10, ~add16(add16(base, total), ident) & 0xFFFF)
+        total = cut.plen + (cut.hdr_end - l3)
+        w[:, (l3 + 2) >> 1] = total
+        w[:, (l3 + 4) >> 1] = ident
+        ihl = (template[l3] & 0x0F) * 4
+        # The header sum less the three fields rewritten (a residue is enough).
+        base = ones_sum(template[l3 : l3 + ihl]) - _be16(template, l3 + 2)
+        base -= _be16(template, l3 + 4) + _be16(template, l3 + 10)
+        w[:, (l3 + 10) >> 1] = _complement(total + ident + base)
     else:
-        _U16.pack_into(hdr, l3 + 4, seg_len - l3 - 40)
+        w[:, (l3 + 4) >> 1] = cut.plen + (cut.hdr_end - l3 - 40)
 
 
 def _segment_tcp(frame: Buffer, layout: _Layout, plan: VnetPlan, fixed_id: bool) -> list[bytes]:
     mv = memoryview(frame).cast("B")
     n = len(mv)
-    mss = plan.gso_size
     l4, hdr_end = layout.l4, layout.hdr_end
-    thlen = hdr_end - l4
-    payload = n - hdr_end
-    count = -(-payload // mss)
-    last_len = payload - (count - 1) * mss
-    template, ip_base, ident0, _ = _ip_parts(mv, layout)
+    cut = _cut(mv, hdr_end, plan.gso_size)
+    template = bytes(mv[:hdr_end])
     old_len = n - l4
     if plan.needs_csum:
-        (check,) = _U16.unpack_from(template, l4 + 16)
+        check = _be16(template, l4 + 16)
     else:
         check = pseudo_header_sum(
             _addr(template, layout, 0), _addr(template, layout, 1), IPPROTO_TCP, old_len
         )
-
-    # Linux: newcheck = ~csum_fold(check + (~oldlen + newlen)), 32-bit one's complement.
-    def adjusted(new_len: int) -> int:
-        return fold32(check + ((0xFFFFFFFF - old_len + new_len) & 0xFFFFFFFF))
-
     (seq0,) = _U32.unpack_from(template, l4 + 4)
-    flags0 = template[l4 + 13]
-    # TCP header sum without seq (4..8), flags byte pair (12..14) and checksum (16..18).
-    th = bytearray(template[l4:hdr_end])
-    th[4:8] = b"\x00\x00\x00\x00"
-    th[12:14] = b"\x00\x00"
-    th[16:18] = b"\x00\x00"
-    th_base = ones_sum(th)
-    off_word_hi = template[l4 + 12] << 8
-    sums = _payload_sums(mv, hdr_end, mss, count, last_len)
-    out: list[bytes] = []
-    for i in range(count):
-        last = i == count - 1
-        plen = last_len if last else mss
-        seq = (seq0 + i * mss) & 0xFFFFFFFF
-        flags = flags0
-        if not last:
-            flags &= ~(TCP_FIN | TCP_PSH)
-        if i:
-            flags &= ~TCP_CWR
-        field = adjusted(thlen + plen)
-        s = add16(th_base, sums[i])
-        s = add16(s, (seq >> 16) + (seq & 0xFFFF))
-        s = add16(s, off_word_hi | flags)
-        s = add16(s, field)
-        hdr = bytearray(template)
-        _U32.pack_into(hdr, l4 + 4, seq)
-        hdr[l4 + 13] = flags
-        _U16.pack_into(hdr, l4 + 16, ~s & 0xFFFF)
-        ident = ident0 if fixed_id else (ident0 + i) & 0xFFFF
-        _set_ip(hdr, layout, hdr_end + plen, ident, ip_base)
-        start = hdr_end + i * mss
-        out.append(b"".join((hdr, mv[start : start + plen])))
-    return out
+    word0 = _be16(template, l4 + 12)  # data offset and flags
+    seq = (seq0 + cut.index * cut.mss) & 0xFFFFFFFF
+    word = np.full(cut.count, word0 & ~(TCP_FIN | TCP_PSH | TCP_CWR), dtype=np.int64)
+    word[0] = word0 & ~(TCP_FIN | TCP_PSH)  # CWR only on the first,
+    word[-1] = word0 if cut.count == 1 else word0 & ~TCP_CWR  # FIN and PSH only on the last
+    # Each segment's sum, as terms: the header less seq, flags and checksum; the
+    # checksum field Linux writes first, ~csum_fold(check + (~oldlen + newlen));
+    # seq (2**32 is 1 modulo 0xFFFF); flags; payload. The data offset makes it non-zero.
+    th_rest = ones_sum(template[l4:hdr_end]) - _be16(template, l4 + 4) - _be16(template, l4 + 6)
+    th_rest -= word0 + _be16(template, l4 + 16)
+    const = th_rest + check + 0xFFFFFFFF - old_len + (hdr_end - l4)
+    total = cut.sums + cut.plen + seq + word + const
+    ident0 = _be16(template, layout.l3 + 4) if layout.version == 4 else 0
+    ident = (
+        np.full(cut.count, ident0, dtype=np.int64) if fixed_id else (ident0 + cut.index) & 0xFFFF
+    )
+    _fill_ip(cut, template, layout, ident)
+    w = cut.words
+    w[:, (l4 + 4) >> 1] = seq >> 16
+    w[:, (l4 + 6) >> 1] = seq & 0xFFFF
+    w[:, (l4 + 12) >> 1] = word
+    w[:, (l4 + 16) >> 1] = _complement(total)
+    return cut.frames()
 
 
-def _addr(template: bytearray, layout: _Layout, which: int) -> bytes:
+def _addr(template: bytes, layout: _Layout, which: int) -> bytes:
     if layout.version == 4:
         a = layout.l3 + 12 + 4 * which
         return bytes(template[a : a + 4])
@@ -273,30 +309,23 @@ def _addr(template: bytearray, layout: _Layout, which: int) -> bytes:
 
 def _segment_udp(frame: Buffer, layout: _Layout, plan: VnetPlan) -> list[bytes]:
     mv = memoryview(frame).cast("B")
-    n = len(mv)
-    mss = plan.gso_size
     l4 = layout.l4
     hdr_end = l4 + 8
-    payload = n - hdr_end
-    count = -(-payload // mss)
-    last_len = payload - (count - 1) * mss
-    template, ip_base, ident0, _ = _ip_parts(mv, layout)
-    (old_ulen,) = _U16.unpack_from(template, l4 + 4)
-    (check,) = _U16.unpack_from(template, l4 + 6)
+    cut = _cut(mv, hdr_end, plan.gso_size)
+    template = bytes(mv[:hdr_end])
+    old_ulen = _be16(template, l4 + 4)
+    check = _be16(template, l4 + 6)
     # Linux: check = csum16_add(csum16_sub(uh->check, uh->len), htons(newlen)).
     minus_old = add16(check, ~old_ulen & 0xFFFF)
-    ports_sum = ones_sum(template[l4 : l4 + 4])
-    sums = _payload_sums(mv, hdr_end, mss, count, last_len)
-    out: list[bytes] = []
-    for i in range(count):
-        plen = last_len if i == count - 1 else mss
-        ulen = 8 + plen
-        field = add16(minus_old, ulen)
-        s = add16(add16(add16(ports_sum, ulen), field), sums[i])
-        hdr = bytearray(template)
-        _U16.pack_into(hdr, l4 + 4, ulen)
-        _U16.pack_into(hdr, l4 + 6, complement_for_wire(s))
-        _set_ip(hdr, layout, hdr_end + plen, (ident0 + i) & 0xFFFF, ip_base)
-        start = hdr_end + i * mss
-        out.append(b"".join((hdr, mv[start : start + plen])))
-    return out
+    ulen = cut.plen + 8
+    # Terms: ports, length, the checksum field (minus_old + length) and the payload;
+    # the length makes every sum non-zero.
+    total = cut.sums + 2 * ulen + (ones_sum(template[l4 : l4 + 4]) + minus_old)
+    value = _complement(total)
+    value[value == 0] = 0xFFFF  # complement_for_wire: a UDP checksum is never sent as 0
+    ident0 = _be16(template, layout.l3 + 4) if layout.version == 4 else 0
+    _fill_ip(cut, template, layout, (ident0 + cut.index) & 0xFFFF)
+    w = cut.words
+    w[:, (l4 + 4) >> 1] = ulen
+    w[:, (l4 + 6) >> 1] = value
+    return cut.frames()
