@@ -15,6 +15,7 @@ from netoffload.offload.extension import GsoType, TxRequest
 from netoffload.offload.virtio import VirtioNetHdr
 from netoffload.wire.checksum import pseudo_header_sum
 from tests.engine.builders import tcp4, tcp6, udp4, udp6
+from tests.engine.gro_reference import reference_assemble
 
 MSS = 1000
 DATA = bytes((i * 13 + 5) % 256 for i in range(70000))
@@ -266,3 +267,102 @@ def test_segment_inverts_coalesce(flows: list[tuple[str, int, int, int, str]], r
 def _sport(frame: bytes) -> bytes:
     l4 = 34 if frame[12:14] == b"\x08\x00" else 54
     return frame[l4 : l4 + 2]
+
+
+# One frame of a messy receive batch: (flow, step, tweak, tweak argument).
+_TWEAKS = [
+    "none", "gap", "flags", "ttl", "tos", "nodf", "id", "fixed_id", "ack", "window", "options",
+    "short", "long", "empty", "corrupt", "pad", "truncate", "ipopts", "vlan", "flowlabel",
+]  # fmt: skip
+messy_frame = st.tuples(
+    st.sampled_from(["tcp4", "tcp6", "udp4", "udp6"]),
+    st.integers(0, 2),
+    st.sampled_from(_TWEAKS),
+    st.integers(0, 7),
+)
+
+
+def _messy(kind: str, flow: int, step: int, tweak: str, arg: int) -> bytes:
+    """Frame ``step`` of a flow, bent by ``tweak`` so that some merge rule is exercised."""
+    size = {"short": 1 + arg * 50, "long": MSS + 1 + arg, "empty": 0}.get(tweak, MSS)
+    seq = 5000 + step * MSS + (arg + 1 if tweak == "gap" else 0)
+    ip_id = {"id": step + 9 + arg, "fixed_id": 3}.get(tweak, 10 + step)
+    data = DATA[step * MSS : step * MSS + size]
+    sport = 2000 + flow
+    flags = ["A", "PA", "FA", "SA", "RA", "UA", "CA", "EA"][arg] if tweak == "flags" else "A"
+    options = (
+        [("NOP", None), ("NOP", None), ("Timestamp", (arg, 1))] if tweak == "options" else None
+    )
+    if kind == "tcp4":
+        frame = tcp4(
+            data, seq=seq, ip_id=ip_id, flags=flags, sport=sport, options=options,
+            ttl=63 if tweak == "ttl" else 64, tos=4 if tweak == "tos" else 0,
+            df=tweak != "nodf", ack=2 if tweak == "ack" else 1,
+            window=100 if tweak == "window" else 8192,
+            ip_options=b"\x01\x01\x01\x00" if tweak == "ipopts" else None,
+            vlan=arg if tweak == "vlan" else None,
+        )  # fmt: skip
+    elif kind == "tcp6":
+        frame = tcp6(
+            data, seq=seq, flags=flags, sport=sport, options=options,
+            hlim=63 if tweak == "ttl" else 64, tc=4 if tweak == "tos" else 0,
+            fl=arg if tweak == "flowlabel" else 0, ack=2 if tweak == "ack" else 1,
+        )  # fmt: skip
+    elif kind == "udp4":
+        frame = udp4(data, ip_id=ip_id, sport=sport)
+    else:
+        frame = udp6(data, sport=sport)
+    if tweak == "corrupt":
+        frame = frame[:-1] + bytes([frame[-1] ^ 1]) if len(frame) > 60 else frame[:40]
+    elif tweak == "pad":
+        frame += bytes(arg + 1)
+    elif tweak == "truncate":
+        frame = frame[: 14 + 8 * arg]
+    return frame
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch=st.lists(messy_frame, max_size=40),
+    views=st.booleans(),
+    tcp=st.booleans(),
+    udp=st.booleans(),
+    max_segments=st.none() | st.integers(1, 6),
+    max_flows=st.integers(1, 8),
+    max_size=st.sampled_from([65536, 5000]),
+)
+def test_assemble_equals_the_per_frame_reference(
+    *,
+    batch: list[tuple[str, int, str, int]],
+    views: bool,
+    tcp: bool,
+    udp: bool,
+    max_segments: int | None,
+    max_flows: int,
+    max_size: int,
+) -> None:
+    steps: dict[tuple[str, int], int] = {}
+    frames: list[bytes | memoryview] = []
+    for kind, flow, tweak, arg in batch:
+        step = steps.get((kind, flow), 0)
+        steps[kind, flow] = step + 1
+        frame = _messy(kind, flow, step, tweak, arg)
+        frames.append(memoryview(frame) if views else frame)
+    kw: dict[str, Any] = {
+        "tcp": tcp,
+        "udp": udp,
+        "max_segments": max_segments,
+        "max_flows": max_flows,
+        "max_size": max_size,
+    }
+    ours = [
+        (bytes(u.data), u.index, u.segments, u.version, u.protocol, u.validated, u.assembled,
+         u.checksum_partial)
+        for u in assemble(frames, **kw)
+    ]  # fmt: skip
+    theirs = [
+        (bytes(u.data), u.index, u.segments, u.version, u.protocol, u.validated, u.assembled,
+         u.checksum_partial)
+        for u in reference_assemble(frames, **kw)
+    ]  # fmt: skip
+    assert ours == theirs

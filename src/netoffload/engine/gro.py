@@ -55,7 +55,6 @@ from netoffload.engine.checksum import VerifyResult, verify_batch
 from netoffload.engine.dissect import (
     IPPROTO_TCP,
     IPPROTO_UDP,
-    IPV4_DF,
     TCP_CSUM_OFFSET,
     UDP_CSUM_OFFSET,
     DissectError,
@@ -87,8 +86,9 @@ _TCP_PSH = 0x08
 _TCP_URG = 0x20
 _TCP_CWR = 0x80
 _ENDS = _TCP_URG | _TCP_PSH | _TCP_RST | _TCP_SYN | _TCP_FIN
-# Bits of the TCP word at offset 12 (doff, flags, window) that may differ.
-_WORD_MAY_DIFFER = (_TCP_CWR | _TCP_FIN | _TCP_PSH) << 16
+# TCP flags that may differ between merged segments.
+_FLAGS_MAY_DIFFER = _TCP_CWR | _TCP_FIN | _TCP_PSH
+_VERIFIED = int(ChecksumStatus.VERIFIED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +126,19 @@ class Assembled:
 
 @dataclass(slots=True)
 class _Held:
-    """A held packet (``p`` in the kernel) and what merging into it needs."""
+    """A held packet (``p`` in the kernel) and, read once, what merging into it compares."""
 
     index: int
     first: Buffer
     d: Dissection
     gso_size: int
     p_len: int
+    net: tuple[int, int, int]  # (TTL / hop limit, TOS / traffic class, DF bit)
+    ident: int  # IPv4 ID (0 for IPv6)
+    same: tuple[bytes, ...]  # TCP header bytes a merged segment must repeat
+    flags: int  # TCP flags
+    seq: int  # TCP sequence number
+    ulen: int  # UDP length
     payloads: list[memoryview] = field(default_factory=list)
     count: int = 1
     payload_total: int = 0
@@ -140,41 +146,36 @@ class _Held:
     fixed_id: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Seen:
-    """What GRO learns about one frame before the flow lookup."""
-
-    d: Dissection
-    key: tuple[object, ...]
-    flush: bool  # NAPI_GRO_CB(skb)->flush from the IP layer
-    payload_len: int
-
-
-def _network_fields(frame: Buffer, d: Dissection) -> tuple[int, int, int, int]:
-    """(ttl/hop limit, tos/traffic class, DF bit, IPv4 ID) of a frame."""
+def _network_fields(h: bytes, d: Dissection) -> tuple[tuple[int, int, int], int]:
+    """((ttl/hop limit, tos/traffic class, DF bit), IPv4 ID) of a frame's headers ``h``."""
     l3 = d.l3
     if d.version == 4:
-        (frag,) = _U16.unpack_from(frame, l3 + 6)
-        (ident,) = _U16.unpack_from(frame, l3 + 4)
-        return frame[l3 + 8], frame[l3 + 1], frag & IPV4_DF, ident
-    (word,) = _U32.unpack_from(frame, l3)
-    return frame[l3 + 7], (word >> 20) & 0xFF, 0, 0
+        return (h[l3 + 8], h[l3 + 1], h[l3 + 6] & 0x40), (h[l3 + 4] << 8) | h[l3 + 5]
+    return (h[l3 + 7], ((h[l3] & 0x0F) << 4) | (h[l3 + 1] >> 4), 0), 0
 
 
-def _network_flush(frame: Buffer, d: Dissection, p: _Held) -> bool:
-    """``inet_gro_flush`` / ``ipv6_gro_flush``; may decide the flow is fixed-ID."""
-    ttl, tos, df, ident = _network_fields(frame, d)
-    ttl2, tos2, df2, ident2 = _network_fields(p.first, p.d)
-    if ttl != ttl2 or tos != tos2 or df != df2:
-        return True
-    if d.version != 4:
-        return False
-    offset = (ident - ident2) & 0xFFFF
+def _tcp_same(h: bytes, d: Dissection) -> tuple[bytes, ...]:
+    """Ack, data offset, window and options: what every merged TCP segment must repeat.
+
+    (The flags are compared apart, as some may differ; checksum and urgent
+    pointer are not compared.)
+    """
+    l4 = d.l4
+    return h[l4 + 8 : l4 + 13], h[l4 + 14 : l4 + 16], h[l4 + 20 : d.payload]
+
+
+def _id_flush(p: _Held, ident: int, df: int) -> bool:
+    """The IPv4 ID rule of ``inet_gro_flush``; may decide the flow is fixed-ID."""
+    offset = (ident - p.ident) & 0xFFFF
     if p.count == 1 and df and offset == 0:
         p.fixed_id = True
     if p.fixed_id and df:
         return offset != 0
     return offset != (p.count & 0xFFFF)
+
+
+def _be16(h: Buffer, offset: int) -> int:
+    return (h[offset] << 8) | h[offset + 1]
 
 
 class _Gro:
@@ -190,7 +191,9 @@ class _Gro:
         max_segments: int | None,
         max_flows: int,
     ) -> None:
-        self.verified = verified
+        # Plain ints: one status look-up per frame.
+        self.hdr_status: list[int] = verified.ipv4_header.tolist()
+        self.l4_status: list[int] = verified.l4.tolist()
         self.tcp, self.udp = tcp, udp
         self.max_size = max_size
         self.max_segments = max_segments
@@ -206,16 +209,25 @@ class _Gro:
         p = self.held.pop(key)
         self.out.append(_complete(p))
 
-    def hold(self, key: tuple[object, ...], frame: Buffer, i: int, seen: _Seen) -> None:
+    def hold(self, key: tuple[object, ...], frame: Buffer, h: bytes, i: int, d: Dissection) -> None:
         if len(self.held) >= self.max_flows:
             self.complete(next(iter(self.held)))
+        net, ident = _network_fields(h, d)
+        tcp = d.protocol == IPPROTO_TCP
+        payload_len = len(frame) - d.payload
         self.held[key] = _Held(
             index=i,
             first=frame,
-            d=seen.d,
-            gso_size=seen.payload_len,
+            d=d,
+            gso_size=payload_len,
             p_len=len(frame) - ETH_HLEN,
-            payload_total=seen.payload_len,
+            net=net,
+            ident=ident,
+            same=_tcp_same(h, d) if tcp else (),
+            flags=h[d.l4 + 13] if tcp else 0,
+            seq=int.from_bytes(h[d.l4 + 4 : d.l4 + 8], "big") if tcp else 0,
+            ulen=0 if tcp else _be16(h, d.l4 + 4),
+            payload_total=payload_len,
         )
 
     def finish(self) -> list[Assembled]:
@@ -225,136 +237,149 @@ class _Gro:
 
     # -- one frame -----------------------------------------------------------
     def receive(self, frame: Buffer, i: int) -> None:
-        seen = self._look(frame, i)
-        if seen is None:
-            return
-        if seen.d.protocol == IPPROTO_TCP:
-            self._tcp(frame, i, seen)
-        else:
-            self._udp(frame, i, seen)
-
-    def _look(self, frame: Buffer, i: int) -> _Seen | None:
-        """IP-layer checks, checksum validation and header pull; ``None`` = passed up."""
-        try:
-            d = dissect(frame, l4=False)
-        except DissectError:
-            self.alone(frame, i)
-            return None
-        n = len(frame)
-        l3 = d.l3
-        if d.version == 4:
-            hdr_status, _ = self.verified.status(i)
-            if frame[l3] != 0x45 or d.fragment or hdr_status is not ChecksumStatus.VERIFIED:
-                self.alone(frame, i)
-                return None
-            (frag,) = _U16.unpack_from(frame, l3 + 6)
-            flush = d.ip_end != n or bool(frag & 0x8000)
-        else:
-            flush = d.ip_end != n
-        wanted = (d.protocol == IPPROTO_TCP and self.tcp) or (
-            d.protocol == IPPROTO_UDP and self.udp
-        )
-        if d.fragment or not wanted:
-            self.alone(frame, i)
-            return None
-        validated = False
-        if not flush:
-            _, l4_status = self.verified.status(i)
-            udp_zero = d.protocol == IPPROTO_UDP and n - d.l4 >= 8 and _udp_check(frame, d) == 0
-            if l4_status is not ChecksumStatus.VERIFIED and not udp_zero:
-                self.alone(frame, i)
-                return None
-            validated = True
+        """IP-layer checks, checksum validation, header pull, then the flow's merge rules."""
         try:
             d = dissect(frame)
+            pulled = True
         except DissectError:
-            self.alone(frame, i, validated)
-            return None
-        if d.protocol == IPPROTO_UDP:
-            (ulen,) = _U16.unpack_from(frame, d.l4 + 4)
-            if _udp_check(frame, d) == 0 or ulen <= 8 or ulen != n - d.l4:
-                self.alone(frame, i, validated)
-                return None
-        key: tuple[object, ...]
-        ports = bytes(frame[d.l4 : d.l4 + 4])
+            # Only the L4 header is bad: the IP-layer checks still decide DATA_VALID.
+            try:
+                d = dissect(frame, l4=False)
+            except DissectError:
+                self.alone(frame, i)
+                return
+            pulled = False
+        n = len(frame)
+        l3, l4 = d.l3, d.l4
+        # Every header byte read below lies before the payload: one small bytes copy.
+        h = frame[: d.payload] if isinstance(frame, bytes) else bytes(frame[: d.payload])
         if d.version == 4:
-            key = (bytes(frame[:l3]), 4, d.protocol, bytes(frame[l3 + 12 : l3 + 20]), ports)
+            if h[l3] != 0x45 or d.fragment or self.hdr_status[i] != _VERIFIED:
+                self.alone(frame, i)
+                return
+            flush = d.ip_end != n or bool(h[l3 + 6] & 0x80)
         else:
-            (word,) = _U32.unpack_from(frame, l3)
-            key = (
-                bytes(frame[:l3]),
-                word & 0xF00FFFFF,
-                bytes(frame[l3 + 6 : l3 + 7]),
-                bytes(frame[l3 + 8 : d.l4]),
-                ports,
-            )
-        return _Seen(d, key, flush, n - d.payload)
+            flush = d.ip_end != n
+        proto = d.protocol
+        if d.fragment or not (
+            (proto == IPPROTO_TCP and self.tcp) or (proto == IPPROTO_UDP and self.udp)
+        ):
+            self.alone(frame, i)
+            return
+        validated = False
+        if not flush:
+            udp_zero = proto == IPPROTO_UDP and n - l4 >= 8 and _be16(frame, l4 + 6) == 0
+            if self.l4_status[i] != _VERIFIED and not udp_zero:
+                self.alone(frame, i)
+                return
+            validated = True
+        if not pulled:
+            self.alone(frame, i, validated)
+            return
+        if proto == IPPROTO_UDP:
+            ulen = _be16(h, l4 + 4)
+            if _be16(h, l4 + 6) == 0 or ulen <= 8 or ulen != n - l4:
+                self.alone(frame, i, validated)
+                return
+        key: tuple[object, ...]
+        if d.version == 4:
+            key = (h[:l3], 4, proto, h[l3 + 12 : l3 + 20], h[l4 : l4 + 4])
+        else:
+            word = int.from_bytes(h[l3 : l3 + 4], "big")
+            key = (h[:l3], word & 0xF00FFFFF, h[l3 + 6 : l3 + 7], h[l3 + 8 : l4], h[l4 : l4 + 4])
+        if proto == IPPROTO_TCP:
+            self._tcp(frame, h, i, d, key=key, flush=flush)
+        else:
+            self._udp(frame, h, i, d, key=key, flush=flush)
 
-    def _tcp(self, frame: Buffer, i: int, seen: _Seen) -> None:
-        d, key, length = seen.d, seen.key, seen.payload_len
+    def _network_flush(self, h: bytes, d: Dissection, p: _Held) -> bool:
+        """``inet_gro_flush`` / ``ipv6_gro_flush``; may decide the flow is fixed-ID."""
+        net, ident = _network_fields(h, d)
+        if net != p.net:
+            return True
+        return d.version == 4 and _id_flush(p, ident, net[2])
+
+    def _tcp(
+        self,
+        frame: Buffer,
+        h: bytes,
+        i: int,
+        d: Dissection,
+        *,
+        key: tuple[object, ...],
+        flush: bool,
+    ) -> None:
         l4 = d.l4
-        flags = frame[l4 + 13]
+        length = len(frame) - d.payload
+        flags = h[l4 + 13]
         p = self.held.get(key)
         if p is None:
-            if seen.flush or length < 1 or flags & _ENDS:
-                self.alone(frame, i, not seen.flush)
+            if flush or length < 1 or flags & _ENDS:
+                self.alone(frame, i, not flush)
             else:
-                self.hold(key, frame, i, seen)
+                self.hold(key, frame, h, i, d)
             return
-        pl4 = p.d.l4
-        (word,) = _U32.unpack_from(frame, l4 + 12)
-        (pword,) = _U32.unpack_from(p.first, pl4 + 12)
-        pword |= p.merged_flags << 16
-        (seq,) = _U32.unpack_from(frame, l4 + 4)
-        (pseq,) = _U32.unpack_from(p.first, pl4 + 4)
-        no_merge = (
-            bool(flags & _TCP_CWR)
-            or bool((word ^ pword) & ~_WORD_MAY_DIFFER)
-            or frame[l4 + 8 : l4 + 12] != p.first[pl4 + 8 : pl4 + 12]
-            or frame[l4 + 20 : d.payload] != p.first[pl4 + 20 : pl4 + (d.payload - l4)]
-        )
-        no_merge |= _network_flush(frame, d, p)
-        mss = p.gso_size
-        no_merge = no_merge or not 1 <= length <= mss
-        no_merge = no_merge or (pseq + p.payload_total) & 0xFFFFFFFF != seq
-        no_merge = no_merge or seen.flush or p.p_len + length >= self.max_size
-        if no_merge:
+        net, ident = _network_fields(h, d)
+        # Cheap tests first. The IPv4 ID test comes last: it may mark the flow
+        # fixed-ID, which only matters once this packet merges.
+        if (
+            flags & _TCP_CWR
+            or (flags ^ p.flags) & ~_FLAGS_MAY_DIFFER
+            or flush
+            or not 1 <= length <= p.gso_size
+            or p.p_len + length >= self.max_size
+            or net != p.net
+            or (p.seq + p.payload_total) & 0xFFFFFFFF != int.from_bytes(h[l4 + 4 : l4 + 8], "big")
+            or _tcp_same(h, d) != p.same
+            or (d.version == 4 and _id_flush(p, ident, net[2]))
+        ):
             self.complete(key)
-            if seen.flush or flags & _ENDS:
-                self.alone(frame, i, not seen.flush)
+            if flush or flags & _ENDS:
+                self.alone(frame, i, not flush)
             else:
-                self.hold(key, frame, i, seen)
+                self.hold(key, frame, h, i, d)
             return
-        self._merge(p, frame, d, length)
+        p.payloads.append(memoryview(frame)[d.payload :])
+        p.count += 1
+        p.payload_total += length
+        p.p_len += length
         p.merged_flags |= flags & (_TCP_FIN | _TCP_PSH)
-        if length < mss or flags & _ENDS or self._full(p, 0xFFFF):
+        if length < p.gso_size or flags & _ENDS or self._full(p, 0xFFFF):
             self.complete(key)
 
-    def _udp(self, frame: Buffer, i: int, seen: _Seen) -> None:
-        d, key = seen.d, seen.key
-        (ulen,) = _U16.unpack_from(frame, d.l4 + 4)
+    def _udp(
+        self,
+        frame: Buffer,
+        h: bytes,
+        i: int,
+        d: Dissection,
+        *,
+        key: tuple[object, ...],
+        flush: bool,
+    ) -> None:
+        ulen = _be16(h, d.l4 + 4)
         p = self.held.get(key)
         if p is None:
-            if seen.flush:
+            if flush:
                 self.alone(frame, i)
             else:
-                self.hold(key, frame, i, seen)
+                self.hold(key, frame, h, i, d)
             return
-        (pulen,) = _U16.unpack_from(p.first, p.d.l4 + 4)
-        flush = _network_flush(frame, d, p)
-        if ulen > pulen or flush:
+        payload_len = len(frame) - d.payload
+        net_flush = self._network_flush(h, d, p)
+        if ulen > p.ulen or net_flush:
             merged = False
         else:
-            merged = not seen.flush and p.p_len + seen.payload_len < self.max_size
+            merged = not flush and p.p_len + payload_len < self.max_size
             if merged:
-                self._merge(p, frame, d, seen.payload_len)
-        if not merged or ulen != pulen or self._full(p, UDP_GRO_CNT_MAX):
+                self._merge(p, frame, d, payload_len)
+        if not merged or ulen != p.ulen or self._full(p, UDP_GRO_CNT_MAX):
             self.complete(key)
         if not merged:
-            if seen.flush:
+            if flush:
                 self.alone(frame, i)
             else:
-                self.hold(key, frame, i, seen)
+                self.hold(key, frame, h, i, d)
 
     def _merge(self, p: _Held, frame: Buffer, d: Dissection, length: int) -> None:
         p.payloads.append(memoryview(frame)[d.payload : d.payload + length])
@@ -368,44 +393,42 @@ class _Gro:
         return p.count >= limit
 
 
-def _udp_check(frame: Buffer, d: Dissection) -> int:
-    (check,) = _U16.unpack_from(frame, d.l4 + 6)
-    return int(check)
-
-
 def _complete(p: _Held) -> Assembled:
     """``napi_gro_complete``: build the super-packet, or pass a lone packet up unchanged."""
     d = p.d
     if p.count == 1:
         return Assembled(p.first, p.index, 1, d.version, d.protocol, validated=True)
-    head = bytearray(p.first[: d.payload])
-    data = b"".join([head, memoryview(p.first)[d.payload :], *p.payloads])
-    buf = bytearray(data)
+    # The new lengths are known before joining: patch the first packet's headers,
+    # then copy every payload once.
+    first = memoryview(p.first)
+    head = bytearray(first[: d.payload])
+    size = d.payload + p.payload_total
     l3, l4 = d.l3, d.l4
-    l4_len = len(buf) - l4
+    l4_len = size - l4
     if d.version == 4:
-        (old_total,) = _U16.unpack_from(buf, l3 + 2)
-        (check,) = _U16.unpack_from(buf, l3 + 10)
-        new_total = len(buf) - l3
-        _U16.pack_into(buf, l3 + 2, new_total)
-        _U16.pack_into(buf, l3 + 10, update16(check, old_total, new_total))
-        src, dst = bytes(buf[l3 + 12 : l3 + 16]), bytes(buf[l3 + 16 : l3 + 20])
+        (old_total,) = _U16.unpack_from(head, l3 + 2)
+        (check,) = _U16.unpack_from(head, l3 + 10)
+        new_total = size - l3
+        _U16.pack_into(head, l3 + 2, new_total)
+        _U16.pack_into(head, l3 + 10, update16(check, old_total, new_total))
+        src, dst = bytes(head[l3 + 12 : l3 + 16]), bytes(head[l3 + 16 : l3 + 20])
     else:
-        _U16.pack_into(buf, l3 + 4, len(buf) - l3 - 40)
-        src, dst = bytes(buf[l3 + 8 : l3 + 24]), bytes(buf[l3 + 24 : l3 + 40])
+        _U16.pack_into(head, l3 + 4, size - l3 - 40)
+        src, dst = bytes(head[l3 + 8 : l3 + 24]), bytes(head[l3 + 24 : l3 + 40])
     if d.protocol == IPPROTO_TCP:
-        buf[l4 + 13] |= p.merged_flags
-        _U16.pack_into(buf, l4 + 16, pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len))
+        head[l4 + 13] |= p.merged_flags
+        _U16.pack_into(head, l4 + 16, pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len))
         kind = GsoType.TCPV4 if d.version == 4 else GsoType.TCPV6
-        ecn = bool(buf[l4 + 13] & _TCP_CWR)
+        ecn = bool(head[l4 + 13] & _TCP_CWR)
         csum = ChecksumRequest(l4, TCP_CSUM_OFFSET)
     else:
-        _U16.pack_into(buf, l4 + 4, l4_len)
-        _U16.pack_into(buf, l4 + UDP_CSUM_OFFSET, pseudo_header_sum(src, dst, IPPROTO_UDP, l4_len))
+        _U16.pack_into(head, l4 + 4, l4_len)
+        _U16.pack_into(head, l4 + UDP_CSUM_OFFSET, pseudo_header_sum(src, dst, IPPROTO_UDP, l4_len))
         kind, ecn = GsoType.UDP_L4, False
         csum = ChecksumRequest(l4, UDP_CSUM_OFFSET)
+    data = b"".join([head, first[d.payload :], *p.payloads])
     seg = SegmentationRequest(kind, p.gso_size, d.payload, ecn, p.fixed_id and d.version == 4)
-    return Assembled(bytes(buf), p.index, p.count, d.version, d.protocol, True, seg, csum)
+    return Assembled(data, p.index, p.count, d.version, d.protocol, True, seg, csum)
 
 
 def assemble(
