@@ -29,7 +29,7 @@ from netoffload.engine.checksum import FillJob, VerifyResult, fill_batch, verify
 from netoffload.engine.dissect import IPPROTO_TCP
 from netoffload.engine.gro import Assembled, assemble
 from netoffload.engine.gso import GsoError, segment_request
-from netoffload.offload.extension import NO_INFO, NO_REQUEST, ChecksumStatus, RxInfo
+from netoffload.offload.extension import NO_INFO, NO_REQUEST, ChecksumStatus, RxInfo, TxRequest
 from netoffload.offload.packet import Packet
 from netoffload.offload.stats import DropReason
 from netoffload.offload.task import Task
@@ -57,6 +57,21 @@ class RxOutcome:
 
 
 _SEGMENTATION = (Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION)
+# Every (IPv4 header, L4) verify outcome, built once: RxInfo is immutable.
+_RX_INFO = {
+    (h, l4): RxInfo(ipv4_header=ChecksumStatus(h), l4=ChecksumStatus(l4))
+    for h in ChecksumStatus
+    for l4 in ChecksumStatus
+}
+
+
+def _checksum_done(req: TxRequest, cache: dict[TxRequest, TxRequest]) -> TxRequest:
+    """``req`` without its checksum parts; one ``replace`` per distinct request of a batch."""
+    try:
+        return cache[req]
+    except KeyError:
+        residual = cache[req] = replace(req, checksum=None, ipv4_header_checksum=False)
+        return residual
 
 
 def transmit(packets: Sequence[Packet], tasks: TaskSet) -> TxOutcome:
@@ -66,6 +81,7 @@ def transmit(packets: Sequence[Packet], tasks: TaskSet) -> TxOutcome:
     done: Counter[Task] = Counter()
     fills: list[int] = []
     jobs: list[FillJob] = []
+    checksum_allowed = Task.CHECKSUM in tasks  # once, not per packet
     for i, packet in enumerate(packets):
         req = packet.tx
         seg = req.segmentation
@@ -84,7 +100,7 @@ def transmit(packets: Sequence[Packet], tasks: TaskSet) -> TxOutcome:
             done[seg.task] += 1
             if wants_csum:
                 done[Task.CHECKSUM] += 1
-        elif seg is None and wants_csum and Task.CHECKSUM in tasks:
+        elif seg is None and wants_csum and checksum_allowed:
             fills.append(i)
             jobs.append(FillJob(packet.data, req.checksum, req.ipv4_header_checksum))
         else:
@@ -94,14 +110,17 @@ def transmit(packets: Sequence[Packet], tasks: TaskSet) -> TxOutcome:
             results = fill_batch(jobs)
         except (ValueError, IndexError, struct.error):
             results = [DropReason.MALFORMED_FRAME] * len(jobs)
+        residuals: dict[TxRequest, TxRequest] = {}
+        filled = 0
         for i, result in zip(fills, results, strict=True):
             if isinstance(result, DropReason):
                 drops.append((i, result))
                 continue
             packet = packets[i]
-            residual = replace(packet.tx, checksum=None, ipv4_header_checksum=False)
-            slots[i] = [Packet(result, residual, packet.rx)]
-            done[Task.CHECKSUM] += 1
+            slots[i] = [Packet(result, _checksum_done(packet.tx, residuals), packet.rx)]
+            filled += 1
+        if filled:
+            done[Task.CHECKSUM] += filled
     drops.sort()
     out = [p for slot in slots if slot is not None for p in slot]
     return TxOutcome(out, drops, done)
@@ -117,13 +136,14 @@ def receive(frames: Sequence[Buffer], tasks: TaskSet) -> RxOutcome:
         return RxOutcome([], [], done)
     verified = verify_batch(frames) if (checksum or tcp or udp) else None
     if not (tcp or udp):
-        packets = []
-        for i, frame in enumerate(frames):
-            info = NO_INFO
-            if verified is not None:
-                hdr, l4 = verified.status(i)
-                info = RxInfo(ipv4_header=hdr, l4=l4)
-            packets.append(Packet(frame, NO_REQUEST, info))
+        if verified is None:
+            packets = [Packet(frame, NO_REQUEST, NO_INFO) for frame in frames]
+        else:
+            infos = map(
+                _RX_INFO.__getitem__,
+                zip(verified.ipv4_header.tolist(), verified.l4.tolist(), strict=True),
+            )
+            packets = [Packet(f, NO_REQUEST, info) for f, info in zip(frames, infos, strict=True)]
         if checksum:
             done[Task.CHECKSUM] = len(frames)
         return RxOutcome(packets, [], done)
@@ -156,7 +176,7 @@ def _rx_packet(unit: Assembled, verified: VerifyResult, checksum: bool) -> Packe
         return Packet(unit.data, NO_REQUEST, info)
     hdr, l4 = verified.status(unit.index)
     if checksum:
-        info = RxInfo(ipv4_header=hdr, l4=l4)
+        info = _RX_INFO[hdr, l4]
     elif unit.validated:
         # What Linux's GRO validation marks CHECKSUM_UNNECESSARY (a zero UDP/IPv4 sum too).
         absent = l4 is ChecksumStatus.ABSENT
