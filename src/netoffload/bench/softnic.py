@@ -26,14 +26,22 @@ CHECKSUM_FRAME = 1460
 
 
 def _rate(work: Callable[[], int], min_seconds: float) -> float:
-    """Units of ``work`` per second, repeating it for at least ``min_seconds``."""
+    """Best units per second of one call of ``work``, over calls for ``min_seconds``.
+
+    The best call, not the mean: on a shared machine the slow calls measure the
+    neighbours (as ``timeit`` advises for the same reason).
+    """
     work()  # warm-up: first-call costs are not the rate
-    done, start = 0, time.perf_counter()
+    best = 0.0
+    deadline = time.perf_counter() + min_seconds
     while True:
-        done += work()
+        start = time.perf_counter()
+        done = work()
         elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return done / elapsed
+        if elapsed > 0:
+            best = max(best, done / elapsed)
+        if start + elapsed >= deadline:
+            return best
 
 
 def _super_packets(count: int) -> list[tuple[bytes, VirtioNetHdr]]:
@@ -87,24 +95,36 @@ def run(quick: bool) -> dict[str, Any]:
         "checksum_frame_bytes": CHECKSUM_FRAME,
         "checksum_batch_frames": len(frames),
     }
-    total = (8 if quick else 64) * 1024 * 1024
+    # Host CPU per GB: rounds of on and off interleaved on fresh SoftNics; each mode keeps
+    # its best round, so a round slowed by the machine's other work does not decide.
+    total = (8 if quick else 32) * 1024 * 1024
+    rounds = 1 if quick else 3
     rng = random.Random(1)
     streams = [(rng.randbytes(total * 3 // 4), TCP_SPEC), (rng.randbytes(total // 4), UDP_SPEC)]
-    on = run_mode(True, streams).as_json()
-    off = run_mode(False, streams).as_json()
+    ons, offs = [], []
+    for _ in range(rounds):
+        ons.append(run_mode(True, streams).as_json())
+        offs.append(run_mode(False, streams).as_json())
+    on = min(ons, key=lambda r: float(r["host_cpu_s_per_gb"]))
+    off = min(offs, key=lambda r: float(r["host_cpu_s_per_gb"]))
+    result["rounds"] = rounds
     result["offload_on"] = on
     result["offload_off"] = off
     result["host_cpu_ratio_off_over_on"] = (
         off["host_cpu_s_per_gb"] / on["host_cpu_s_per_gb"] if on["host_cpu_s_per_gb"] else 0.0
     )
-    result["bytes_verified"] = on["bytes_verified"] + off["bytes_verified"]
-    result["bytes_sent"] = on["bytes_sent"] + off["bytes_sent"]
+    # Every round must deliver every byte, not just the best one.
+    result["bytes_sent"] = sum(r["bytes_sent"] for r in ons + offs)
+    result["bytes_verified"] = sum(r["bytes_verified"] for r in ons + offs)
     return result
 
 
 def render(result: dict[str, Any], console: Console) -> None:
     """The human table."""
-    table = Table(title="SoftNic engine and offload benchmark")
+    table = Table(
+        title=f"SoftNic engine and offload benchmark (best call; best of {result['rounds']} "
+        "rounds for host CPU)"
+    )
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("TCP segmentation (segments/s)", f"{result['segments_per_s']:,.0f}")
