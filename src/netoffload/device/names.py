@@ -47,9 +47,6 @@ def open_device(spec: str, *, data_path: bool = True) -> Device:
 
 
 def _softnic() -> Device:
-    try:
-        from netoffload.device.softnic import SoftNic
-    except ImportError:
-        raise DeviceError("softnic is not available in this build") from None
-    device: Device = SoftNic()
-    return device
+    from netoffload.device.softnic import SoftNic
+
+    return SoftNic()
