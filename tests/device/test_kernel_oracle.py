@@ -71,6 +71,37 @@ def _collect(dev: TapDevice | PacketDevice, want: int, timeout_s: float = 3.0) -
     return got
 
 
+# `ethtool -K tso off` and `tx off` on a veth, by kernel feature name.
+TSO = (
+    "tx-tcp-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp-mangleid-segmentation",
+    "tx-tcp6-segmentation",
+)
+NO_SEGMENTATION_NO_CHECKSUM = (
+    *TSO,
+    "tx-generic-segmentation",
+    "tx-udp-segmentation",
+    "tx-checksum-ip-generic",
+)
+
+
+def _bridged_tap(ns: Netns, veth: str, peer: str) -> TapDevice:
+    """A bridge joining a TAP (every offload on) and ``veth``, whose other end is ``peer``.
+
+    A bridge, not a router: frames cross unchanged (no TTL or MAC rewrite), so the
+    kernel's output compares byte for byte with the engine's.
+    """
+    ns.ip("link", "add", "nsobr0", "type", "bridge")
+    ns.ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+    with ns.entered():
+        tap = TapDevice("nsotap0", up=False)
+    tap.enable(Selection(tap.capabilities()))
+    for port in ("nsotap0", veth):
+        ns.ip("link", "set", port, "master", "nsobr0")
+    return tap
+
+
 # -- segmentation ---------------------------------------------------------------
 
 
@@ -85,18 +116,9 @@ class SegmentRig:
 def segment_rig() -> Iterator[SegmentRig]:
     ns = Netns()
     try:
-        ns.ip("link", "add", "nsobr0", "type", "bridge")
-        ns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
-        with ns.entered():
-            tap = TapDevice("nsotap0", up=False)
-        tap.enable(Selection(tap.capabilities()))
-        for port in ("nsotap0", "nsova"):
-            ns.ip("link", "set", port, "master", "nsobr0")
+        tap = _bridged_tap(ns, "nsova", "nsovb")
         # The kernel must segment and checksum in software on the way out of nsova.
-        ns.exec(
-            "ethtool", "-K", "nsova", "tso", "off", "gso", "off", "tx", "off",
-            "tx-udp-segmentation", "off",
-        )  # fmt: skip
+        ns.set_features("nsova", dict.fromkeys(NO_SEGMENTATION_NO_CHECKSUM, False))
         for dev in ("nsobr0", "nsova", "nsovb", "nsotap0"):
             ns.ip("link", "set", dev, "up")
         with ns.entered():
@@ -202,17 +224,11 @@ class AssembleRig:
 def assemble_rig() -> Iterator[AssembleRig]:
     ns = Netns()
     try:
-        ns.ip("link", "add", "nsobr0", "type", "bridge")
-        ns.ip("link", "add", "nsovx", "type", "veth", "peer", "name", "nsovy")
-        with ns.entered():
-            tap = TapDevice("nsotap0", up=False)
-        tap.enable(Selection(tap.capabilities()))
-        for port in ("nsotap0", "nsovx"):
-            ns.ip("link", "set", port, "master", "nsobr0")
-        ns.exec("ethtool", "-K", "nsovx", "gro", "on", "rx-udp-gro-forwarding", "on")
+        tap = _bridged_tap(ns, "nsovx", "nsovy")
+        ns.set_features("nsovx", {"rx-gro": True, "rx-udp-gro-forwarding": True})
         # veth only hands a sender's packets to GRO when the sender could not have
         # sent them as one GSO packet itself.
-        ns.exec("ethtool", "-K", "nsovy", "tso", "off", "tx-udp-segmentation", "off")
+        ns.set_features("nsovy", dict.fromkeys((*TSO, "tx-udp-segmentation"), False))
         ns.exec(
             "sh",
             "-c",

@@ -15,7 +15,7 @@ import ctypes
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 
 from netoffload.device.base import DeviceError
@@ -96,6 +96,21 @@ class Netns:
                 _setns(home)
         finally:
             os.close(home)
+
+    def set_features(self, ifname: str, wanted: Mapping[str, bool]) -> None:
+        """Turn netdev features of ``ifname`` in this namespace on or off (ETHTOOL_SFEATURES).
+
+        Raises ``DeviceError`` naming every feature the kernel did not change as asked
+        (a dependency, or a feature fixed on this device).
+        """
+        from netoffload.device.ethtool import read_features, set_features
+
+        with self.entered():
+            set_features(ifname, wanted)
+            now = read_features(ifname)
+        kept = [name for name, on in wanted.items() if now[name].active != on]
+        if kept:
+            raise DeviceError(f"{ifname}: the kernel kept {', '.join(kept)} as they were")
 
     def snmp(self) -> dict[str, dict[str, int]]:
         """The namespace's /proc/net/snmp counters: ``{"Udp": {"InCsumErrors": 0, ...}}``."""
