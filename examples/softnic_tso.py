@@ -45,7 +45,7 @@ with SoftNic() as nic:
         segmentation=SegmentationRequest(GsoType.TCPV4, size=1448),
     )
     assert nic.send([Packet(frame, tx=request)]) == 1
-    assert nic.peer is not None  # the far end of the SoftNic's own Wire
+    assert nic.peer is not None  # the far end of the SoftNic's own Cable
     segments: list[bytes] = []
     while len(segments) < 45:
         batch = nic.peer.recv_batch(timeout_s=5.0)

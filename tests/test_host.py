@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netoffload.demo.flow import BulkFlowGenerator, FlowSpec, build_all
+from netoffload.device.cable import CableEnd
 from netoffload.device.softnic import SoftNic
-from netoffload.device.wire import WireEnd
 from netoffload.host import HostOffload
 from netoffload.offload import (
     ChecksumStatus,
@@ -37,7 +37,7 @@ def host_tests_leave_nothing_behind() -> Iterator[None]:
     assert set(os.listdir("/dev/shm")) - shm_before == set()
 
 
-def _capture(nic: SoftNic, peer: WireEnd, expected: int) -> list[bytes]:
+def _capture(nic: SoftNic, peer: CableEnd, expected: int) -> list[bytes]:
     """Every frame the NIC put on its cable, up to ``expected`` of them."""
     nic.flush()
     frames: list[bytes] = []

@@ -12,8 +12,8 @@ import pytest
 
 from netoffload.demo.flow import BulkFlowGenerator, FlowSpec, build_all
 from netoffload.device.base import DeviceError
+from netoffload.device.cable import Cable, Impairments
 from netoffload.device.softnic import SoftNic, default_capabilities
-from netoffload.device.wire import Impairments, Wire
 from netoffload.engine import gso
 from netoffload.offload import (
     ChecksumCaps,
@@ -47,10 +47,10 @@ def softnic_leaves_nothing_behind() -> Iterator[None]:
 @pytest.fixture
 def pair() -> Iterator[tuple[SoftNic, SoftNic]]:
     """Two SoftNics on one wire with no MTU limit."""
-    wire = Wire(BIG)
-    a = SoftNic(wire_end=wire.a, name="a")
+    cable = Cable(BIG)
+    a = SoftNic(cable=cable.a, name="a")
     try:
-        b = SoftNic(wire_end=wire.b, name="b")
+        b = SoftNic(cable=cable.b, name="b")
     except BaseException:
         a.close()
         raise
@@ -59,7 +59,7 @@ def pair() -> Iterator[tuple[SoftNic, SoftNic]]:
     finally:
         a.close()
         b.close()
-        wire.close()
+        cable.close()
 
 
 def _receive(nic: SoftNic, count: int, timeout_s: float = 5.0) -> list[Packet]:
@@ -227,11 +227,11 @@ def test_malformed_frames_from_the_wire() -> None:
 
 
 def test_mtu_exceeded_on_the_wire_is_counted() -> None:
-    with Wire(Impairments(mtu=1500)) as wire, SoftNic(wire_end=wire.a) as nic:
+    with Cable(Impairments(mtu=1500)) as cable, SoftNic(cable=cable.a) as nic:
         assert isinstance(nic, SoftNic)
         nic.enable(Selection())
         nic.send_all([Packet(b"\x00" * 1514), Packet(b"\x00" * 1515)])
-        assert wire.b.recv(timeout_s=5.0) == b"\x00" * 1514
+        assert cable.b.recv(timeout_s=5.0) == b"\x00" * 1514
         nic.flush()
         assert nic.stats().drops[DropReason.MTU_EXCEEDED.value] == 1
 

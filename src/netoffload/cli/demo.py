@@ -1,4 +1,4 @@
-"""`netoffload demo`: two SoftNics on a Wire, offload on vs off."""
+"""`netoffload demo`: two SoftNics on a Cable, offload on vs off."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from netoffload.device.base import DeviceError
     help="Payload bytes per mode (default 96 MiB; a quarter of it as UDP).",
 )
 def demo(as_json: bool, total_bytes: int | None) -> None:
-    """Two SoftNic endpoints on a Wire: a bulk flow with offload on and off."""
+    """Two SoftNic endpoints on a Cable: a bulk flow with offload on and off."""
     from netoffload.demo.render import render
     from netoffload.demo.run import DEFAULT_BYTES, run_demo
 

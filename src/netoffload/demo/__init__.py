@@ -1,1 +1,1 @@
-"""`netoffload demo`: two SoftNics on a Wire, a bulk flow with offload on and off."""
+"""`netoffload demo`: two SoftNics on a Cable, a bulk flow with offload on and off."""

@@ -22,8 +22,8 @@ from typing import Any
 
 from netoffload.demo.flow import BulkFlowGenerator, FlowSink, FlowSpec
 from netoffload.device.base import DeviceError
+from netoffload.device.cable import Cable, Impairments
 from netoffload.device.softnic import SoftNic
-from netoffload.device.wire import Impairments, Wire
 from netoffload.host import HostOffload
 from netoffload.offload import CapabilityRecord, Selection, Task
 
@@ -140,10 +140,10 @@ def run_mode(
 ) -> ModeResult:
     """One mode on a fresh pair of SoftNics and a fresh 1500-byte-MTU wire."""
     result = ModeResult(offload)
-    with Wire(Impairments(mtu=1500), seed=1) as wire:
-        sender = SoftNic(wire_end=wire.a, name="nic-a")
+    with Cable(Impairments(mtu=1500), seed=1) as cable:
+        sender = SoftNic(cable=cable.a, name="nic-a")
         try:
-            receiver = SoftNic(wire_end=wire.b, name="nic-b")
+            receiver = SoftNic(cable=cable.b, name="nic-b")
         except BaseException:
             sender.close()
             raise
@@ -170,7 +170,7 @@ def run_mode(
                 result.bytes_verified += sink.verified_bytes(stream)
             sender.flush()
             result.sender = sender.stats().as_dict()
-            result.wire = sender.wire_counters()
+            result.wire = sender.cable_counters()
             result.receiver = receiver.stats().as_dict()
             result.packets_posted = tx.stats.tx_packets
             stats = tx.stats

@@ -2,7 +2,7 @@
 
 The host and the firmware share a pool of buffers and four rings (see
 ``layout``); the firmware (``firmware``) runs the offload engine on the
-tasks the host enabled and moves frames to and from a ``Wire``.
+tasks the host enabled and moves frames to and from a ``Cable``.
 """
 
 from netoffload.device.softnic.layout import Geometry

@@ -30,6 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from netoffload.device.cable import ETHERNET_HEADER, CableEnd
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
@@ -39,7 +40,6 @@ from netoffload.device.softnic.layout import (
     Memo,
     SlotRing,
 )
-from netoffload.device.wire import ETHERNET_HEADER, WireEnd
 from netoffload.engine import pipeline
 from netoffload.offload import (
     CapabilityError,
@@ -81,9 +81,9 @@ class Firmware:
         self.rx_bell: int = config["rx_bell"]
         self.completion_bell: int = config["completion_bell"]
         self.ctrl = socket.socket(fileno=config["ctrl_fd"])
-        self.wire: WireEnd | None = None
-        if config.get("wire_fd") is not None:
-            self.wire = WireEnd.from_fd(config["wire_fd"], config["wire"])
+        self.cable: CableEnd | None = None
+        if config.get("cable_fd") is not None:
+            self.cable = CableEnd.from_fd(config["cable_fd"], config["wire"])
         self.advertised = decode_capabilities(bytes.fromhex(config["caps"]))
         self.selection = Selection.everything(self.advertised)
         self.tasks: frozenset[Task] = frozenset(self.selection)
@@ -100,13 +100,13 @@ class Firmware:
         poller = select.poll()
         poller.register(self.nic_bell, select.POLLIN)
         poller.register(self.ctrl, select.POLLIN)
-        wire_mask = -1
+        cable_mask = -1
         while self.running:
-            if self.wire is not None:
-                mask = self._wire_interest()
-                if mask != wire_mask:
-                    poller.register(self.wire, mask)
-                    wire_mask = mask
+            if self.cable is not None:
+                mask = self._cable_interest()
+                if mask != cable_mask:
+                    poller.register(self.cable, mask)
+                    cable_mask = mask
             for fd, _ in poller.poll(self._timeout_ms()):
                 if fd == self.nic_bell:
                     _drain_eventfd(fd)
@@ -114,17 +114,17 @@ class Firmware:
                     self._control()
             self._service()
 
-    def _wire_interest(self) -> int:
-        assert self.wire is not None
+    def _cable_interest(self) -> int:
+        assert self.cable is not None
         mask = 0
-        if self.wire.pending_bytes:
+        if self.cable.pending_bytes:
             mask |= select.POLLOUT
-        if (self.free_rx or self.fill.available()) and not self.wire.peer_closed:
+        if (self.free_rx or self.fill.available()) and not self.cable.peer_closed:
             mask |= select.POLLIN
         return mask
 
     def _timeout_ms(self) -> int:
-        due = self.wire.next_due_ns() if self.wire is not None else None
+        due = self.cable.next_due_ns() if self.cable is not None else None
         if due is None:
             return IDLE_POLL_MS
         return max(0, min(IDLE_POLL_MS, (due - time.monotonic_ns()) // 1_000_000 + 1))
@@ -135,15 +135,15 @@ class Firmware:
             pass
         while self._receive_batch():
             pass
-        if self.wire is not None:
-            self.wire.flush(time.monotonic_ns())
+        if self.cable is not None:
+            self.cable.flush(time.monotonic_ns())
 
     # -- transmit ---------------------------------------------------------------------
     def _transmit_batch(self) -> bool:
         """Take one batch of TX descriptors; False when there was nothing to take."""
-        if self.wire is not None and self.wire.pending_bytes > WIRE_BACKLOG_BYTES:
-            self.wire.flush()
-            if self.wire.pending_bytes > WIRE_BACKLOG_BYTES:
+        if self.cable is not None and self.cable.pending_bytes > WIRE_BACKLOG_BYTES:
+            self.cable.flush()
+            if self.cable.pending_bytes > WIRE_BACKLOG_BYTES:
                 return False
         tail = self.tx.consumer
         count = min((self.tx.producer - tail) & 0xFFFFFFFF, BATCH)
@@ -173,14 +173,14 @@ class Firmware:
         frames = self._run_transmit(packets)
         stats.tx_packets += len(frames)
         stats.tx_bytes += sum(map(len, frames))
-        if self.wire is not None:
+        if self.cable is not None:
             # send_batch copies whatever the socket does not take at once, so the
             # slots may go back to the host right after it.
             now = time.monotonic_ns()
-            self.wire.send_batch(frames, now)
+            self.cable.send_batch(frames, now)
             # A frame held back for reordering is overtaken within its batch at most.
-            self.wire.release(now)
-            self.wire.flush()
+            self.cable.release(now)
+            self.cable.flush()
         self.completion.push(done_slots)
         os.eventfd_write(self.completion_bell, 1)
         return True
@@ -207,14 +207,14 @@ class Firmware:
     # -- receive ----------------------------------------------------------------------
     def _receive_batch(self) -> bool:
         """Move one batch of frames from the wire into fill slots; False when idle."""
-        if self.wire is None:
+        if self.cable is None:
             return False
         free = self.free_rx
         if len(free) < BATCH:
             free.extend(self.fill.pop())
         if not free:
             return False
-        frames = self.wire.recv_batch(min(len(free), BATCH))
+        frames = self.cable.recv_batch(min(len(free), BATCH))
         if not frames:
             return False
         stats = self.stats
@@ -307,20 +307,20 @@ class Firmware:
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             self._service()
-            wire_idle = self.wire is None or self.wire.pending_bytes == 0
+            wire_idle = self.cable is None or self.cable.pending_bytes == 0
             if self.tx.available() == 0 and wire_idle:
                 return
-            if self.wire is not None and self.wire.pending_bytes:
-                select.select([], [self.wire], [], 0.05)
+            if self.cable is not None and self.cable.pending_bytes:
+                select.select([], [self.cable], [], 0.05)
 
     def _stats_json(self) -> dict[str, Any]:
         stats = DeviceStats()
         stats.merge(self.stats)
         wire: dict[str, int] = {}
-        if self.wire is not None:
-            for reason, n in self.wire.drops().items():
+        if self.cable is not None:
+            for reason, n in self.cable.drops().items():
                 stats.drop(reason, n)
-            wire = dict(self.wire.counters)
+            wire = dict(self.cable.counters)
         return {"device": stats.as_dict(), "wire": wire}
 
     def _reply(self, status: Status, payload: bytes) -> None:

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from netoffload.device.base import Device, DeviceError
+from netoffload.device.cable import Cable, CableEnd
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
@@ -43,7 +44,6 @@ from netoffload.device.softnic.layout import (
     Memo,
     SlotRing,
 )
-from netoffload.device.wire import Wire, WireEnd
 from netoffload.offload import (
     AnyRecord,
     CapabilityRecord,
@@ -104,7 +104,7 @@ class _Resources:
         self.sockets: list[socket.socket] = []
         self.region: mmap.mmap | None = None
         self.stderr: IO[bytes] | None = None
-        self.wire: Wire | None = None
+        self.cable: Cable | None = None
         self.closed = False
 
     def release(self) -> None:
@@ -127,8 +127,8 @@ class _Resources:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds = []
-        if self.wire is not None:
-            self.wire.close()
+        if self.cable is not None:
+            self.cable.close()
         if self.stderr is not None:
             self.stderr.close()
         if self.region is not None:
@@ -141,14 +141,14 @@ class SoftNic(Device):
     """A software NIC: capabilities, enable, and batched send/recv through shared rings.
 
     ``caps`` is what the device advertises (default: ``default_capabilities()``).
-    ``wire_end`` is the port's cable; without one the SoftNic makes its own
-    ``Wire`` and ``peer`` is the far end, for a test to hold.
+    ``cable`` is the port's cable; without one the SoftNic makes its own
+    ``Cable`` and ``peer`` is the far end, for a test to hold.
     """
 
     def __init__(
         self,
         caps: Sequence[AnyRecord] | None = None,
-        wire_end: WireEnd | None = None,
+        cable: CableEnd | None = None,
         *,
         name: str = "softnic0",
         geometry: Geometry | None = None,
@@ -158,16 +158,16 @@ class SoftNic(Device):
         self.name = name
         self.geometry = g = geometry or Geometry()
         self.call_timeout_s = call_timeout_s
-        self.peer: WireEnd | None = None
+        self.peer: CableEnd | None = None
         self._res = res = _Resources()
         self._finalizer = weakref.finalize(self, res.release)
         self._host_stats = DeviceStats()
         self._last_wire: dict[str, int] = {}
         try:
-            if wire_end is None:
-                res.wire = Wire()
-                wire_end, self.peer = res.wire.a, res.wire.b
-            self._start(list(default_capabilities() if caps is None else caps), wire_end)
+            if cable is None:
+                res.cable = Cable()
+                cable, self.peer = res.cable.a, res.cable.b
+            self._start(list(default_capabilities() if caps is None else caps), cable)
             self._wait_ready(start_timeout_s)
             self._enabled = self._fetch_enabled()
         except BaseException:
@@ -190,7 +190,7 @@ class SoftNic(Device):
         self._pool_addr += g.pool_offset
 
     # -- start-up -------------------------------------------------------------------
-    def _start(self, caps: list[AnyRecord], wire_end: WireEnd) -> None:
+    def _start(self, caps: list[AnyRecord], cable: CableEnd) -> None:
         res, g = self._res, self.geometry
         mem_fd, res.region = layout.create_region(g)
         res.fds.append(mem_fd)
@@ -202,8 +202,8 @@ class SoftNic(Device):
         res.fds += [self._nic_bell, self._rx_bell, self._completion_bell]
         self._ctrl, child_ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         res.sockets.append(self._ctrl)
-        spec = wire_end.spec()
-        wire_fd = wire_end.detach()
+        spec = cable.spec()
+        cable_fd = cable.detach()
         config = {
             "geometry": g.as_dict(),
             "mem_fd": mem_fd,
@@ -211,7 +211,7 @@ class SoftNic(Device):
             "rx_bell": self._rx_bell,
             "completion_bell": self._completion_bell,
             "ctrl_fd": child_ctrl.fileno(),
-            "wire_fd": wire_fd,
+            "cable_fd": cable_fd,
             "wire": spec,
             "caps": encode_capabilities(caps).hex(),
         }
@@ -226,7 +226,7 @@ class SoftNic(Device):
                     self._rx_bell,
                     self._completion_bell,
                     child_ctrl.fileno(),
-                    wire_fd,
+                    cable_fd,
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -235,7 +235,7 @@ class SoftNic(Device):
         finally:
             # The child has its own copies; ours would keep the cable and channel open.
             child_ctrl.close()
-            os.close(wire_fd)
+            os.close(cable_fd)
         self._pidfd = os.pidfd_open(res.proc.pid)
         res.fds.append(self._pidfd)
 
@@ -363,7 +363,7 @@ class SoftNic(Device):
         self._last_wire = dict(body["wire"])
         return out
 
-    def wire_counters(self) -> dict[str, int]:
+    def cable_counters(self) -> dict[str, int]:
         """The port's wire counters (sent, lost, corrupted, ...) as of the last ``stats``."""
         return dict(self._last_wire)
 

@@ -1,10 +1,10 @@
-"""Wire: framing, impairments deterministic from the seed, drops counted."""
+"""Cable: framing, impairments deterministic from the seed, drops counted."""
 
 from __future__ import annotations
 
 import pytest
 
-from netoffload.device.wire import NO_IMPAIRMENTS, Impairments, Wire
+from netoffload.device.cable import NO_IMPAIRMENTS, Cable, Impairments
 from netoffload.offload import DropReason
 
 
@@ -14,36 +14,36 @@ def _frames(n: int, size: int = 200) -> list[bytes]:
 
 def _run(impairments: Impairments, seed: int, frames: list[bytes]) -> tuple[list[bytes], dict]:
     """Send ``frames`` a→b at 1 µs intervals; return what b got and a's counters."""
-    with Wire(impairments, seed=seed) as wire:
+    with Cable(impairments, seed=seed) as cable:
         for i, frame in enumerate(frames):
-            wire.a.send(frame, now_ns=i * 1000)
-        wire.a.release(now_ns=10**12)
-        assert wire.a.drain(timeout_s=5.0)
+            cable.a.send(frame, now_ns=i * 1000)
+        cable.a.release(now_ns=10**12)
+        assert cable.a.drain(timeout_s=5.0)
         got = []
-        while (frame := wire.b.recv(timeout_s=0.2)) is not None:
+        while (frame := cable.b.recv(timeout_s=0.2)) is not None:
             got.append(frame)
-        return got, dict(wire.a.counters)
+        return got, dict(cable.a.counters)
 
 
 def test_frames_cross_intact_and_in_order_both_ways() -> None:
     frames = [*_frames(50, 1514), b"\x00" * 14, b"\xff" * 9000]
-    with Wire(NO_IMPAIRMENTS) as wire:
-        wire.a.send_batch(frames)
-        wire.b.send(b"back" * 20)
-        assert wire.a.drain()
-        got = [wire.b.recv(timeout_s=2.0) for _ in frames]
+    with Cable(NO_IMPAIRMENTS) as cable:
+        cable.a.send_batch(frames)
+        cable.b.send(b"back" * 20)
+        assert cable.a.drain()
+        got = [cable.b.recv(timeout_s=2.0) for _ in frames]
         assert got == frames
-        assert wire.a.recv(timeout_s=2.0) == b"back" * 20
-        assert wire.b.recv() is None
+        assert cable.a.recv(timeout_s=2.0) == b"back" * 20
+        assert cable.b.recv() is None
 
 
 def test_batch_views_are_frames() -> None:
     frames = _frames(20)
-    with Wire(NO_IMPAIRMENTS) as wire:
-        wire.a.send_batch(frames)
-        views = wire.b.recv_batch(64, timeout_s=2.0)
+    with Cable(NO_IMPAIRMENTS) as cable:
+        cable.a.send_batch(frames)
+        views = cable.b.recv_batch(64, timeout_s=2.0)
         while len(views) < len(frames):
-            more = wire.b.recv_batch(64, timeout_s=2.0)
+            more = cable.b.recv_batch(64, timeout_s=2.0)
             assert more
             views = [*[bytes(v) for v in views], *more]
         assert [bytes(v) for v in views] == frames
@@ -97,46 +97,50 @@ def test_reorder_swaps_neighbours() -> None:
 
 def test_mtu_drops_are_counted() -> None:
     frames = [b"\x00" * 1514, b"\x00" * 1515, b"\x00" * 9014, b"\x00" * 60]
-    with Wire(Impairments(mtu=1500)) as wire:
-        wire.a.send_batch(frames)
-        assert wire.a.drain()
-        got = [wire.b.recv(timeout_s=1.0), wire.b.recv(timeout_s=1.0), wire.b.recv(timeout_s=0.1)]
+    with Cable(Impairments(mtu=1500)) as cable:
+        cable.a.send_batch(frames)
+        assert cable.a.drain()
+        got = [
+            cable.b.recv(timeout_s=1.0),
+            cable.b.recv(timeout_s=1.0),
+            cable.b.recv(timeout_s=0.1),
+        ]
         assert got == [frames[0], frames[3], None]
-        assert wire.a.counters["mtu_exceeded"] == 2
-        assert wire.a.drops() == {DropReason.MTU_EXCEEDED: 2}
+        assert cable.a.counters["mtu_exceeded"] == 2
+        assert cable.a.drops() == {DropReason.MTU_EXCEEDED: 2}
 
 
 def test_delay_uses_the_passed_clock() -> None:
-    with Wire(Impairments(delay_ns=5_000)) as wire:
-        wire.a.send(b"x" * 60, now_ns=1_000)
-        assert wire.b.recv(timeout_s=0.05) is None
-        assert wire.a.next_due_ns() == 6_000
-        wire.a.flush(now_ns=5_999)
-        assert wire.b.recv(timeout_s=0.05) is None
-        wire.a.flush(now_ns=6_000)
-        assert wire.b.recv(timeout_s=1.0) == b"x" * 60
+    with Cable(Impairments(delay_ns=5_000)) as cable:
+        cable.a.send(b"x" * 60, now_ns=1_000)
+        assert cable.b.recv(timeout_s=0.05) is None
+        assert cable.a.next_due_ns() == 6_000
+        cable.a.flush(now_ns=5_999)
+        assert cable.b.recv(timeout_s=0.05) is None
+        cable.a.flush(now_ns=6_000)
+        assert cable.b.recv(timeout_s=1.0) == b"x" * 60
 
 
 def test_rate_limit_polices_with_a_token_bucket() -> None:
     # 1 MB/s with a 3000-byte bucket: two 1500-byte frames pass at once, then one per 1.5 ms.
     imp = Impairments(rate_bytes_per_s=1_000_000, burst_bytes=3000)
-    with Wire(imp) as wire:
+    with Cable(imp) as cable:
         for i in range(10):
-            wire.a.send(b"\x00" * 1500, now_ns=i * 100_000)  # 10 frames in 0.9 ms
-        assert wire.a.counters["rate_limited"] == 8
-        wire.a.send(b"\x00" * 1500, now_ns=5_000_000)
-        assert wire.a.counters["sent_frames"] == 3
-        assert wire.a.drops() == {DropReason.RATE_LIMITED: 8}
+            cable.a.send(b"\x00" * 1500, now_ns=i * 100_000)  # 10 frames in 0.9 ms
+        assert cable.a.counters["rate_limited"] == 8
+        cable.a.send(b"\x00" * 1500, now_ns=5_000_000)
+        assert cable.a.counters["sent_frames"] == 3
+        assert cable.a.drops() == {DropReason.RATE_LIMITED: 8}
 
 
 def test_peer_closed_counts_as_loss() -> None:
-    with Wire(NO_IMPAIRMENTS) as wire:
-        wire.b.close()
-        wire.a.send(b"y" * 100)
-        wire.a.send(b"y" * 100)
-        assert wire.a.counters["peer_gone"] >= 1
-        assert wire.a.recv(timeout_s=0.05) is None
-        assert wire.a.peer_closed
+    with Cable(NO_IMPAIRMENTS) as cable:
+        cable.b.close()
+        cable.a.send(b"y" * 100)
+        cable.a.send(b"y" * 100)
+        assert cable.a.counters["peer_gone"] >= 1
+        assert cable.a.recv(timeout_s=0.05) is None
+        assert cable.a.peer_closed
 
 
 def test_bad_probability_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Wire: a cable between two ports, with deterministic impairments.
+"""Cable: a simulated cable between two ports, with deterministic impairments.
 
 The cable is a connected ``AF_UNIX`` stream socket pair; each frame travels
 as a 4-byte little-endian length and the frame. A stream rather than
@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 
 from netoffload.offload import DropReason
 
-__all__ = ["NO_IMPAIRMENTS", "Impairments", "Wire", "WireEnd"]
+__all__ = ["NO_IMPAIRMENTS", "Cable", "CableEnd", "Impairments"]
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -95,8 +95,8 @@ DROP_REASONS = {
 }
 
 
-class WireEnd:
-    """One end of a wire: impaired, framed sends; batched receives.
+class CableEnd:
+    """One end of a cable: impaired, framed sends; batched receives.
 
     Frames returned by ``recv_batch`` are views into the end's receive
     buffer, valid until the next receive call; ``recv`` returns a copy.
@@ -138,7 +138,7 @@ class WireEnd:
         return {"impairments": self.impairments.as_dict(), "seed": self.seed}
 
     @classmethod
-    def from_fd(cls, fd: int, spec: dict[str, Any]) -> WireEnd:
+    def from_fd(cls, fd: int, spec: dict[str, Any]) -> CableEnd:
         """Rebuild an end in another process from an inherited socket descriptor."""
         sock = socket.socket(fileno=fd)
         return cls(sock, Impairments.from_dict(spec["impairments"]), str(spec["seed"]))
@@ -400,7 +400,7 @@ def _requeue_unsent(out: collections.deque[Buffer], chunk: Sequence[Buffer], sen
         return
 
 
-class Wire:
+class Cable:
     """Two connected ends, ``a`` and ``b``; ``a``'s impairments apply to a→b frames."""
 
     def __init__(
@@ -413,15 +413,15 @@ class Wire:
         sock_a, sock_b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         for sock in (sock_a, sock_b):
             _grow_buffers(sock)
-        self.a = WireEnd(sock_a, impairments, f"{seed}/a")
-        self.b = WireEnd(sock_b, reverse if reverse is not None else impairments, f"{seed}/b")
+        self.a = CableEnd(sock_a, impairments, f"{seed}/a")
+        self.b = CableEnd(sock_b, reverse if reverse is not None else impairments, f"{seed}/b")
 
     def close(self) -> None:
         """Close both ends this process still holds. Idempotent."""
         self.a.close()
         self.b.close()
 
-    def __enter__(self) -> Wire:
+    def __enter__(self) -> Cable:
         return self
 
     def __exit__(
