@@ -1,0 +1,1 @@
+"""TCP: the sans-I/O connection core, listeners, congestion control and loss recovery."""
