@@ -116,12 +116,14 @@ def test_a_device_without_checksum_makes_the_host_segment_too() -> None:
     with SoftNic(caps=caps) as nic:
         assert isinstance(nic, SoftNic) and nic.peer is not None
         host = HostOffload(nic)
-        assert Task.CHECKSUM in host.host_tx_tasks()
-        assert Task.TCP_SEGMENTATION in host.host_tx_tasks()
-        host.send(build_all(gen))
+        packets = build_all(gen)
+        host.send(packets)
         assert host.flush()
         frames = _capture(nic, nic.peer, _segments(gen))
         assert nic.stats().dropped == 0
+        # Every super-packet's checksum was refused, so its segmentation moved too.
+        assert host.stats.fallbacks == {"checksum/not_enabled": len(packets)}
+        assert host.stats.tasks[Task.TCP_SEGMENTATION.label] == len(packets)
     with SoftNic() as reference:
         assert isinstance(reference, SoftNic) and reference.peer is not None
         HostOffload(reference).send(build_all(gen))
@@ -156,7 +158,9 @@ def test_receive_verifies_in_software_what_the_device_did_not() -> None:
             receiver.peer.send(frame)
         got: list[Packet] = []
         while len(got) < 4 and receiver.wait(5.0):
-            got += host.recv()
+            batch = host.recv()
+            got += [Packet(bytes(p.data), rx=p.rx) for p in batch]
+            host.release(batch)
         assert [p.rx.l4 for p in got] == [ChecksumStatus.VERIFIED] * 3 + [ChecksumStatus.FAILED]
         assert host.stats.tasks[Task.CHECKSUM.label] == 4
 
@@ -173,7 +177,9 @@ def test_receive_leaves_alone_what_the_device_did() -> None:
         assert host.host_rx_tasks() == frozenset()
         got: list[Packet] = []
         while sum(p.rx.segments for p in got) < len(frames) and receiver.wait(5.0):
-            got += [Packet(bytes(p.data), rx=p.rx) for p in host.recv()]
+            batch = host.recv()
+            got += [Packet(bytes(p.data), rx=p.rx) for p in batch]
+            host.release(batch)
         # Where a super-packet ends depends on how the firmware's reads fell; what it
         # holds does not.
         assert sum(p.rx.segments for p in got) == len(frames) and len(got) < len(frames)

@@ -1,11 +1,12 @@
 """The host-side software fallback: the same engine, run here for what the device won't do.
 
-``HostOffload`` sits between a stack and a ``Device``. On transmit, every
-task a packet asks for that the device does not do (not advertised, not
-enabled, or not allowed by the host's own choice) runs here through
-``engine.pipeline.transmit``, and the device gets the residual request.
-On receive, it finishes what the device did not: checksum verification
-(and, if asked, assembly) through ``engine.pipeline.receive``.
+``HostOffload`` sits between a stack and a ``Device``. On transmit, each
+packet's request is admitted against the device's enabled records
+(``engine.admit``): the device gets what lies within them, and everything
+else runs here through ``engine.pipeline.transmit``, counted in
+``stats.fallbacks`` by task and reason. On receive, it keeps what the device
+reported for each packet and finishes what the device did not: checksum
+verification of packets the device left unchecked and, if asked, assembly.
 
 Because both sides run the same engine, the frames on the wire are
 byte-identical whichever side did the work; tests assert it.
@@ -15,17 +16,23 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Sequence, Set
+from collections.abc import Iterable, Sequence, Set
 
 from netoffload.device.base import Device
 from netoffload.engine import pipeline
-from netoffload.offload import DeviceStats, Packet, Task
+from netoffload.engine.admit import ASSEMBLY, SEGMENTATION, Limits
+from netoffload.offload import (
+    ChecksumStatus,
+    DeviceStats,
+    Packet,
+    Selection,
+    Task,
+)
 
 TX_TASKS = frozenset(
     {Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION, Task.ENCRYPT, Task.DIGEST}
 )
-SEGMENTATION = frozenset({Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
-ASSEMBLY = frozenset({Task.TCP_ASSEMBLY, Task.UDP_ASSEMBLY})
+_NO_TASKS: frozenset[Task] = frozenset()
 
 
 class HostOffload:
@@ -38,6 +45,9 @@ class HostOffload:
     ``send`` never blocks: frames the device has no room for wait in
     ``backlog`` and go out on the next ``send`` or ``push``. The caller must
     not reuse a buffer it passed to ``send`` while ``backlog`` is non-zero.
+
+    Received packets follow the device's ownership rule: pass them to
+    ``release`` when done with them.
     """
 
     def __init__(
@@ -52,24 +62,22 @@ class HostOffload:
         self.rx_tasks = frozenset(rx_tasks)
         self.stats = DeviceStats()
         self._backlog: collections.deque[Packet] = collections.deque()
+        self._selection: Selection | None = None
+        self._limits = Limits(_NO_TASKS)
 
     # -- who does what ----------------------------------------------------------------
+    def device_limits(self) -> Limits:
+        """The device's enabled records as per-packet limits (refreshed when they change)."""
+        selection = self.device.enabled()
+        if selection is not self._selection:
+            self._selection = selection
+            self._limits = Limits.from_records(selection.values())
+        return self._limits
+
     def device_tasks(self) -> frozenset[Task]:
         """The tasks left to the device: enabled there, and allowed by the host."""
-        enabled = frozenset(self.device.enabled())
+        enabled = self.device_limits().tasks
         return enabled if self.allow is None else enabled & self.allow
-
-    def host_tx_tasks(self) -> frozenset[Task]:
-        """Transmit tasks the host does itself.
-
-        Without device checksumming the host segments too: each segment's
-        checksum can only be computed after the cut.
-        """
-        on_device = self.device_tasks()
-        mine = TX_TASKS - on_device
-        if Task.CHECKSUM in mine:
-            mine |= SEGMENTATION
-        return mine
 
     def host_rx_tasks(self) -> frozenset[Task]:
         """Receive tasks the host finishes itself (assembly needs verified checksums)."""
@@ -89,16 +97,40 @@ class HostOffload:
 
         Returns how many frames the device took now (the rest are in ``backlog``).
         """
-        mine = self.host_tx_tasks()
-        if mine & frozenset().union(*(p.tx.tasks() for p in packets)):
-            outcome = pipeline.transmit(packets, mine)
+        stats = self.stats
+        stats.tx_packets += len(packets)
+        stats.tx_bytes += sum(map(len, packets))
+        limits = self.device_limits()
+        allow = self.allow
+        mine: list[frozenset[Task]] = []
+        queued: list[Packet] = []
+        host_work = False
+        fallbacks = stats.fallbacks
+        for packet in packets:
+            request = packet.tx
+            wanted = request.tasks()
+            if not wanted:
+                mine.append(_NO_TASKS)
+                queued.append(packet)
+                continue
+            admitted = limits.admit(packet.data, request, allow)
+            for task, refusal in admitted.refused:
+                fallbacks[f"{task.label}/{refusal.value}"] += 1
+            if admitted.request is not request:
+                packet = Packet(packet.data, admitted.request, packet.rx)
+            here = admitted.request.tasks() - admitted.tasks
+            mine.append(here)
+            queued.append(packet)
+            host_work = host_work or bool(here)
+        if host_work:
+            outcome = pipeline.transmit(queued, mine)
             for _, reason in outcome.drops:
-                self.stats.drop(reason)
+                stats.drop(reason)
             for task, n in outcome.tasks.items():
-                self.stats.task_done(task, n)
+                stats.task_done(task, n)
             self._backlog.extend(outcome.packets)
         else:
-            self._backlog.extend(packets)
+            self._backlog.extend(queued)
         return self.push()
 
     def push(self) -> int:
@@ -109,34 +141,53 @@ class HostOffload:
         taken = self.device.send(batch)
         for _ in range(taken):
             self._backlog.popleft()
-        self.stats.tx_packets += taken
         return taken
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Push until the backlog is empty or ``timeout_s`` passes; True when empty."""
-        wait = getattr(self.device, "wait", None)  # SoftNic can wait for ring space
         deadline = time.monotonic() + timeout_s
         while self._backlog:
             if self.push() == 0:
                 left = deadline - time.monotonic()
-                if wait is None or left <= 0 or not wait(left, for_tx=True):
+                if left <= 0 or not self.device.wait(left, for_tx=True):
                     return False
         return True
 
     # -- receive ----------------------------------------------------------------------
     def recv(self, max_packets: int = 64) -> list[Packet]:
-        """Packets from the device, with what it did not do finished here."""
+        """Packets from the device, with what it did not do finished here.
+
+        The device's findings (checksum verdicts, assembly, flow hash, queue,
+        mark, filter verdict) are kept; the host adds its own where the
+        device left a field open.
+        """
         packets = self.device.recv(max_packets)
-        mine = self.host_rx_tasks()
-        if not packets or not mine:
+        if not packets:
             return packets
-        outcome = pipeline.receive([p.data for p in packets], mine)
-        for _, reason in outcome.drops:
-            self.stats.drop(reason)
+        stats = self.stats
+        stats.rx_packets += len(packets)
+        stats.rx_bytes += sum(map(len, packets))
+        mine = self.host_rx_tasks()
+        if Task.CHECKSUM in mine and not mine & ASSEMBLY:
+            unchecked = ChecksumStatus.NOT_CHECKED
+            if all(p.rx.l4 is not unchecked for p in packets):
+                mine = mine - {Task.CHECKSUM}  # the device checked every one
+        if not mine:
+            return packets
+        outcome = pipeline.receive(
+            [p.data for p in packets], frozenset(mine), infos=[p.rx for p in packets]
+        )
         for task, n in outcome.tasks.items():
-            self.stats.task_done(task, n)
-        self.stats.rx_packets += len(outcome.packets)
+            stats.task_done(task, n)
+        if mine & ASSEMBLY:
+            # Frames merged into a new super-packet are copied out: their buffers go back.
+            kept = {id(p.data) for p in outcome.packets}
+            self.device.release([p for p in packets if id(p.data) not in kept])
         return outcome.packets
 
+    def release(self, packets: Iterable[Packet]) -> None:
+        """Hand received packets' buffers back to the device (see ``Device.release``)."""
+        self.device.release(packets)
 
-__all__ = ["HostOffload"]
+
+__all__ = ["SEGMENTATION", "TX_TASKS", "HostOffload"]

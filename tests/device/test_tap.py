@@ -29,9 +29,9 @@ from netoffload.offload import (
     Selection,
     SelectionError,
     Task,
-    TcpSegmentationCaps,
+    TcpAssemblyCaps,
     TxRequest,
-    UdpSegmentationCaps,
+    UdpAssemblyCaps,
     VirtioNetHdr,
 )
 from tests.device.device_frames import MAC_A, MAC_B, V4_A, V4_B, icmp_echo_v4, tcp_frame, udp_frame
@@ -65,9 +65,17 @@ def test_create_probe_and_close(netns: Netns) -> None:
         assert "nsotap0" in netns.ip("link", "show")
         tasks = {r.task for r in tap.capabilities()}
         # Every kernel this library supports (>= 4.x) takes CSUM and TSO4/6.
-        assert {Task.CHECKSUM, Task.TCP_SEGMENTATION} <= tasks
-        assert len(tap.enabled()) == 0
+        assert {Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.TCP_ASSEMBLY} <= tasks
+        # Transmit checksum and segmentation are the kernel's whatever the flags say.
+        assert tap.enabled() == tap.fixed_selection()
+        assert set(tap.enabled()) == {
+            Task.CHECKSUM,
+            Task.TCP_SEGMENTATION,
+            Task.UDP_SEGMENTATION,
+        }
         assert tap.offload_flags() == 0
+        fixed = {s.advertised.task for s in tap.status() if not s.changeable}
+        assert fixed == {Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION}
     finally:
         tap.close()
     assert "nsotap0" not in netns.ip("link", "show")
@@ -93,9 +101,9 @@ def test_enable_sets_and_clears_offload_flags(netns: Netns) -> None:
             features = read_features("nsotap0")
         assert features["tx-tcp-segmentation"].active
         assert features["tx-checksum-ip-generic"].active
-        tap.enable(Selection([ChecksumCaps(*_csum_args(tap))]))
+        tap.enable(tap.fixed_selection().with_task(ChecksumCaps(*_csum_args(tap))))
         assert tap.offload_flags() == TUN_F_CSUM
-        tap.enable(Selection())
+        tap.enable(tap.fixed_selection())
         assert tap.offload_flags() == 0
         with netns.entered():
             assert not read_features("nsotap0")["tx-checksum-ip-generic"].active
@@ -106,20 +114,29 @@ def _csum_args(tap: TapDevice) -> tuple[object, object]:
     return record.tx, record.rx
 
 
-def test_enable_refuses_segmentation_without_checksum(netns: Netns) -> None:
+def test_enable_refuses_assembly_without_receive_checksums(netns: Netns) -> None:
     with netns.entered(), TapDevice("nsotap0") as tap:
-        with pytest.raises(SelectionError, match="needs checksum"):
-            tap.enable(Selection([TcpSegmentationCaps(versions=IpVersions.IPV4)]))
-        if any(isinstance(r, UdpSegmentationCaps) for r in tap.capabilities()):
+        fixed = tap.fixed_selection()
+        with pytest.raises(SelectionError, match="needs receive checksums"):
+            tap.enable(fixed.with_task(TcpAssemblyCaps(versions=IpVersions.IPV4)))
+        if any(isinstance(r, UdpAssemblyCaps) for r in tap.capabilities()):
             with pytest.raises(SelectionError, match="IPv4 and IPv6 together"):
-                tap.enable(Selection([UdpSegmentationCaps(versions=IpVersions.IPV4)]))
+                tap.enable(fixed.with_task(UdpAssemblyCaps(versions=IpVersions.IPV4)))
+        assert tap.offload_flags() == 0
+
+
+def test_fixed_transmit_tasks_cannot_be_turned_off(netns: Netns) -> None:
+    with netns.entered(), TapDevice("nsotap0") as tap:
+        for task in (Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION):
+            with pytest.raises(SelectionError, match="fixed"):
+                tap.enable(tap.fixed_selection().without(task))
         assert tap.offload_flags() == 0
 
 
 def test_attach_to_existing_tap_keeps_its_flags(netns: Netns) -> None:
     with netns.entered():
         first = TapDevice("nsotap0")
-        first.enable(Selection(r for r in first.capabilities() if r.task is Task.CHECKSUM))
+        first.enable(first.fixed_selection().with_task(ChecksumCaps(*_csum_args(first))))
         try:
             with TapDevice("nsotap0", create=False) as again:
                 pass
@@ -168,7 +185,8 @@ def test_ping_through_the_kernel(netns: Netns) -> None:
 def test_needs_csum_write_reaches_a_kernel_socket(netns: Netns) -> None:
     tap = _tap_in(netns)
     with tap:
-        tap.enable(Selection(r for r in tap.capabilities() if r.task is Task.CHECKSUM))
+        # No TUNSETOFFLOAD flag: the kernel fills a checksum it is asked to on any write.
+        assert tap.offload_flags() == 0
         with netns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
@@ -183,13 +201,14 @@ def test_needs_csum_write_reaches_a_kernel_socket(netns: Netns) -> None:
         assert tap.stats().tasks["checksum"] == 1
 
 
-def test_task_not_enabled_is_counted_not_written(netns: Netns) -> None:
+def test_request_outside_the_tap_is_counted_not_written(netns: Netns) -> None:
     with netns.entered(), TapDevice("nsotap0") as tap:
         frame = udp_frame(4, b"x" * 100, partial=True)
-        request = TxRequest(checksum=ChecksumRequest(34, 6))
-        assert tap.send([Packet(frame, tx=request)]) == 1
+        header_only = TxRequest(checksum=ChecksumRequest(34, 6), ipv4_header_checksum=True)
+        launch = TxRequest(launch_time_ns=1_000)
+        assert tap.send([Packet(frame, tx=header_only), Packet(frame, tx=launch)]) == 2
         stats = tap.stats()
-        assert stats.drops[DropReason.TASK_NOT_ENABLED.value] == 1
+        assert stats.drops[DropReason.OUTSIDE_CAPABILITY.value] == 2
         assert stats.tx_packets == 0
 
 

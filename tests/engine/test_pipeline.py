@@ -112,8 +112,8 @@ requests = st.builds(
     segmentation=st.none()
     | st.builds(
         SegmentationRequest,
-        st.sampled_from(list(GsoType)),
-        st.integers(0, 3000),
+        st.sampled_from([k for k in GsoType if k is not GsoType.NONE]),
+        st.integers(1, 3000),
         st.integers(0, 200),
         st.booleans(),
         st.booleans(),

@@ -251,12 +251,9 @@ def run(quick: bool) -> dict[str, Any]:
             for _ in range(rounds):
                 for on in (False, True):
                     label = "on" if on else "off"
-                    writer.enable(
-                        Selection.everything(writer.capabilities()) if on else Selection()
-                    )
-                    reader.enable(
-                        Selection.everything(reader.capabilities()) if on else Selection()
-                    )
+                    for tap in (writer, reader):
+                        caps = tap.capabilities()
+                        tap.enable(Selection.everything(caps) if on else tap.fixed_selection())
                     for key, measured in (
                         (f"write_{label}", _measure_write(writer, on, seconds)),
                         (f"read_{label}", _measure_read(ns, reader, seconds)),

@@ -38,6 +38,12 @@ from netoffload.device.ethtool import (
     read_features,
     set_features,
 )
+from netoffload.device.link import (
+    interface_exists,
+    interface_mac,
+    interface_mtu,
+    interface_up,
+)
 from netoffload.device.vnet import RxDecoder
 from netoffload.offload import (
     AnyRecord,
@@ -61,6 +67,7 @@ from netoffload.offload import (
     VirtioHdrError,
     VirtioNetHdr,
 )
+from netoffload.wire import MacAddress
 
 SOL_PACKET = 263
 PACKET_RX_RING = 5
@@ -149,9 +156,11 @@ class PacketDevice(Device):
         frame_bytes: int = DEFAULT_FRAME_BYTES,
         rings: bool = True,
     ) -> None:
-        if not _interface_exists(ifname):
+        if not interface_exists(ifname):
             raise DeviceError(f"no such interface {ifname!r}")
         self.name = ifname
+        # Link ioctls go through a socket of the namespace the device was opened in.
+        self._link_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._ring_frames = ring_frames
         self._frame_bytes = -(-frame_bytes // 16) * 16  # TPACKET_ALIGNMENT
         self._stats = DeviceStats()
@@ -177,6 +186,14 @@ class PacketDevice(Device):
     def enabled(self) -> Selection:
         active = records_from_features(self.features(), active_only=True)
         return Selection(r for r in active if isinstance(r, CapabilityRecord))
+
+    def fixed_selection(self) -> Selection:
+        """What stays on whatever is asked: the features fixed on on this interface."""
+        fixed = EthtoolFeatures(
+            self.name, tuple(f for f in self.features().features if f.fixed and f.active)
+        )
+        records = records_from_features(fixed, active_only=True)
+        return Selection(r for r in records if isinstance(r, CapabilityRecord))
 
     def status(self) -> list[CapabilityStatus]:
         """Each offered task, what is on, and whether any of its features may change."""
@@ -398,11 +415,21 @@ class PacketDevice(Device):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._link_sock.close()
 
+    # -- link -------------------------------------------------------------------
+    @property
+    def mtu(self) -> int:
+        """The interface's MTU."""
+        return interface_mtu(self.name, self._link_sock)
 
-def _interface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
+    @property
+    def mac(self) -> MacAddress:
+        """The interface's own MAC: a stack on it sends from this address (no promiscuous
+        mode needed)."""
+        return interface_mac(self.name, self._link_sock)
+
+    @property
+    def link_up(self) -> bool:
+        """Administratively up with carrier."""
+        return not self._closed and interface_up(self.name, self._link_sock)

@@ -14,14 +14,23 @@ For a TAP the "device" is the kernel itself, seen from user space:
   TSO4/TSO6/USO, TCP/UDP super-packets instead of segments. Every header
   read is untrusted and checked with the kernel's own rules.
 
-Capability mapping (probed by trying each flag on the running kernel)::
+Capability records say what the kernel really does. It takes our GSO and
+NEEDS_CSUM writes whatever TUNSETOFFLOAD says, so transmit checksum and
+segmentation are fixed on. The TUNSETOFFLOAD flags only let the kernel hand
+*us* work it has not done, so they are receive tasks (probed by trying each
+flag on the running kernel)::
 
-    TUN_F_CSUM               -> ChecksumCaps(tx=rx=TCP/UDP over IPv4/IPv6)
-    TUN_F_TSO4 / TSO6 / ECN  -> TcpSegmentationCaps(versions IPV4 / IPV6 / ECN)
-    TUN_F_USO4 + USO6        -> UdpSegmentationCaps(IPV4|IPV6; the kernel takes both or none)
+    (always)                 -> ChecksumCaps(tx=TCP/UDP over IPv4/IPv6), fixed
+                                TcpSegmentationCaps(IPv4, IPv6, ECN), fixed
+                                UdpSegmentationCaps(IPv4, IPv6), fixed
+    TUN_F_CSUM               -> ChecksumCaps(rx=TCP/UDP over IPv4/IPv6): partial or verified
+                                checksums handed to us
+    TUN_F_TSO4 / TSO6 / ECN  -> TcpAssemblyCaps(versions IPV4 / IPV6 / ECN): TCP super-packets
+    TUN_F_USO4 + USO6        -> UdpAssemblyCaps(IPV4|IPV6; the kernel takes both or none)
 
-The kernel only takes TSO/USO together with CSUM; a selection asking for
-segmentation without checksum is a ``SelectionError``.
+One flag is never reported as two tasks. The kernel only takes TSO/USO
+together with CSUM; a selection asking for assembly without receive
+checksums is a ``SelectionError``, and so is one turning off a fixed task.
 
 Cost: one ``writev`` system call per packet (the header and the frame are
 two iovecs, so the payload is never copied in Python) and one ``readv`` per
@@ -35,16 +44,26 @@ import contextlib
 import errno
 import fcntl
 import os
+import secrets
 import socket
 import struct
 from collections.abc import Sequence
 
 from netoffload.device.base import Device, DeviceError
+from netoffload.device.link import (
+    ifreq,
+    interface_exists,
+    interface_mac,
+    interface_mtu,
+    interface_up,
+    set_link_up,
+)
 from netoffload.device.vnet import RxDecoder
 from netoffload.offload import (
     NO_REQUEST,
     AnyRecord,
     CapabilityRecord,
+    CapabilityStatus,
     ChecksumCaps,
     ChecksumFlags,
     DeviceStats,
@@ -54,21 +73,21 @@ from netoffload.offload import (
     Selection,
     SelectionError,
     Task,
+    TcpAssemblyCaps,
     TcpSegmentationCaps,
     TxRequest,
+    UdpAssemblyCaps,
     UdpSegmentationCaps,
     VirtioHdrError,
     VirtioNetHdr,
 )
+from netoffload.wire import MacAddress
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNGETFEATURES = 0x800454CF
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
 
-IFF_UP = 0x1
 IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100
 IFF_NO_PI = 0x1000
@@ -99,15 +118,6 @@ _TCP_FLAGS = {
     IpVersions.ECN: TUN_F_TSO_ECN,
 }
 _USO = TUN_F_USO4 | TUN_F_USO6
-
-
-def _ifreq(name: str, flags: int = 0) -> bytearray:
-    raw = name.encode()
-    if len(raw) > 15 or b"/" in raw or b"\0" in raw:
-        raise DeviceError(f"invalid interface name {name!r}")
-    buf = bytearray(_IFREQ_SIZE)
-    _IFREQ.pack_into(buf, 0, raw, flags)
-    return buf
 
 
 def _open_error(name: str, exc: OSError) -> DeviceError:
@@ -141,10 +151,11 @@ class TapDevice(Device):
         queues: int = 1,
         create: bool = True,
         up: bool = True,
+        mac: MacAddress | None = None,
     ) -> None:
         if queues < 1:
             raise DeviceError(f"a TAP needs at least one queue, not {queues}")
-        if not create and (not name or not _interface_exists(name)):
+        if not create and (not name or not interface_exists(name)):
             raise DeviceError(f"no such interface {name!r}")
         flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
         fds: list[int] = []
@@ -155,21 +166,25 @@ class TapDevice(Device):
                 except OSError as exc:
                     raise _open_error(name, exc) from None
                 fds.append(fd)
-                req = _ifreq(name, flags)
+                req = ifreq(name, flags, allow_empty=True)
                 try:
                     fcntl.ioctl(fd, TUNSETIFF, req, True)
                     fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", VirtioNetHdr.SIZE))
                 except OSError as exc:
                     raise _open_error(name, exc) from None
                 name = _IFREQ.unpack_from(req)[0].rstrip(b"\0").decode()
+            # Every later step can fail too (a probe the kernel refuses, a link that
+            # will not come up): the descriptors must not outlive a failed constructor.
+            self._setup(name, fds, _initial_flags(name), mac)
+            self._offered = self._probe()
+            if up:
+                self.set_up(True)
         except BaseException:
             for fd in fds:
-                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._closed = True
             raise
-        self._setup(name, fds, _initial_flags(name))
-        self._offered = self._probe()
-        if up:
-            self.set_up(True)
 
     @classmethod
     def over_fds(cls, fds: Sequence[int], name: str = "test", offload_flags: int = 0) -> TapDevice:
@@ -178,11 +193,11 @@ class TapDevice(Device):
         No ioctl is issued: the offered flags are taken to be ``offload_flags``.
         """
         self = cls.__new__(cls)
-        self._setup(name, list(fds), offload_flags)
+        self._setup(name, list(fds), offload_flags, None)
         self._offered = offload_flags
         return self
 
-    def _setup(self, name: str, fds: list[int], offload_flags: int) -> None:
+    def _setup(self, name: str, fds: list[int], offload_flags: int, mac: MacAddress | None) -> None:
         self.name = name
         self._fds = fds
         self._flags = offload_flags
@@ -192,6 +207,17 @@ class TapDevice(Device):
         self._arena = memoryview(bytearray(0))
         self._arena_used = 0
         self._closed = False
+        # The stack behind a TAP is the far end of the kernel's link: its own MAC, not the
+        # TAP interface's (which is the kernel's side), locally administered and random.
+        self._mac = mac if mac is not None else MacAddress(b"\x02" + secrets.token_bytes(5))
+        # A socket of the namespace the TAP was made in: link facts stay readable after the
+        # caller's thread moves elsewhere (the last values read are kept if the TAP moves).
+        self._link_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._mtu = 1500
+        self._kernel_mac: MacAddress | None = None
+        with contextlib.suppress(DeviceError):
+            self._mtu = interface_mtu(name, self._link_sock)
+            self._kernel_mac = interface_mac(name, self._link_sock)
 
     # -- capabilities ----------------------------------------------------------
     def _try_offload(self, flags: int) -> bool:
@@ -233,33 +259,95 @@ class TapDevice(Device):
     def enabled(self) -> Selection:
         return Selection(r for r in _records(self._flags) if isinstance(r, CapabilityRecord))
 
+    def fixed_selection(self) -> Selection:
+        """Transmit checksum and segmentation: the kernel does them for any write."""
+        return Selection(r for r in _records(0) if isinstance(r, CapabilityRecord))
+
+    def status(self) -> list[CapabilityStatus]:
+        """Transmit segmentation is fixed on (the kernel always does it); the rest changes."""
+        on = self.enabled()
+        return [
+            CapabilityStatus(r, on.get(r.task), r.task not in _SEGMENTATION)
+            for r in self.capabilities()
+            if isinstance(r, CapabilityRecord)
+        ]
+
     def enable(self, selection: Selection) -> Selection:
+        """Set the TUNSETOFFLOAD flags that give ``selection``'s receive tasks.
+
+        The kernel does transmit checksums and segmentation whatever the flags
+        say: a selection that leaves any of them out is refused, as `ethtool -K`
+        refuses to change a fixed feature.
+        """
         selection.check_against(self.capabilities())
+        fixed = {r.task: r for r in _records(0) if isinstance(r, CapabilityRecord)}
+        for task, record in fixed.items():
+            chosen = selection.get(task)
+            if chosen is None or (
+                isinstance(chosen, ChecksumCaps)
+                and isinstance(record, ChecksumCaps)
+                and chosen.tx != record.tx
+            ):
+                raise SelectionError(
+                    f"{task.label} on transmit is fixed on TAP {self.name!r}: the kernel does it "
+                    "for any packet that asks"
+                )
+            if not isinstance(chosen, ChecksumCaps) and chosen != record:
+                raise SelectionError(f"{task.label} is fixed on TAP {self.name!r}")
         flags = 0
         checksum = selection.get(Task.CHECKSUM)
-        if checksum is not None:
+        if isinstance(checksum, ChecksumCaps) and checksum.rx:
             flags |= TUN_F_CSUM
-        tcp = selection.get(Task.TCP_SEGMENTATION)
-        if isinstance(tcp, TcpSegmentationCaps):
+        tcp = selection.get(Task.TCP_ASSEMBLY)
+        if isinstance(tcp, TcpAssemblyCaps):
+            if not tcp.versions & (IpVersions.IPV4 | IpVersions.IPV6):
+                raise SelectionError("tcp_assembly: ECN alone is meaningless; add ipv4/ipv6")
             for version, flag in _TCP_FLAGS.items():
                 if version in tcp.versions:
                     flags |= flag
-            if tcp.versions == IpVersions.ECN:
-                raise SelectionError("tcp_segmentation: ECN alone is meaningless; add ipv4/ipv6")
-        udp = selection.get(Task.UDP_SEGMENTATION)
-        if isinstance(udp, UdpSegmentationCaps):
-            if (
-                udp.versions & (IpVersions.IPV4 | IpVersions.IPV6)
-                != IpVersions.IPV4 | IpVersions.IPV6
-            ):
+        udp = selection.get(Task.UDP_ASSEMBLY)
+        if isinstance(udp, UdpAssemblyCaps):
+            if udp.versions & _BOTH != _BOTH:
                 raise SelectionError(
-                    f"udp_segmentation on TAP {self.name!r} is IPv4 and IPv6 together or not at all"
+                    f"udp_assembly on TAP {self.name!r} is IPv4 and IPv6 together or not at all"
                 )
             flags |= _USO
         if flags & ~TUN_F_CSUM and not flags & TUN_F_CSUM:
-            raise SelectionError(f"segmentation on TAP {self.name!r} needs checksum enabled too")
+            raise SelectionError(
+                f"assembly on TAP {self.name!r} needs receive checksums enabled too"
+            )
         self._set_offload(flags)
         return self.enabled()
+
+    # -- link -------------------------------------------------------------------
+    @property
+    def mtu(self) -> int:
+        """The TAP interface's MTU (the last value read if it moved to another namespace)."""
+        with contextlib.suppress(DeviceError, OSError):
+            self._mtu = interface_mtu(self.name, self._link_sock)
+        return self._mtu
+
+    @property
+    def mac(self) -> MacAddress:
+        """The MAC of the user-space end of this link (not the kernel's TAP interface)."""
+        return self._mac
+
+    @property
+    def kernel_mac(self) -> MacAddress | None:
+        """The TAP interface's own MAC: the kernel's end of the link."""
+        with contextlib.suppress(DeviceError, OSError):
+            self._kernel_mac = interface_mac(self.name, self._link_sock)
+        return self._kernel_mac
+
+    @property
+    def link_up(self) -> bool:
+        """The TAP interface is up with carrier (carrier: a queue is attached)."""
+        if self._closed:
+            return False
+        try:
+            return interface_up(self.name, self._link_sock)
+        except (DeviceError, OSError):
+            return True  # moved to a namespace we cannot see from here; its fds still work
 
     # -- data path ---------------------------------------------------------------
     def send(self, batch: Sequence[Packet]) -> int:
@@ -300,9 +388,9 @@ class TapDevice(Device):
         """The header bytes for ``request`` (cached), or why it cannot be sent."""
         if request.ipv4_header_checksum and request.segmentation is None:
             # A TAP never fills in an IPv4 header checksum of a single packet.
-            return DropReason.TASK_NOT_ENABLED
-        if not request.tasks() <= self._allowed_tasks():
-            return DropReason.TASK_NOT_ENABLED
+            return DropReason.OUTSIDE_CAPABILITY
+        if not request.tasks() <= _FIXED_TASKS:
+            return DropReason.OUTSIDE_CAPABILITY
         try:
             header = VirtioNetHdr.from_tx_request(request).pack()
         except VirtioHdrError:
@@ -311,16 +399,6 @@ class TapDevice(Device):
             self._tx_headers.clear()
         self._tx_headers[request] = header
         return header
-
-    def _allowed_tasks(self) -> frozenset[Task]:
-        out = set()
-        if self._flags & TUN_F_CSUM:
-            out.add(Task.CHECKSUM)
-        if self._flags & (TUN_F_TSO4 | TUN_F_TSO6):
-            out.add(Task.TCP_SEGMENTATION)
-        if self._flags & _USO:
-            out.add(Task.UDP_SEGMENTATION)
-        return frozenset(out)
 
     def recv(self, max_packets: int = 64) -> list[Packet]:
         """Read up to ``max_packets`` frames across the queues; never blocks.
@@ -374,7 +452,7 @@ class TapDevice(Device):
 
     def set_up(self, up: bool = True) -> None:
         """Set the interface administratively up (or down)."""
-        set_link_up(self.name, up)
+        set_link_up(self.name, up, self._link_sock)
 
     def close(self) -> None:
         if self._closed:
@@ -384,32 +462,36 @@ class TapDevice(Device):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds = []
+        self._link_sock.close()
 
 
 _ZERO_HDR = VirtioNetHdr().pack()
 
 
+_BOTH = IpVersions.IPV4 | IpVersions.IPV6
+# What the kernel does for any write that asks, whatever TUNSETOFFLOAD says.
+_SEGMENTATION = frozenset({Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
+_FIXED_TASKS = frozenset({Task.CHECKSUM, *_SEGMENTATION})
+
+
 def _records(flags: int) -> list[AnyRecord]:
-    out: list[AnyRecord] = []
-    if flags & TUN_F_CSUM:
-        out.append(ChecksumCaps(tx=_L4_ALL, rx=_L4_ALL))
+    """The records for TUN_F_* ``flags``: the fixed transmit tasks, and what the flags let
+    the kernel hand us."""
+    rx = _L4_ALL if flags & TUN_F_CSUM else ChecksumFlags.NONE
+    out: list[AnyRecord] = [
+        ChecksumCaps(tx=_L4_ALL, rx=rx),
+        TcpSegmentationCaps(max_size_bytes=65536, versions=_BOTH | IpVersions.ECN),
+        UdpSegmentationCaps(max_size_bytes=65536, versions=_BOTH),
+    ]
     versions = IpVersions.NONE
     for version, flag in _TCP_FLAGS.items():
         if flags & flag:
             versions |= version
-    if versions & (IpVersions.IPV4 | IpVersions.IPV6):
-        out.append(TcpSegmentationCaps(max_size_bytes=65536, versions=versions))
+    if versions & _BOTH:
+        out.append(TcpAssemblyCaps(max_size_bytes=65536, versions=versions))
     if flags & _USO == _USO:
-        out.append(UdpSegmentationCaps(versions=IpVersions.IPV4 | IpVersions.IPV6))
+        out.append(UdpAssemblyCaps(max_size_bytes=65536, versions=_BOTH))
     return out
-
-
-def _interface_exists(name: str) -> bool:
-    try:
-        socket.if_nametoindex(name)
-    except OSError:
-        return False
-    return True
 
 
 def _initial_flags(name: str) -> int:
@@ -433,17 +515,3 @@ def _initial_flags(name: str) -> int:
         if found is not None and found.active:
             flags |= flag
     return flags if flags & TUN_F_CSUM else 0
-
-
-def set_link_up(name: str, up: bool = True) -> None:
-    """SIOCSIFFLAGS IFF_UP on ``name`` in the calling thread's namespace."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        req = _ifreq(name)
-        try:
-            fcntl.ioctl(sock.fileno(), SIOCGIFFLAGS, req, True)
-            current = struct.unpack_from("H", req, 16)[0]
-            wanted = current | IFF_UP if up else current & ~IFF_UP
-            struct.pack_into("H", req, 16, wanted)
-            fcntl.ioctl(sock.fileno(), SIOCSIFFLAGS, req)
-        except OSError as exc:
-            raise DeviceError(f"cannot set {name!r} up: {os.strerror(exc.errno or 0)}") from None

@@ -44,11 +44,10 @@ from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import (
     ChecksumRequest,
     GsoType,
-    SegmentationRequest,
     TxRequest,
 )
 from netoffload.offload.stats import DropReason
-from netoffload.offload.virtio import GSO_ECN, VirtioFlags, VirtioNetHdr
+from netoffload.offload.virtio import VirtioNetHdr, vnet_fields
 from netoffload.wire.checksum import add16, ones_sum, pseudo_header_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -126,17 +125,7 @@ def segment_request(frame: Buffer, request: TxRequest) -> list[bytes]:
 
 
 def _request_hdr(request: TxRequest) -> VirtioNetHdr:
-    flags = 0
-    start = offset = 0
-    if request.checksum is not None:
-        flags = VirtioFlags.NEEDS_CSUM
-        start, offset = request.checksum.start, request.checksum.offset
-    seg: SegmentationRequest | None = request.segmentation
-    gso_type = hdr_len = size = 0
-    if seg is not None:
-        gso_type = int(seg.gso_type) | (GSO_ECN if seg.ecn else 0)
-        hdr_len, size = seg.hdr_len, seg.size
-    return VirtioNetHdr(flags, gso_type, hdr_len, size, start, offset)
+    return VirtioNetHdr(*vnet_fields(request))
 
 
 def _run(frame: Buffer, plan: VnetPlan, *, fixed_id: bool) -> list[bytes]:

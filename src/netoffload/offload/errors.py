@@ -17,3 +17,7 @@ class SelectionError(OffloadError):
 
 class VirtioHdrError(OffloadError):
     """A virtio_net_hdr cannot be read or written (wrong size, field out of range)."""
+
+
+class RequestError(OffloadError):
+    """A per-packet request (``TxRequest`` and its parts) holds a value no device can take."""

@@ -6,7 +6,26 @@ import enum
 from dataclasses import dataclass
 
 from netoffload.offload.caps import DigestAlgorithm
+from netoffload.offload.errors import RequestError
 from netoffload.offload.task import Task
+
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFF_FFFF
+U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
+#: The largest segment size: 0xFFFF is GSO_BY_FRAGS, which Linux refuses from user space.
+GSO_SIZE_MAX = 0xFFFE
+TCP_CSUM_OFFSET = 16
+UDP_CSUM_OFFSET = 6
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+
+
+def _check_int(what: str, value: object, low: int, high: int) -> None:
+    # bool is an int subclass; a flag where a number belongs is a caller's mistake.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"{what} must be an integer, not {value!r}")
+    if not low <= value <= high:
+        raise RequestError(f"{what} {value} is outside {low}..{high:#x}")
 
 
 class GsoType(enum.IntEnum):
@@ -31,6 +50,10 @@ class ChecksumRequest:
     start: int
     offset: int
 
+    def __post_init__(self) -> None:
+        _check_int("checksum start", self.start, 0, U16_MAX)
+        _check_int("checksum offset", self.offset, 0, U16_MAX)
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentationRequest:
@@ -46,6 +69,20 @@ class SegmentationRequest:
     hdr_len: int = 0
     ecn: bool = False
     fixed_id: bool = False
+
+    def __post_init__(self) -> None:
+        kind: object = self.gso_type
+        if not isinstance(kind, GsoType):
+            try:
+                object.__setattr__(self, "gso_type", GsoType(kind))  # type: ignore[arg-type]
+            except (ValueError, TypeError):
+                raise RequestError(f"unknown segmentation type {kind!r}") from None
+        if self.gso_type is GsoType.NONE:
+            raise RequestError("a segmentation request needs a segmentation type, not NONE")
+        _check_int("segment size", self.size, 1, GSO_SIZE_MAX)
+        _check_int("header length hint", self.hdr_len, 0, U16_MAX)
+        if not isinstance(self.ecn, bool) or not isinstance(self.fixed_id, bool):
+            raise RequestError("ecn and fixed_id are booleans")
 
     @property
     def task(self) -> Task:
@@ -64,6 +101,15 @@ class DigestRequest:
     length: int
     result_offset: int
 
+    def __post_init__(self) -> None:
+        algorithm = self.algorithm
+        if not isinstance(algorithm, DigestAlgorithm) or algorithm.value.bit_count() != 1:
+            raise RequestError(f"a digest request names one algorithm, not {algorithm!r}")
+        _check_int("digest key handle", self.key_handle, 0, U32_MAX)
+        _check_int("digest start", self.start, 0, U16_MAX)
+        _check_int("digest length", self.length, 0, U16_MAX)
+        _check_int("digest result offset", self.result_offset, 0, U16_MAX)
+
 
 @dataclass(frozen=True, slots=True)
 class TxRequest:
@@ -75,6 +121,63 @@ class TxRequest:
     sa_handle: int | None = None
     digest: DigestRequest | None = None
     launch_time_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, kind in (
+            ("checksum", ChecksumRequest),
+            ("segmentation", SegmentationRequest),
+            ("digest", DigestRequest),
+        ):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise RequestError(f"{name} must be a {kind.__name__}, not {value!r}")
+        if not isinstance(self.ipv4_header_checksum, bool):
+            raise RequestError("ipv4_header_checksum is a boolean")
+        if self.sa_handle is not None:
+            _check_int("security association handle", self.sa_handle, 0, U32_MAX)
+        if self.launch_time_ns is not None:
+            _check_int("launch time", self.launch_time_ns, 0, U64_MAX)
+
+    # -- builders: what a stack asks for, from the offsets it already knows -----------
+    @classmethod
+    def checksum_l4(cls, *, l4_offset: int, protocol: int) -> TxRequest:
+        """ "Fill this TCP or UDP checksum": the CHECKSUM_PARTIAL request for a packet
+        whose L4 header starts at ``l4_offset`` and whose checksum field holds the
+        pseudo-header sum (``TcpRepr.emit(..., checksum=PARTIAL)`` writes it)."""
+        return cls(checksum=ChecksumRequest(l4_offset, _csum_offset(protocol)))
+
+    @classmethod
+    def segment_l4(
+        cls,
+        *,
+        l4_offset: int,
+        protocol: int,
+        ip_version: int,
+        mss: int,
+        header_len: int = 0,
+        ecn: bool = False,
+        fixed_id: bool = False,
+    ) -> TxRequest:
+        """ "Segment this TCP or UDP super-packet at ``mss`` payload bytes and fill every
+        checksum": TSO (TCPV4/TCPV6) or USO (UDP_L4), as Linux GSO asks a device.
+
+        ``header_len`` (every header up to the L4 payload) is a hint only;
+        ``ecn`` marks a packet whose CWR flag must stay on the first segment.
+        """
+        if protocol == IPPROTO_TCP:
+            if ip_version not in (4, 6):
+                raise RequestError(f"IP version must be 4 or 6, not {ip_version!r}")
+            kind = GsoType.TCPV4 if ip_version == 4 else GsoType.TCPV6
+        elif protocol == IPPROTO_UDP:
+            if ip_version not in (4, 6):
+                raise RequestError(f"IP version must be 4 or 6, not {ip_version!r}")
+            kind = GsoType.UDP_L4
+        else:
+            raise RequestError(f"segmentation is for TCP or UDP, not IP protocol {protocol!r}")
+        return cls(
+            checksum=ChecksumRequest(l4_offset, _csum_offset(protocol)),
+            segmentation=SegmentationRequest(kind, mss, header_len, ecn, fixed_id),
+        )
 
     def tasks(self) -> frozenset[Task]:
         """The tasks this request needs a device (or the host fallback) to perform."""
@@ -93,6 +196,14 @@ class TxRequest:
 
 
 NO_REQUEST = TxRequest()
+
+
+def _csum_offset(protocol: int) -> int:
+    if protocol == IPPROTO_TCP:
+        return TCP_CSUM_OFFSET
+    if protocol == IPPROTO_UDP:
+        return UDP_CSUM_OFFSET
+    raise RequestError(f"a checksum request is for TCP or UDP, not IP protocol {protocol!r}")
 
 
 class ChecksumStatus(enum.IntEnum):

@@ -28,18 +28,33 @@ class DropReason(enum.StrEnum):
     WIRE_CORRUPT = "wire_corrupt"
     RATE_LIMITED = "rate_limited"
     GSO_UNSUPPORTED = "gso_unsupported"
+    OUTSIDE_CAPABILITY = "outside_capability"
+    BAD_REQUEST = "bad_request"
 
 
 @dataclass(slots=True)
 class DeviceStats:
-    """Mutable counters; ``as_dict`` gives a JSON-ready snapshot."""
+    """Mutable counters; ``as_dict`` gives a JSON-ready snapshot.
+
+    Packets are counted as the host sees them: a super-packet is one packet.
+    ``tx_packets`` are packets sent (every packet a device takes is either
+    sent or dropped with a reason, never both), ``rx_packets`` packets handed
+    up. ``tx_frames`` / ``rx_frames`` count frames on the device's medium,
+    after segmentation and before assembly, where the device knows them (a
+    SoftNic does; the kernel behind a TAP does not say). ``fallbacks`` counts
+    tasks the host did itself because the device would not, keyed
+    ``task/reason``.
+    """
 
     tx_packets: int = 0
     tx_bytes: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
+    tx_frames: int = 0
+    rx_frames: int = 0
     tasks: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
 
     def task_done(self, task: Task, count: int = 1) -> None:
         self.tasks[task.label] += count
@@ -56,8 +71,11 @@ class DeviceStats:
         self.tx_bytes += other.tx_bytes
         self.rx_packets += other.rx_packets
         self.rx_bytes += other.rx_bytes
+        self.tx_frames += other.tx_frames
+        self.rx_frames += other.rx_frames
         self.tasks.update(other.tasks)
         self.drops.update(other.drops)
+        self.fallbacks.update(other.fallbacks)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -65,6 +83,22 @@ class DeviceStats:
             "tx_bytes": self.tx_bytes,
             "rx_packets": self.rx_packets,
             "rx_bytes": self.rx_bytes,
+            "tx_frames": self.tx_frames,
+            "rx_frames": self.rx_frames,
             "tasks": dict(sorted(self.tasks.items())),
             "drops": dict(sorted(self.drops.items())),
+            "fallbacks": dict(sorted(self.fallbacks.items())),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> DeviceStats:
+        """The inverse of ``as_dict`` (counters sent between processes as JSON)."""
+        out = cls()
+        for name in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_frames", "rx_frames"):
+            value = data.get(name, 0)
+            setattr(out, name, int(value) if isinstance(value, int) else 0)
+        for name in ("tasks", "drops", "fallbacks"):
+            table = data.get(name, {})
+            if isinstance(table, dict):
+                getattr(out, name).update({str(k): int(v) for k, v in table.items()})
+        return out

@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from netoffload.offload.errors import VirtioHdrError
+from netoffload.offload.errors import RequestError, VirtioHdrError
 from netoffload.offload.extension import (
     ChecksumRequest,
     ChecksumStatus,
@@ -179,22 +179,21 @@ class VirtioNetHdr:
         ]
         if missing:
             raise VirtioHdrError(f"virtio_net_hdr cannot carry {', '.join(missing)}")
-        flags = 0
-        start = offset = 0
-        if request.checksum is not None:
-            flags |= VirtioFlags.NEEDS_CSUM
-            start, offset = request.checksum.start, request.checksum.offset
-        gso_type = hdr_len = gso_size = 0
-        seg = request.segmentation
-        if seg is not None:
-            gso_type = int(seg.gso_type) | (GSO_ECN if seg.ecn else 0)
-            hdr_len, gso_size = seg.hdr_len, seg.size
-        return cls(flags, gso_type, hdr_len, gso_size, start, offset)
+        return cls(*vnet_fields(request))
 
     def to_tx_request(self) -> TxRequest:
-        """The request this header makes (what a TAP reader is asked to do)."""
-        checksum = ChecksumRequest(self.csum_start, self.csum_offset) if self.needs_csum else None
-        return TxRequest(checksum=checksum, segmentation=self._segmentation())
+        """The request this header makes (what a TAP reader is asked to do).
+
+        ``VirtioHdrError`` when a field is one no request can hold (an unknown
+        gso_type, a gso_size of 0 or 0xFFFF).
+        """
+        try:
+            checksum = (
+                ChecksumRequest(self.csum_start, self.csum_offset) if self.needs_csum else None
+            )
+            return TxRequest(checksum=checksum, segmentation=self._segmentation())
+        except RequestError as exc:
+            raise VirtioHdrError(f"virtio_net_hdr: {exc}") from None
 
     def _segmentation(self) -> SegmentationRequest | None:
         kind = self.gso_kind
@@ -202,14 +201,20 @@ class VirtioNetHdr:
             raise VirtioHdrError(f"unknown gso_type {self.gso_type:#x}")
         if kind is GsoType.NONE:
             return None
-        return SegmentationRequest(kind, self.gso_size, self.hdr_len, self.ecn)
+        try:
+            return SegmentationRequest(kind, self.gso_size, self.hdr_len, self.ecn)
+        except RequestError as exc:
+            raise VirtioHdrError(f"virtio_net_hdr: {exc}") from None
 
     def to_rx_info(self, segments: int = 1) -> RxInfo:
         """What a received header says: checksum state, assembly, flow hash."""
         known = self.hash_report in HashReport._value2member_map_
         report = HashReport(self.hash_report) if known else HashReport.NONE
+        # NEEDS_CSUM on receive is a local sender's partial checksum: the data never
+        # crossed a medium, and Linux counts it as validated (skb_csum_unnecessary).
+        trusted = self.flags & (VirtioFlags.DATA_VALID | VirtioFlags.NEEDS_CSUM)
         return RxInfo(
-            l4=ChecksumStatus.VERIFIED if self.data_valid else ChecksumStatus.NOT_CHECKED,
+            l4=ChecksumStatus.VERIFIED if trusted else ChecksumStatus.NOT_CHECKED,
             checksum_partial=(
                 ChecksumRequest(self.csum_start, self.csum_offset) if self.needs_csum else None
             ),
@@ -245,6 +250,26 @@ class VirtioNetHdr:
             hash_value,
             int(info.hash_report) if info.flow_hash is not None else 0,
         )
+
+
+def vnet_fields(request: TxRequest) -> tuple[int, int, int, int, int, int]:
+    """``(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)`` of ``request``.
+
+    The checksum and segmentation parts of a request in virtio_net_hdr terms:
+    the one encoder every path uses (a TAP or AF_PACKET write, the SoftNic's
+    descriptors, the engine's header validation). The request's own checks
+    keep every value within its field.
+    """
+    flags = start = offset = 0
+    checksum = request.checksum
+    if checksum is not None:
+        flags = VirtioFlags.NEEDS_CSUM.value
+        start, offset = checksum.start, checksum.offset
+    seg = request.segmentation
+    if seg is None:
+        return flags, 0, 0, 0, start, offset
+    gso_type = seg.gso_type.value | (GSO_ECN if seg.ecn else 0)
+    return flags, gso_type, seg.hdr_len, seg.size, start, offset
 
 
 def _check_size(size: int) -> None:

@@ -5,10 +5,11 @@ its wire port, and runs the same engine the host would
 (``engine.pipeline``) on the tasks the host enabled:
 
 * transmit: descriptors from the TX ring become a batch of ``Packet``
-  views into the pool; ``pipeline.transmit`` does the enabled work; a frame
-  whose request still names a task the firmware did not do is dropped as
-  ``TASK_NOT_ENABLED``; the rest go on the wire and the slots come back on
-  the completion ring.
+  views into the pool; each request is admitted against the enabled records
+  (``engine.admit``: IP versions, sizes, segment counts, checksums per
+  protocol), and a packet asking for anything outside them is dropped as
+  ``OUTSIDE_CAPABILITY``; ``pipeline.transmit`` does the work; the frames go
+  on the cable and the slots come back on the completion ring.
 * receive: frames from the wire go through ``pipeline.receive`` and are
   copied into slots the host posted on the fill ring, with an RX descriptor
   carrying their ``RxInfo``. With no fill slot left the port stops reading
@@ -41,16 +42,17 @@ from netoffload.device.softnic.layout import (
     SlotRing,
 )
 from netoffload.engine import pipeline
+from netoffload.engine.admit import Limits, Refusal
 from netoffload.offload import (
     CapabilityError,
     CapabilityRecord,
     DeviceStats,
     DropReason,
+    OffloadError,
     Packet,
     Selection,
     SelectionError,
     Task,
-    VirtioHdrError,
     decode_capabilities,
     encode_capabilities,
 )
@@ -61,6 +63,7 @@ BATCH = 128
 # Stop taking transmit descriptors while this much is queued for the wire.
 WIRE_BACKLOG_BYTES = 2 * 1024 * 1024
 IDLE_POLL_MS = 1000
+_NO_TASKS: frozenset[Task] = frozenset()
 
 
 class Firmware:
@@ -86,7 +89,7 @@ class Firmware:
             self.cable = CableEnd.from_fd(config["cable_fd"], config["wire"])
         self.advertised = decode_capabilities(bytes.fromhex(config["caps"]))
         self.selection = Selection.everything(self.advertised)
-        self.tasks: frozenset[Task] = frozenset(self.selection)
+        self.limits = Limits.from_records(self.selection.values())
         self.stats = DeviceStats()
         self.free_rx: list[int] = []
         self.decode_tx = Memo(layout.decode_tx_ext)
@@ -164,15 +167,14 @@ class Firmware:
                 continue
             try:
                 request = decode(ext)
-            except VirtioHdrError:
+            except OffloadError:
                 stats.drop(DropReason.BAD_VNET_HDR)
                 continue
             base = pool + slot * slot_bytes + offset
             packets.append(Packet(mem[base : base + length], request))
         self.tx.publish_consumer(tail + count)
         frames = self._run_transmit(packets)
-        stats.tx_packets += len(frames)
-        stats.tx_bytes += sum(map(len, frames))
+        stats.tx_frames += len(frames)
         if self.cable is not None:
             # send_batch copies whatever the socket does not take at once, so the
             # slots may go back to the host right after it.
@@ -186,22 +188,52 @@ class Firmware:
         return True
 
     def _run_transmit(self, packets: Sequence[Packet]) -> list[Any]:
+        """Admit, then run the engine; the frames for the cable. Counts every packet once:
+        sent (``tx_packets``) or dropped with its reason."""
         stats = self.stats
+        limits = self.limits
+        admitted: list[Packet] = []
+        allowed: list[frozenset[Task]] = []
+        for packet in packets:
+            if not packet.tx.tasks():
+                admitted.append(packet)
+                allowed.append(_NO_TASKS)
+                continue
+            verdict = limits.admit(packet.data, packet.tx)
+            if verdict.refused:
+                if all(r is Refusal.UNPARSABLE for _, r in verdict.refused):
+                    # Within the records but malformed: the engine drops it with the reason.
+                    admitted.append(packet)
+                    allowed.append(packet.tx.tasks())
+                else:
+                    stats.drop(DropReason.OUTSIDE_CAPABILITY)
+                continue
+            if verdict.request is not packet.tx:
+                packet = Packet(packet.data, verdict.request)
+            admitted.append(packet)
+            allowed.append(verdict.tasks)
         try:
-            outcome = pipeline.transmit(packets, self.tasks)
+            outcome = pipeline.transmit(admitted, allowed)
         except Exception:  # an engine bug must cost the batch, not the NIC
-            stats.drop(DropReason.MALFORMED_FRAME, len(packets))
+            stats.drop(DropReason.MALFORMED_FRAME, len(admitted))
             return []
         for _, reason in outcome.drops:
             stats.drop(reason)
         for task, n in outcome.tasks.items():
             stats.task_done(task, n)
         frames = []
-        for packet in outcome.packets:
+        last = -1
+        for packet, source in zip(outcome.packets, outcome.sources, strict=True):
             if packet.tx.tasks():
-                stats.drop(DropReason.TASK_NOT_ENABLED)
+                # Admission said yes and the engine did not: never put a half-done frame out.
+                if source != last:
+                    stats.drop(DropReason.TASK_NOT_ENABLED)
             else:
                 frames.append(packet.data)
+                if source != last:
+                    stats.tx_packets += 1
+                    stats.tx_bytes += len(admitted[source].data)
+            last = source
         return frames
 
     # -- receive ----------------------------------------------------------------------
@@ -218,15 +250,14 @@ class Firmware:
         if not frames:
             return False
         stats = self.stats
-        stats.rx_packets += len(frames)
-        stats.rx_bytes += sum(map(len, frames))
+        stats.rx_frames += len(frames)
         if min(map(len, frames)) < ETHERNET_HEADER:
             # A runt is not even an Ethernet frame: nothing above the port may see it.
             runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
             stats.drop(DropReason.MALFORMED_FRAME, runts)
             frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
         try:
-            outcome = pipeline.receive(frames, self.tasks)
+            outcome = pipeline.receive(frames, self.limits)
         except Exception:  # an engine bug must cost the batch, not the NIC
             stats.drop(DropReason.MALFORMED_FRAME, len(frames))
             return True
@@ -252,6 +283,8 @@ class Firmware:
             base = pool + slot * slot_bytes + HEADROOM
             mem[base : base + size] = packet.data
             rows.append((slot, HEADROOM, size, encode(packet.rx)))
+            stats.rx_packets += 1
+            stats.rx_bytes += size
         if rows:
             self.rx.write(head, rows)
             self.rx.publish_producer(head + len(rows))
@@ -300,7 +333,7 @@ class Firmware:
             self._reply(Status.REFUSED, str(exc).encode())
             return
         self.selection = selection
-        self.tasks = frozenset(selection)
+        self.limits = Limits.from_records(selection.values())
         self._reply(Status.OK, encode_capabilities(selection.records()))
 
     def _flush(self) -> None:

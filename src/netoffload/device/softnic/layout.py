@@ -47,6 +47,7 @@ from netoffload.offload import (
     VirtioHdrError,
     VirtioNetHdr,
 )
+from netoffload.offload.virtio import vnet_fields
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -307,16 +308,9 @@ TXF_UNKNOWN = ~0x1F & 0xFF
 def encode_tx_ext(request: TxRequest) -> bytes:
     """The extension part of a transmit descriptor (everything after the head)."""
     flags = 0
-    vflags = gso_type = hdr_len = gso_size = start = offset = 0
-    if request.checksum is not None:
-        vflags = 1  # VIRTIO_NET_HDR_F_NEEDS_CSUM
-        start, offset = request.checksum.start, request.checksum.offset
     seg = request.segmentation
-    if seg is not None:
-        gso_type = int(seg.gso_type) | (0x80 if seg.ecn else 0)
-        hdr_len, gso_size = seg.hdr_len, seg.size
-        if seg.fixed_id:
-            flags |= TXF_FIXED_ID
+    if seg is not None and seg.fixed_id:
+        flags |= TXF_FIXED_ID
     if request.ipv4_header_checksum:
         flags |= TXF_IPV4_HEADER
     sa = 0
@@ -338,22 +332,7 @@ def encode_tx_ext(request: TxRequest) -> bytes:
             d.length,
             d.result_offset,
         )
-    return TX_EXT.pack(
-        flags,
-        vflags,
-        gso_type,
-        hdr_len,
-        gso_size,
-        start,
-        offset,
-        sa,
-        launch,
-        alg,
-        key,
-        d_start,
-        d_len,
-        d_res,
-    )
+    return TX_EXT.pack(flags, *vnet_fields(request), sa, launch, alg, key, d_start, d_len, d_res)
 
 
 def encode_tx_ext_vnet(hdr: VirtioNetHdr) -> bytes:

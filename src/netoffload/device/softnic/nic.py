@@ -5,11 +5,14 @@ Ownership of pool slots (the rule the host must follow):
 * Transmit: ``tx_buffers(n)`` lends writable slots; build a frame in one
   and pass ``Packet(view[:length], request)`` to ``send``, which then posts
   the slot without copying. Any other buffer is copied into a free slot.
+  A lent slot not used after all goes back with ``return_tx_buffers``.
   A slot returns to the free list when the firmware completes it.
 * Receive: ``recv`` returns packets whose ``data`` are views into pool
-  slots. They stay valid until the next ``recv`` call or ``release``,
-  whichever comes first; then the slots go back to the firmware's fill
-  ring and will be overwritten. Copy (``bytes(packet.data)``) to keep one.
+  slots. They stay valid, and the firmware never writes them, until they
+  are passed to ``release`` (``release()`` with no argument gives back every
+  slot still held); then the slots go back to the firmware's fill ring. A
+  host that holds every receive slot stops the port taking frames: the
+  cable backs up into the sender, nothing is overwritten.
 
 Every wait is bounded and also watches the firmware's pidfd: if the
 firmware process dies, the next call raises ``DeviceError`` at once.
@@ -19,10 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import mmap
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -30,10 +33,10 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import IO
 
-from netoffload.device.base import Device, DeviceError
+from netoffload.device.base import Device, DeviceError, poll_fds
 from netoffload.device.cable import Cable, CableEnd
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
@@ -63,6 +66,17 @@ from netoffload.offload import (
     decode_capabilities,
     encode_capabilities,
 )
+from netoffload.wire import MacAddress
+
+_ETHERNET_MTU_LIMIT = 65535
+encode_vnet = layout.encode_tx_ext_vnet
+
+
+def _mac_for(name: str) -> MacAddress:
+    """A locally administered unicast MAC derived from the port's name (stable per name)."""
+    digest = hashlib.blake2b(name.encode(), digest_size=5).digest()
+    return MacAddress(b"\x02" + digest)
+
 
 _ALL_CHECKSUMS = (
     ChecksumFlags.IPV4_HEADER
@@ -151,11 +165,13 @@ class SoftNic(Device):
         cable: CableEnd | None = None,
         *,
         name: str = "softnic0",
+        mac: MacAddress | None = None,
         geometry: Geometry | None = None,
         start_timeout_s: float = 30.0,
         call_timeout_s: float = 10.0,
     ) -> None:
         self.name = name
+        self._mac = mac if mac is not None else _mac_for(name)
         self.geometry = g = geometry or Geometry()
         self.call_timeout_s = call_timeout_s
         self.peer: CableEnd | None = None
@@ -167,6 +183,8 @@ class SoftNic(Device):
             if cable is None:
                 res.cable = Cable()
                 cable, self.peer = res.cable.a, res.cable.b
+            mtu = cable.impairments.mtu
+            self._mtu = _ETHERNET_MTU_LIMIT if mtu is None else mtu
             self._start(list(default_capabilities() if caps is None else caps), cable)
             self._wait_ready(start_timeout_s)
             self._enabled = self._fetch_enabled()
@@ -181,7 +199,7 @@ class SoftNic(Device):
         self._fill = SlotRing(mem, "fill", g.fill_ring_offset, g.ring_entries)
         self._tx_free: list[int] = list(range(g.tx_slots - 1, -1, -1))
         self._lent: set[int] = set()
-        self._rx_held: list[int] = []
+        self._rx_held: set[int] = set()
         self._fill.push(list(range(g.tx_slots, g.slots)))
         self._ring(self._nic_bell)
         self._encode_tx = Memo(layout.encode_tx_ext)
@@ -196,10 +214,13 @@ class SoftNic(Device):
         res.fds.append(mem_fd)
         self._mem = memoryview(res.region)
         flags = os.EFD_NONBLOCK | os.EFD_CLOEXEC
+        # Each descriptor is recorded for clean-up the moment it exists.
         self._nic_bell = os.eventfd(0, flags)
+        res.fds.append(self._nic_bell)
         self._rx_bell = os.eventfd(0, flags)
+        res.fds.append(self._rx_bell)
         self._completion_bell = os.eventfd(0, flags)
-        res.fds += [self._nic_bell, self._rx_bell, self._completion_bell]
+        res.fds.append(self._completion_bell)
         self._ctrl, child_ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         res.sockets.append(self._ctrl)
         spec = cable.spec()
@@ -271,13 +292,13 @@ class SoftNic(Device):
 
     def _wait_fds(self, fds: list[int], timeout_s: float) -> list[int]:
         """poll(2) on ``fds`` and the firmware's pidfd; raises if the firmware died."""
-        readable, _, _ = select.select([*fds, self._pidfd], [], [], max(timeout_s, 0.0))
-        if self._pidfd in readable:
+        ready = poll_fds([*fds, self._pidfd], max(timeout_s, 0.0))
+        if self._pidfd in ready:
             proc = self._res.proc
             assert proc is not None
             proc.wait(timeout=5.0)
             raise DeviceError(self._death_message(proc.returncode))
-        return readable
+        return ready
 
     def wait(self, timeout_s: float, *, for_tx: bool = False) -> bool:
         """Wait (bounded) until ``recv`` may have packets, or with ``for_tx`` until
@@ -285,6 +306,23 @@ class SoftNic(Device):
         self._check()
         fds = [self._rx_bell, self._completion_bell] if for_tx else [self._rx_bell]
         return bool(self._wait_fds(fds, timeout_s))
+
+    # -- link -------------------------------------------------------------------------
+    @property
+    def mtu(self) -> int:
+        """The cable's MTU (bytes after the Ethernet header)."""
+        return self._mtu
+
+    @property
+    def mac(self) -> MacAddress:
+        """This port's MAC address (chosen at construction)."""
+        return self._mac
+
+    @property
+    def link_up(self) -> bool:
+        """True while the firmware runs."""
+        proc = self._res.proc
+        return not self._res.closed and proc is not None and proc.poll() is None
 
     def _ring(self, bell: int) -> None:
         os.eventfd_write(bell, 1)
@@ -350,15 +388,7 @@ class SoftNic(Device):
     def stats(self) -> DeviceStats:
         """Firmware counters (including wire drops) plus drops made on the host side."""
         body = json.loads(self._call(Op.STATS))
-        device = body["device"]
-        out = DeviceStats(
-            tx_packets=device["tx_packets"],
-            tx_bytes=device["tx_bytes"],
-            rx_packets=device["rx_packets"],
-            rx_bytes=device["rx_bytes"],
-        )
-        out.tasks.update(device["tasks"])
-        out.drops.update(device["drops"])
+        out = DeviceStats.from_dict(body["device"])
         out.merge(self._host_stats)
         self._last_wire = dict(body["wire"])
         return out
@@ -402,8 +432,17 @@ class SoftNic(Device):
             out.append(mem[base + HEADROOM : base + g.slot_bytes])
         return out
 
-    def _locate(self, data: object) -> tuple[int, int] | None:
-        """(slot, offset) when ``data`` is a view into a lent transmit slot."""
+    def return_tx_buffers(self, views: Sequence[memoryview]) -> None:
+        """Give back slots lent by ``tx_buffers`` that were not sent after all."""
+        for view in views:
+            where = self._locate(view)
+            if where is not None:
+                slot = where[0]
+                self._lent.discard(slot)
+                self._tx_free.append(slot)
+
+    def _slot_of(self, data: object) -> tuple[int, int] | None:
+        """(slot, offset) when ``data`` is a view into this device's pool."""
         if not isinstance(data, memoryview) or data.obj is not self._res.region:
             return None
         try:
@@ -412,16 +451,25 @@ class SoftNic(Device):
             return None
         g = self.geometry
         slot, offset = divmod(address - self._pool_addr, g.slot_bytes)
-        if slot not in self._lent or offset + len(data) > g.slot_bytes:
+        if not 0 <= slot < g.slots or offset + len(data) > g.slot_bytes:
             return None
         return slot, offset
+
+    def _locate(self, data: object) -> tuple[int, int] | None:
+        """(slot, offset) when ``data`` is a view into a lent transmit slot."""
+        where = self._slot_of(data)
+        if where is None or where[0] not in self._lent:
+            return None
+        return where
 
     def send(self, batch: Sequence[Packet]) -> int:
         """Post as much of ``batch`` as the TX ring and free slots take; never blocks.
 
-        Returns how many packets were accepted (a too-large frame is accepted
-        and dropped as ``TOO_LARGE``). Frames built in ``tx_buffers`` views
-        are posted in place; anything else is copied into a free slot.
+        Returns how many packets were taken. A taken packet is sent, or dropped
+        and counted with its reason (a frame too large for a slot, a packet that
+        is not a buffer and a request); it never holds a slot. Frames built in
+        ``tx_buffers`` views are posted in place; anything else is copied into a
+        free slot.
         """
         return self._post(batch, None)
 
@@ -444,37 +492,46 @@ class SoftNic(Device):
         capacity = slot_bytes - HEADROOM
         encode = self._encode_tx
         locate = self._locate
+        drops = self._host_stats
         rows: list[tuple[int, int, int, bytes]] = []
-        accepted = 0
+        taken = 0
         for i in range(room):
             packet = batch[i]
-            data = packet.data
+            try:
+                data = packet.data
+                size = len(data)
+                ext = encode_vnet(headers[i]) if headers is not None else encode(packet.tx)
+            except Exception:  # not a buffer and a request: the caller's bug, this packet's cost
+                drops.drop(DropReason.BAD_REQUEST)
+                taken += 1
+                continue
             where = locate(data)
             if where is not None:
                 slot, offset = where
                 self._lent.discard(slot)
+            elif size > capacity:
+                drops.drop(DropReason.TOO_LARGE)
+                taken += 1
+                continue
+            elif not self._tx_free:
+                break
             else:
-                size = len(data)
-                if size > capacity:
-                    self._host_stats.drop(DropReason.TOO_LARGE)
-                    accepted += 1
-                    continue
-                if not self._tx_free:
-                    break
                 slot, offset = self._tx_free.pop(), HEADROOM
                 base = pool + slot * slot_bytes + offset
-                mem[base : base + size] = data
-            if headers is not None:
-                ext = layout.encode_tx_ext_vnet(headers[i])
-            else:
-                ext = encode(packet.tx)
-            rows.append((slot, offset, len(data), ext))
-            accepted += 1
+                try:
+                    mem[base : base + size] = data
+                except (TypeError, ValueError):
+                    self._tx_free.append(slot)
+                    drops.drop(DropReason.BAD_REQUEST)
+                    taken += 1
+                    continue
+            rows.append((slot, offset, size, ext))
+            taken += 1
         if rows:
             ring.write(head, rows)
             ring.publish_producer(head + len(rows))
             self._ring(self._nic_bell)
-        return accepted
+        return taken
 
     def send_all(self, batch: Sequence[Packet], timeout_s: float | None = None) -> None:
         """Post the whole batch, waiting (bounded) for ring space and slots as needed."""
@@ -494,11 +551,9 @@ class SoftNic(Device):
     def recv(self, max_packets: int = 64) -> list[Packet]:
         """Up to ``max_packets`` received packets, as views into pool slots; never blocks.
 
-        Packets from the previous call are released first (see the module's
-        ownership rule).
+        Each stays valid until it is passed to ``release`` (the module's rule).
         """
         self._check()
-        self.release()
         _drain(self._rx_bell)
         ring, g, mem = self._rx, self.geometry, self._mem
         tail = ring.consumer
@@ -512,18 +567,45 @@ class SoftNic(Device):
         for slot, offset, length, ext in ring.read(tail, count):
             base = pool + slot * slot_bytes + offset
             out.append(Packet(mem[base : base + length], rx=decode(ext)))
-            held.append(slot)
+            held.add(slot)
         ring.publish_consumer(tail + count)
         if ring.available():
             self._ring(self._rx_bell)  # more is waiting: keep fileno() readable
         return out
 
-    def release(self) -> None:
-        """Give the slots of every packet from the last ``recv`` back to the firmware."""
-        if self._rx_held:
-            self._fill.push(self._rx_held)
-            self._rx_held = []
+    def release(self, packets: Iterable[Packet] | None = None) -> None:
+        """Give received packets' slots back to the firmware (``None``: every one held)."""
+        held = self._rx_held
+        if not held:
+            return
+        if packets is None:
+            back = list(held)
+            held.clear()
+        else:
+            back = []
+            for packet in packets:
+                where = self._slot_of(packet.data)
+                if where is not None and where[0] in held:
+                    held.discard(where[0])
+                    back.append(where[0])
+        if back and not self._res.closed:
+            self._fill.push(back)
             self._ring(self._nic_bell)
+
+    @property
+    def rx_held(self) -> int:
+        """Receive slots handed out by ``recv`` and not released yet."""
+        return len(self._rx_held)
+
+    @property
+    def tx_free(self) -> int:
+        """Transmit slots free now (neither lent, posted nor in flight)."""
+        self._reap()
+        return len(self._tx_free)
+
+    def filenos(self) -> list[int]:
+        """The RX doorbell (one receive queue)."""
+        return [self._rx_bell]
 
     def fileno(self) -> int:
         """The RX doorbell: readable when ``recv`` has packets."""
