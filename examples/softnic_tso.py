@@ -6,15 +6,9 @@ Run: .venv/bin/python examples/softnic_tso.py
 from ipaddress import IPv4Address
 
 from netoffload.device.softnic import SoftNic
-from netoffload.offload import (
-    ChecksumRequest,
-    GsoType,
-    Packet,
-    SegmentationRequest,
-    Selection,
-    TxRequest,
-)
+from netoffload.offload import Packet, Selection, TxRequest
 from netoffload.wire import (
+    PARTIAL,
     EthernetRepr,
     EtherType,
     IpProtocol,
@@ -22,28 +16,31 @@ from netoffload.wire import (
     MacAddress,
     TcpFlags,
     TcpRepr,
-    pseudo_header_sum,
 )
 
 src, dst = IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")
 payload = bytes(range(256)) * 254 + bytes(1448 * 45 - 256 * 254)  # 45 full segments
 tcp = TcpRepr(40000, 5001, seq_number=1, ack_number=1, flags=TcpFlags.ACK, window_len=512)
-ip = Ipv4Repr(src, dst, IpProtocol.TCP, payload_len=20 + len(payload), dont_frag=True)
+ip = Ipv4Repr(src, dst, IpProtocol.TCP, payload_len=tcp.buffer_len(len(payload)), dont_frag=True)
 eth = EthernetRepr(
     MacAddress.parse("02:00:00:00:00:02"), MacAddress.parse("02:00:00:00:00:01"), EtherType.IPV4
 )
 # CHECKSUM_PARTIAL: the TCP checksum field holds the pseudo-header sum; the NIC finishes it.
-seed = pseudo_header_sum(src.packed, dst.packed, IpProtocol.TCP, 20 + len(payload))
-frame = eth.to_bytes(ip.to_bytes(tcp.to_bytes(payload, checksum=seed)))
+segment = tcp.to_bytes(payload, src=src, dst=dst, checksum=PARTIAL)
+frame = eth.to_bytes(ip.to_bytes(segment))
+# "Cut this at 1448 bytes and fill every checksum": offsets from the Reprs, not by hand.
+request = TxRequest.segment_l4(
+    l4_offset=eth.header_len + ip.header_len,
+    protocol=IpProtocol.TCP,
+    ip_version=4,
+    mss=1448,
+    header_len=eth.header_len + ip.header_len + tcp.header_len,
+)
 
 with SoftNic() as nic:
     for record in nic.capabilities():
         print(record)
     nic.enable(Selection.everything(nic.capabilities()))
-    request = TxRequest(
-        checksum=ChecksumRequest(start=34, offset=16),
-        segmentation=SegmentationRequest(GsoType.TCPV4, size=1448),
-    )
     assert nic.send([Packet(frame, tx=request)]) == 1
     assert nic.peer is not None  # the far end of the SoftNic's own Cable
     segments: list[bytes] = []

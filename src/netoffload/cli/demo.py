@@ -9,15 +9,18 @@ from rich.console import Console
 
 from netoffload.device.base import DeviceError
 
+# The demo holds the streams and what arrived in memory: about four times this.
+MAX_BYTES = 1 << 30
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option(
     "--bytes",
     "total_bytes",
-    type=click.IntRange(min=65536),
+    type=click.IntRange(min=65536, max=MAX_BYTES),
     default=None,
-    help="Payload bytes per mode (default 96 MiB; a quarter of it as UDP).",
+    help="Payload bytes per mode, 64 KiB to 1 GiB (default 96 MiB; a quarter of it as UDP).",
 )
 def demo(as_json: bool, total_bytes: int | None) -> None:
     """Two SoftNic endpoints on a Cable: a bulk flow with offload on and off."""

@@ -6,8 +6,11 @@ headers and the per-packet offload request a real stack would produce, and
 the sink puts received payload back in place by sequence number (UDP:
 by the stream offset each datagram carries in its first 8 bytes).
 
-Headers are written with ``struct`` into the caller's buffer (a SoftNic
-pool slot on the zero-copy path); the payload is one copy from the stream.
+Headers come from a per-flow template built once from the wire Reprs
+(``FlowTemplate``) and are written into the caller's buffer (a SoftNic pool
+slot on the zero-copy path) with the few fields that change patched; the
+payload is one copy from the stream. Requests come from the builders
+(``TxRequest.segment_l4`` / ``checksum_l4``).
 """
 
 from __future__ import annotations
@@ -15,44 +18,42 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 
 import numpy as np
 import numpy.typing as npt
 
-from netoffload.offload import (
-    ChecksumRequest,
-    ChecksumStatus,
-    GsoType,
-    Packet,
-    SegmentationRequest,
-    TxRequest,
+from netoffload.offload import ChecksumStatus, Packet, TxRequest
+from netoffload.wire import (
+    EthernetFrame,
+    EthernetRepr,
+    EtherType,
+    FlowTemplate,
+    IpProtocol,
+    Ipv4Packet,
+    Ipv4Repr,
+    Ipv6Packet,
+    Ipv6Repr,
+    MacAddress,
+    TcpFlags,
+    TcpPacket,
+    TcpRepr,
+    UdpRepr,
+    WireError,
 )
-from netoffload.wire.checksum import internet_checksum, pseudo_header_sum
 
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
 ETH_LEN = 14
 TCP_LEN = 20
 UDP_LEN = 8
 # A datagram's first bytes: its offset in the stream (UDP has no sequence number).
 UDP_TAG = struct.Struct("!Q")
 
-_ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_TCP = struct.Struct("!HHIIBBHHH")
-_UDP = struct.Struct("!HHHH")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-
-SRC_MAC = bytes.fromhex("020000000001")
-DST_MAC = bytes.fromhex("020000000002")
-SRC_V4 = bytes([198, 18, 0, 1])
-DST_V4 = bytes([198, 18, 0, 2])
-SRC_V6 = bytes.fromhex("fd000000000000000000000000000001")
-DST_V6 = bytes.fromhex("fd000000000000000000000000000002")
+SRC_MAC = MacAddress.parse("02:00:00:00:00:01")
+DST_MAC = MacAddress.parse("02:00:00:00:00:02")
+SRC_V4 = IPv4Address("198.18.0.1")
+DST_V4 = IPv4Address("198.18.0.2")
+SRC_V6 = IPv6Address("fd00::1")
+DST_V6 = IPv6Address("fd00::2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,26 @@ class FlowSpec:
         tag = UDP_TAG.size if self.protocol == "udp" else 0
         return self.segment_bytes - tag
 
+    @property
+    def ip_protocol(self) -> IpProtocol:
+        return IpProtocol.TCP if self.protocol == "tcp" else IpProtocol.UDP
+
+    def template(self) -> FlowTemplate:
+        """The flow's headers, built once from the Reprs."""
+        ethertype = EtherType.IPV6 if self.ipv6 else EtherType.IPV4
+        ethernet = EthernetRepr(DST_MAC, SRC_MAC, ethertype)
+        ip: Ipv4Repr | Ipv6Repr
+        if self.ipv6:
+            ip = Ipv6Repr(SRC_V6, DST_V6, self.ip_protocol, 0)
+        else:
+            ip = Ipv4Repr(SRC_V4, DST_V4, self.ip_protocol, 0, dont_frag=True)
+        transport: TcpRepr | UdpRepr
+        if self.protocol == "tcp":
+            transport = TcpRepr(self.src_port, self.dst_port, self.isn, 1, TcpFlags.ACK, 65535)
+        else:
+            transport = UdpRepr(self.src_port, self.dst_port)
+        return FlowTemplate(ethernet, ip, transport)
+
 
 class BulkFlowGenerator:
     """Cuts ``stream`` into super-packets of ``spec``; ``write`` builds packet ``i`` in place."""
@@ -105,6 +126,7 @@ class BulkFlowGenerator:
     def __init__(self, stream: bytes | bytearray | memoryview, spec: FlowSpec) -> None:
         self.stream = memoryview(stream).cast("B")
         self.spec = spec
+        self.template = spec.template()
         per_packet = spec.data_per_segment * spec.segments
         self.chunks = [
             (start, min(per_packet, len(self.stream) - start))
@@ -115,7 +137,17 @@ class BulkFlowGenerator:
         for i, (_, size) in enumerate(self.chunks):
             self._ident[i] = ident
             ident = (ident + -(-size // spec.data_per_segment)) & 0xFFFF
-        self._requests: dict[int, TxRequest] = {}
+        layout = self.template.layout
+        version = 6 if spec.ipv6 else 4
+        # Linux sends a payload of at most gso_size as a plain packet: no segmentation asked.
+        self._whole = TxRequest.checksum_l4(l4_offset=layout.l4_offset, protocol=spec.ip_protocol)
+        self._segmented = TxRequest.segment_l4(
+            l4_offset=layout.l4_offset,
+            protocol=spec.ip_protocol,
+            ip_version=version,
+            mss=spec.segment_bytes,
+            header_len=layout.header_len,
+        )
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -133,54 +165,22 @@ class BulkFlowGenerator:
 
     def request(self, index: int) -> TxRequest:
         """The offload request for packet ``index``: checksum, and segmentation when it is
-        longer than one segment (Linux treats a payload of at most gso_size as non-GSO)."""
-        spec = self.spec
+        longer than one segment."""
         payload = self._wire_payload(self.chunks[index][1])
-        segmented = payload > spec.segment_bytes
-        key = int(segmented)
-        hit = self._requests.get(key)
-        if hit is None:
-            offset = 16 if spec.protocol == "tcp" else 6
-            seg = None
-            if segmented:
-                kind = GsoType.UDP_L4
-                if spec.protocol == "tcp":
-                    kind = GsoType.TCPV6 if spec.ipv6 else GsoType.TCPV4
-                seg = SegmentationRequest(kind, spec.segment_bytes, spec.header_len)
-            hit = TxRequest(checksum=ChecksumRequest(spec.l4_offset, offset), segmentation=seg)
-            self._requests[key] = hit
-        return hit
+        return self._segmented if payload > self.spec.segment_bytes else self._whole
 
     def write(self, into: memoryview | bytearray, index: int) -> Packet:
         """Build super-packet ``index`` at the start of ``into``; returns it as a Packet."""
         spec = self.spec
         start, size = self.chunks[index]
         payload = self._wire_payload(size)
-        l4 = spec.l4_offset
-        hdr = spec.header_len
-        l4_len = hdr - l4 + payload
-        ethertype = ETHERTYPE_IPV6 if spec.ipv6 else ETHERTYPE_IPV4
-        _ETH.pack_into(into, 0, DST_MAC, SRC_MAC, ethertype)
-        proto = IPPROTO_TCP if spec.protocol == "tcp" else IPPROTO_UDP
-        if spec.ipv6:
-            _IPV6.pack_into(into, ETH_LEN, 6 << 28, l4_len, proto, 64, SRC_V6, DST_V6)
-            pseudo = pseudo_header_sum(SRC_V6, DST_V6, proto, l4_len)
-        else:
-            _IPV4.pack_into(
-                into, ETH_LEN, 0x45, 0, 20 + l4_len, self._ident[index], 0x4000, 64, proto, 0,
-                SRC_V4, DST_V4,
-            )  # fmt: skip
-            _U16.pack_into(into, ETH_LEN + 10, internet_checksum(into[ETH_LEN : ETH_LEN + 20]))
-            pseudo = pseudo_header_sum(SRC_V4, DST_V4, proto, l4_len)
-        # The L4 checksum field holds the pseudo-header sum: CHECKSUM_PARTIAL's contract.
+        ident = self._ident[index]
         if spec.protocol == "tcp":
             seq = (spec.isn + start) & 0xFFFFFFFF
-            _TCP.pack_into(
-                into, l4, spec.src_port, spec.dst_port, seq, 1, 5 << 4, 0x10, 65535, pseudo, 0
-            )
+            hdr = self.template.write(into, payload, ident=ident, seq=seq, ack=1)
             into[hdr : hdr + size] = self.stream[start : start + size]
         else:
-            _UDP.pack_into(into, l4, spec.src_port, spec.dst_port, l4_len, pseudo)
+            hdr = self.template.write(into, payload, ident=ident)
             _write_tagged(into, hdr, self.stream, start, size, step=spec.data_per_segment)
         total = hdr + payload
         view = into if isinstance(into, memoryview) else memoryview(into)
@@ -220,10 +220,13 @@ class FlowSink:
                 continue
             self.packets += 1
             if tcp:
-                doff = (data[l4 + 12] >> 4) * 4
-                (seq,) = _U32.unpack_from(data, l4 + 4)
-                offset = (seq - isn) & 0xFFFFFFFF
-                payload = data[l4 + doff : end]
+                try:
+                    segment = TcpPacket.checked(memoryview(data)[l4:end])
+                except WireError:
+                    self.not_mine += 1
+                    continue
+                offset = (segment.seq_number - isn) & 0xFFFFFFFF
+                payload = segment.payload
                 n = len(payload)
                 if offset + n <= total:
                     dest[offset : offset + n] = payload
@@ -300,16 +303,17 @@ def _read_tagged(
 
 def _l4_span(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """(start of the L4 header, end of the IP packet), or (-1, -1) when not IPv4/IPv6."""
-    if len(data) < ETH_LEN + 20:
-        return -1, -1
-    (ethertype,) = _U16.unpack_from(data, 12)
-    if ethertype == ETHERTYPE_IPV4:
-        ihl = (data[ETH_LEN] & 0x0F) * 4
-        (total,) = _U16.unpack_from(data, ETH_LEN + 2)
-        return ETH_LEN + ihl, min(len(data), ETH_LEN + total)
-    if ethertype == ETHERTYPE_IPV6 and len(data) >= ETH_LEN + 40:
-        (payload,) = _U16.unpack_from(data, ETH_LEN + 4)
-        return ETH_LEN + 40, min(len(data), ETH_LEN + 40 + payload)
+    try:
+        frame = EthernetFrame.checked(data)
+        if frame.ethertype == EtherType.IPV4:
+            ip4 = Ipv4Packet.checked(frame.payload)
+            l4 = frame.header_len + ip4.header_len
+            return l4, frame.header_len + ip4.total_len
+        if frame.ethertype == EtherType.IPV6:
+            ip6 = Ipv6Packet.checked(frame.payload)
+            return frame.header_len + 40, frame.header_len + 40 + ip6.payload_len
+    except WireError:
+        pass
     return -1, -1
 
 
@@ -326,6 +330,5 @@ def payload_of(frames: Sequence[bytes]) -> bytes:
     parts = []
     for frame in frames:
         l4, end = _l4_span(frame)
-        doff = (frame[l4 + 12] >> 4) * 4
-        parts.append(bytes(frame[l4 + doff : end]))
+        parts.append(bytes(TcpPacket.checked(memoryview(frame)[l4:end]).payload))
     return b"".join(parts)

@@ -61,6 +61,9 @@ class FeatureTask:
     task: Task
     field: str
     bits: int
+    #: Whether enabling the task turns this feature on. LRO is never turned on: it
+    #: merges what a host that forwards or bridges must pass on unchanged (GRO does not).
+    switched_on: bool = True
 
 
 # The mapping, kernel feature name -> task. Features absent from this table
@@ -81,7 +84,9 @@ FEATURE_TASKS: Mapping[str, FeatureTask] = {
         Task.UDP_SEGMENTATION, "versions", IpVersions.IPV4 | IpVersions.IPV6
     ),
     "rx-gro": FeatureTask(Task.TCP_ASSEMBLY, "versions", IpVersions.IPV4 | IpVersions.IPV6),
-    "rx-lro": FeatureTask(Task.TCP_ASSEMBLY, "versions", IpVersions.IPV4 | IpVersions.IPV6),
+    "rx-lro": FeatureTask(
+        Task.TCP_ASSEMBLY, "versions", IpVersions.IPV4 | IpVersions.IPV6, switched_on=False
+    ),
     "rx-udp-gro-forwarding": FeatureTask(
         Task.UDP_ASSEMBLY, "versions", IpVersions.IPV4 | IpVersions.IPV6
     ),

@@ -221,6 +221,7 @@ class PacketDevice(Device):
         A feature is wanted on when the selected record asks for any of the
         bits it covers (Linux features are coarser than records, so this may
         enable a little more than asked; ``enabled()`` reports the truth).
+        TCP assembly is GRO only: LRO is turned off, never on.
         A fixed feature that would have to change is a ``SelectionError``.
         """
         features = self.features()
@@ -234,6 +235,10 @@ class PacketDevice(Device):
             on = record is not None and bool(int(getattr(record, mapping.field)) & mapping.bits)
             if mapping.bits == 0 and record is not None:
                 on = True
+            if not mapping.switched_on:
+                if feature.fixed and feature.active and record is not None:
+                    continue  # fixed on: the task is on anyway, and it cannot be helped
+                on = False
             if feature.fixed:
                 if feature.active and not on:
                     raise SelectionError(

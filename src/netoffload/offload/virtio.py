@@ -117,6 +117,7 @@ class VirtioNetHdr:
         byteorder: ByteOrder = "little",
     ) -> None:
         _check_size(size)
+        _check_order(byteorder)
         if offset < 0 or offset + size > len(buf):
             raise VirtioHdrError(f"no room for a {size}-byte virtio_net_hdr at offset {offset}")
         _LEGACY[byteorder].pack_into(
@@ -144,6 +145,7 @@ class VirtioNetHdr:
     ) -> VirtioNetHdr:
         """Read a header of ``size`` bytes at ``offset``; ``VirtioHdrError`` if it is short."""
         _check_size(size)
+        _check_order(byteorder)
         if offset < 0 or len(data) - offset < size:
             raise VirtioHdrError(
                 f"virtio_net_hdr needs {size} bytes, {max(len(data) - offset, 0)} available"
@@ -270,6 +272,11 @@ def vnet_fields(request: TxRequest) -> tuple[int, int, int, int, int, int]:
         return flags, 0, 0, 0, start, offset
     gso_type = seg.gso_type.value | (GSO_ECN if seg.ecn else 0)
     return flags, gso_type, seg.hdr_len, seg.size, start, offset
+
+
+def _check_order(byteorder: object) -> None:
+    if byteorder not in _LEGACY:
+        raise VirtioHdrError(f"virtio_net_hdr byte order is 'little' or 'big', not {byteorder!r}")
 
 
 def _check_size(size: int) -> None:

@@ -8,6 +8,8 @@ after which no accessor can fail) and a frozen ``*Repr`` value with
 from netoffload.wire.ah import AhPacket, AhRepr
 from netoffload.wire.arp import ArpOperation, ArpPacket, ArpRepr
 from netoffload.wire.checksum import (
+    PARTIAL,
+    ChecksumKind,
     add16,
     internet_checksum,
     ones_sum,
@@ -65,20 +67,24 @@ from netoffload.wire.tcp import (
     TcpTimestamps,
     TcpWindowScale,
 )
+from netoffload.wire.template import FlowTemplate, TemplateLayout
 from netoffload.wire.udp import UdpPacket, UdpRepr
 
 __all__ = [
+    "PARTIAL",
     "AhPacket",
     "AhRepr",
     "ArpOperation",
     "ArpPacket",
     "ArpRepr",
+    "ChecksumKind",
     "EspPacket",
     "EspRepr",
     "EspTrailer",
     "EtherType",
     "EthernetFrame",
     "EthernetRepr",
+    "FlowTemplate",
     "Icmpv4DestUnreachableRepr",
     "Icmpv4EchoRepr",
     "Icmpv4OtherRepr",
@@ -119,6 +125,7 @@ __all__ = [
     "TcpSackPermitted",
     "TcpTimestamps",
     "TcpWindowScale",
+    "TemplateLayout",
     "UdpPacket",
     "UdpRepr",
     "VlanTag",

@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 from netoffload.wire._view import HeaderView, check_bits
-from netoffload.wire.checksum import Address, add16, internet_checksum, ones_sum, pseudo_header_sum
+from netoffload.wire.checksum import (
+    Address,
+    ChecksumKind,
+    add16,
+    internet_checksum,
+    ones_sum,
+    pseudo_header_sum,
+)
 from netoffload.wire.error import WireError
 
 # Both headers start with the two ports (RFC 768, RFC 9293).
@@ -88,18 +95,29 @@ def parse_addresses(
 
 
 def emit_addresses(
-    src: Address | None, dst: Address | None, checksum: int | None
+    src: Address | None, dst: Address | None, checksum: int | ChecksumKind | None
 ) -> tuple[Address, Address] | None:
-    """The addresses to compute an emitted checksum with, or ``None`` when it is given."""
-    if checksum is not None:
+    """The addresses an emitted checksum needs (computed or partial), ``None`` when given."""
+    if isinstance(checksum, int):
         check_bits("checksum", checksum, 16)
         return None
+    if checksum is not None and checksum is not ChecksumKind.PARTIAL:
+        raise WireError(f"checksum must be an int, None or PARTIAL, not {checksum!r}")
     if src is None or dst is None:
         raise WireError("src and dst are needed to compute the checksum")
     return src, dst
 
 
-def emitted_checksum(packet: memoryview, protocol: int, addresses: tuple[Address, Address]) -> int:
-    """The checksum of ``packet`` (a whole segment or datagram, its checksum field zero)."""
+def emitted_checksum(
+    packet: memoryview,
+    protocol: int,
+    addresses: tuple[Address, Address],
+    kind: int | ChecksumKind | None = None,
+) -> int:
+    """The checksum field of ``packet`` (a whole segment or datagram, its field zero):
+    the full checksum, or with ``PARTIAL`` the pseudo-header sum a device finishes."""
     src, dst = addresses
-    return internet_checksum(packet, pseudo_header_sum(src, dst, protocol, len(packet)))
+    pseudo = pseudo_header_sum(src, dst, protocol, len(packet))
+    if kind is ChecksumKind.PARTIAL:
+        return pseudo
+    return internet_checksum(packet, pseudo)

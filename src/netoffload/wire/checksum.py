@@ -14,9 +14,10 @@ Two implementations of the same sum, chosen by size:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +34,18 @@ _U32 = np.dtype("<u4")
 _U64 = np.dtype(np.uint64)
 _frombuffer = np.frombuffer
 _reduce = np.add.reduce
+
+
+class ChecksumKind(enum.Enum):
+    """A checksum an emitter writes other than a computed or given value."""
+
+    PARTIAL = "partial"
+
+
+#: ``emit(..., checksum=PARTIAL)``: write the pseudo-header sum (folded, not complemented)
+#: for a device to finish, as Linux CHECKSUM_PARTIAL leaves the field; pair it with
+#: ``TxRequest.checksum_l4`` or ``TxRequest.segment_l4``.
+PARTIAL: Final = ChecksumKind.PARTIAL
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17

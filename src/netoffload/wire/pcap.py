@@ -279,6 +279,9 @@ def _walk_options(body: bytes, start: int, order: str) -> Iterator[tuple[int, by
         pos += 4 + length + (-length % 4)
 
 
+_SHB_BYTES = b"\x0a\x0d\x0d\x0a"
+
+
 def read_pcapng(source: Source) -> Iterator[tuple[int, bytes]]:
     """Yield ``(timestamp_ns, frame)`` from the packet blocks of a pcapng file.
 
@@ -296,8 +299,11 @@ def read_pcapng(source: Source) -> Iterator[tuple[int, bytes]]:
                 return
             if len(head) != 8:
                 raise WireError("capture file ends inside a block header", offset)
-            block_type = struct.unpack_from("<I", head)[0]
-            if block_type == BLOCK_SHB:
+            # The section header's type reads the same in both byte orders; every other
+            # block's type is in the section's order.
+            block_type = struct.unpack_from(order + "I", head)[0]
+            if head[:4] == _SHB_BYTES:
+                block_type = BLOCK_SHB
                 magic = _read_exact(f, 4, "a section header", offset + 8)
                 order = "<" if struct.unpack("<I", magic)[0] == BYTE_ORDER_MAGIC else ">"
                 if struct.unpack(order + "I", magic)[0] != BYTE_ORDER_MAGIC:

@@ -20,7 +20,7 @@ from netoffload.wire._transport import (
     parse_addresses,
 )
 from netoffload.wire._view import byte_view, check_bits, writable_view
-from netoffload.wire.checksum import IPPROTO_TCP, Address, Buffer
+from netoffload.wire.checksum import IPPROTO_TCP, Address, Buffer, ChecksumKind
 from netoffload.wire.error import WireError
 
 SRC_PORT: Final = 0
@@ -459,12 +459,14 @@ class TcpRepr:
         payload: Buffer = b"",
         src: Address | None = None,
         dst: Address | None = None,
-        checksum: int | None = None,
+        checksum: int | ChecksumKind | None = None,
     ) -> None:
         """Write the header and ``payload`` into ``buf`` at ``offset``.
 
         ``checksum=None`` computes the checksum (``src`` and ``dst`` are then
-        needed); any other value is written as given (0 included).
+        needed); ``checksum=PARTIAL`` writes the pseudo-header sum for a device
+        to finish (Linux CHECKSUM_PARTIAL; ``src`` and ``dst`` needed too); any
+        other value is written as given (0 included).
         """
         view = writable_view(buf)
         opts = options_bytes(self.options)
@@ -482,13 +484,14 @@ class TcpRepr:
             self.ack_number,
             (header_len // 4) << 12 | int(self.flags),
             self.window_len,
-            0 if checksum is None else checksum,
+            checksum if isinstance(checksum, int) else 0,
             self.urgent_pointer,
         )
         view[offset + HEADER_LEN : offset + header_len] = opts
         view[offset + header_len : offset + total] = payload
         if addresses is not None:
-            value = emitted_checksum(view[offset : offset + total], IPPROTO_TCP, addresses)
+            segment = view[offset : offset + total]
+            value = emitted_checksum(segment, IPPROTO_TCP, addresses, checksum)
             _U16.pack_into(view, offset + CHECKSUM, value)
 
     def to_bytes(
@@ -497,7 +500,7 @@ class TcpRepr:
         *,
         src: Address | None = None,
         dst: Address | None = None,
-        checksum: int | None = None,
+        checksum: int | ChecksumKind | None = None,
     ) -> bytes:
         """The segment (header and ``payload``) as new bytes."""
         out = bytearray(self.buffer_len(len(payload)))

@@ -19,7 +19,7 @@ from netoffload.wire._transport import (
     parse_addresses,
 )
 from netoffload.wire._view import check_bits, writable_view
-from netoffload.wire.checksum import IPPROTO_UDP, Address, Buffer, address_bytes
+from netoffload.wire.checksum import IPPROTO_UDP, Address, Buffer, ChecksumKind, address_bytes
 from netoffload.wire.error import WireError
 
 SRC_PORT: Final = 0
@@ -148,13 +148,15 @@ class UdpRepr:
         payload: Buffer = b"",
         src: Address | None = None,
         dst: Address | None = None,
-        checksum: int | None = None,
+        checksum: int | ChecksumKind | None = None,
     ) -> None:
         """Write the header and ``payload`` into ``buf`` at ``offset``.
 
         ``checksum=None`` computes it (``src`` and ``dst`` are then needed; a
-        computed 0 is written as 0xFFFF); any other value is written as given,
-        so ``checksum=0`` sends no checksum over IPv4.
+        computed 0 is written as 0xFFFF); ``checksum=PARTIAL`` writes the
+        pseudo-header sum for a device to finish (Linux CHECKSUM_PARTIAL); any
+        other value is written as given, so ``checksum=0`` sends no checksum
+        over IPv4.
         """
         view = writable_view(buf)
         total = HEADER_LEN + len(payload)
@@ -164,12 +166,17 @@ class UdpRepr:
             raise WireError(f"buffer too short for a {total}-byte datagram", offset)
         addresses = emit_addresses(src, dst, checksum)
         _HEADER.pack_into(
-            view, offset, self.src_port, self.dst_port, total, 0 if checksum is None else checksum
+            view,
+            offset,
+            self.src_port,
+            self.dst_port,
+            total,
+            checksum if isinstance(checksum, int) else 0,
         )
         view[offset + HEADER_LEN : offset + total] = payload
         if addresses is not None:
             datagram = view[offset : offset + total]
-            value = emitted_checksum(datagram, IPPROTO_UDP, addresses) or 0xFFFF
+            value = emitted_checksum(datagram, IPPROTO_UDP, addresses, checksum) or 0xFFFF
             _U16.pack_into(view, offset + CHECKSUM, value)
 
     def to_bytes(
@@ -178,7 +185,7 @@ class UdpRepr:
         *,
         src: Address | None = None,
         dst: Address | None = None,
-        checksum: int | None = None,
+        checksum: int | ChecksumKind | None = None,
     ) -> bytes:
         """The datagram (header and ``payload``) as new bytes."""
         out = bytearray(self.buffer_len(len(payload)))
