@@ -5,23 +5,35 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netoffload.engine.admit import Limits
 from netoffload.engine.gro import coalesce
 from netoffload.engine.gso import segment_request
 from netoffload.engine.pipeline import receive, transmit
+from netoffload.offload.caps import ChecksumCaps, ChecksumFlags, IpVersions, TcpAssemblyCaps
 from netoffload.offload.extension import (
     NO_INFO,
     ChecksumRequest,
     ChecksumStatus,
+    FilterVerdict,
     GsoType,
+    HashReport,
+    RxInfo,
     SegmentationRequest,
     TxRequest,
 )
 from netoffload.offload.packet import Packet
 from netoffload.offload.stats import DropReason
 from netoffload.offload.task import Task
-from tests.engine.builders import as_partial, checksums_ok, tcp4, udp4, udp6
+from tests.engine.builders import as_partial, checksums_ok, tcp4, tcp6, udp4, udp6
 
 ALL = frozenset(Task)
+ALL_RX = (
+    ChecksumFlags.IPV4_HEADER
+    | ChecksumFlags.TCP_IPV4
+    | ChecksumFlags.UDP_IPV4
+    | ChecksumFlags.TCP_IPV6
+    | ChecksumFlags.UDP_IPV6
+)
 DATA = bytes((i * 31 + 1) % 256 for i in range(10000))
 
 
@@ -135,3 +147,164 @@ def test_garbage_never_raises(items: list[tuple[bytes, TxRequest]], tasks: set[T
     assert all(isinstance(reason, DropReason) for _, reason in out.drops)
     rx = receive([f for f, _ in items], tasks)
     assert len(rx.packets) <= len(items)
+
+
+# -- one bad request costs only its own packet ---------------------------------------
+
+
+def _filled_alone(packet: Packet) -> bytes:
+    (only,) = transmit([packet], ALL).packets
+    return bytes(only.data)
+
+
+def test_a_bad_checksum_start_mid_batch_drops_only_that_packet() -> None:
+    # Twelve equal frames take the matrix path; the seventh asks for a start past its end.
+    packets = [csum_packet(tcp4(DATA[i : i + 1000])) for i in range(12)]
+    bad = Packet(packets[6].data, TxRequest(checksum=ChecksumRequest(5000, 16)))
+    batch = [*packets[:6], bad, *packets[7:]]
+    out = transmit(batch, ALL)
+    assert out.drops == [(6, DropReason.CSUM_OFFSETS_INVALID)]
+    assert out.sources == [i for i in range(12) if i != 6]
+    assert [bytes(p.data) for p in out.packets] == [
+        _filled_alone(p) for i, p in enumerate(batch) if i != 6
+    ]
+    assert out.tasks[Task.CHECKSUM] == 11
+
+
+def test_a_bad_checksum_request_first_in_a_batch_costs_no_other_job() -> None:
+    packets = [csum_packet(udp4(DATA[i : i + 700])) for i in range(10)]
+    bad = Packet(b"\x00" * 40, TxRequest(checksum=ChecksumRequest(39, 16)))
+    out = transmit([bad, *packets], ALL)
+    assert out.drops == [(0, DropReason.CSUM_OFFSETS_INVALID)]
+    assert [bytes(p.data) for p in out.packets] == [_filled_alone(p) for p in packets]
+    assert all(checksums_ok(bytes(p.data)) for p in out.packets)
+
+
+def test_largest_segment_size_never_raises() -> None:
+    frame = tso_packet(20000).data
+    req = TxRequest.segment_l4(l4_offset=34, protocol=6, ip_version=4, mss=0xFFFE)
+    out = transmit([Packet(frame, req), tso_packet()], ALL)
+    # Linux sends a payload no longer than gso_size whole: one frame, checksummed.
+    assert out.sources == [0, 1, 1, 1, 1] and not out.drops
+    assert checksums_ok(bytes(out.packets[0].data))
+
+
+def test_per_packet_task_sets() -> None:
+    packets = [tso_packet(), tso_packet()]
+    out = transmit(packets, [ALL, frozenset()])
+    assert out.sources == [0, 0, 0, 0, 1]
+    assert out.packets[-1] is packets[1]
+
+
+def _mutated(frame: bytes, cut: int, flip: int) -> bytes:
+    data = bytearray(frame[: max(0, len(frame) - cut)])
+    if data and flip:
+        data[flip % len(data)] ^= 0xFF
+    return bytes(data)
+
+
+mostly_valid = st.one_of(
+    st.builds(
+        lambda l4, proto, version, mss: TxRequest.segment_l4(
+            l4_offset=l4, protocol=proto, ip_version=version, mss=mss
+        ),
+        st.sampled_from([34, 54, 38]),
+        st.sampled_from([6, 17]),
+        st.sampled_from([4, 6]),
+        st.integers(1, 3000),
+    ),
+    st.builds(
+        lambda l4, proto: TxRequest.checksum_l4(l4_offset=l4, protocol=proto),
+        st.sampled_from([34, 54, 0, 200]),
+        st.sampled_from([6, 17]),
+    ),
+    requests,
+)
+SOURCES = [
+    tso_packet().data,
+    tso_packet(3000, mss=500).data,
+    csum_packet(udp6(DATA[:3000])).data,
+    csum_packet(tcp4(b"")).data,
+    as_partial(udp4(DATA[:4000]))[0],
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.builds(
+                    _mutated, st.sampled_from(SOURCES), st.integers(0, 60), st.integers(0, 5000)
+                ),
+                st.binary(max_size=200),
+            ),
+            mostly_valid,
+        ),
+        max_size=12,
+    ),
+    st.sets(st.sampled_from(list(Task))),
+)
+def test_every_packet_is_sent_or_dropped_with_a_reason(
+    items: list[tuple[bytes, TxRequest]], tasks: set[Task]
+) -> None:
+    out = transmit([Packet(f, r) for f, r in items], tasks)
+    dropped = [i for i, _ in out.drops]
+    assert all(isinstance(reason, DropReason) for _, reason in out.drops)
+    assert len(set(dropped)) == len(dropped)
+    assert set(out.sources).isdisjoint(dropped)
+    assert set(out.sources) | set(dropped) == set(range(len(items)))
+    assert out.sources == sorted(out.sources)
+    rx = receive([f for f, _ in items], tasks)
+    assert sum(p.rx.segments for p in rx.packets) == len(items)
+
+
+def test_receive_keeps_what_the_device_found() -> None:
+    good = tcp4(b"hello", flags="PA")
+    bad = bytearray(udp4(b"world"))
+    bad[-1] ^= 1
+    partial, _, _ = as_partial(tcp4(b"local", sport=7))  # a local sender's partial checksum
+    device = [
+        RxInfo(flow_hash=0x1234, hash_report=HashReport.TCPV4, queue=2, mark=7),
+        RxInfo(queue=1, verdict=FilterVerdict.RATE_LIMITED),
+        RxInfo(l4=ChecksumStatus.VERIFIED, checksum_partial=ChecksumRequest(34, 16), queue=3),
+    ]
+    out = receive([good, bytes(bad), partial], {Task.CHECKSUM}, infos=device)
+    first, second, third = (p.rx for p in out.packets)
+    assert (first.l4, first.flow_hash, first.queue, first.mark) == (
+        ChecksumStatus.VERIFIED,
+        0x1234,
+        2,
+        7,
+    )
+    assert (second.l4, second.verdict, second.queue) == (
+        ChecksumStatus.FAILED,
+        FilterVerdict.RATE_LIMITED,
+        1,
+    )
+    # The host would call the pseudo-header sum wrong; the device's verdict stands.
+    assert third.l4 is ChecksumStatus.VERIFIED and third.checksum_partial is not None
+    assert third.queue == 3
+
+
+def test_receive_limits_checksums_to_the_enabled_protocols() -> None:
+    limits = Limits.from_records([ChecksumCaps(rx=ChecksumFlags.UDP_IPV4)])
+    out = receive([tcp4(b"a"), udp4(b"b"), udp6(b"c")], limits)
+    assert [p.rx.l4 for p in out.packets] == [
+        ChecksumStatus.NOT_CHECKED,
+        ChecksumStatus.VERIFIED,
+        ChecksumStatus.NOT_CHECKED,
+    ]
+    assert all(p.rx.ipv4_header is ChecksumStatus.NOT_CHECKED for p in out.packets)
+
+
+def test_assembly_only_for_the_enabled_ip_versions() -> None:
+    v4 = [tcp4(DATA[i * 100 : (i + 1) * 100], seq=1000 + i * 100, ip_id=i) for i in range(4)]
+    v6 = [tcp6(DATA[i * 100 : (i + 1) * 100], seq=1000 + i * 100) for i in range(4)]
+    limits = Limits.from_records(
+        [ChecksumCaps(rx=ALL_RX), TcpAssemblyCaps(versions=IpVersions.IPV4)]
+    )
+    out = receive([*v4, *v6], limits)
+    # The IPv6 frames pass up at once; the held IPv4 flow is flushed at the end of the poll.
+    assert [p.rx.segments for p in out.packets] == [1, 1, 1, 1, 4]
+    assert all(p.rx.l4 is ChecksumStatus.VERIFIED for p in out.packets)

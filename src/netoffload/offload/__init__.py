@@ -32,6 +32,7 @@ from netoffload.offload.chain import AnyRecord, decode_capabilities, encode_capa
 from netoffload.offload.errors import (
     CapabilityError,
     OffloadError,
+    RequestError,
     SelectionError,
     VirtioHdrError,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "KeySizes",
     "OffloadError",
     "Packet",
+    "RequestError",
     "RssHashTypes",
     "RxInfo",
     "SegmentationRequest",
