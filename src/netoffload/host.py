@@ -98,8 +98,6 @@ class HostOffload:
         Returns how many frames the device took now (the rest are in ``backlog``).
         """
         stats = self.stats
-        stats.tx_packets += len(packets)
-        stats.tx_bytes += sum(map(len, packets))
         limits = self.device_limits()
         allow = self.allow
         mine: list[frozenset[Task]] = []
@@ -128,9 +126,14 @@ class HostOffload:
                 stats.drop(reason)
             for task, n in outcome.tasks.items():
                 stats.task_done(task, n)
+            handed: Sequence[int] = sorted(set(outcome.sources))
             self._backlog.extend(outcome.packets)
         else:
+            handed = range(len(queued))
             self._backlog.extend(queued)
+        # Every packet offered is handed on (as one frame or its segments) or dropped here.
+        stats.tx_packets += len(handed)
+        stats.tx_bytes += sum(len(packets[i].data) for i in handed)
         return self.push()
 
     def push(self) -> int:
@@ -141,6 +144,7 @@ class HostOffload:
         taken = self.device.send(batch)
         for _ in range(taken):
             self._backlog.popleft()
+        self.stats.tx_frames += taken  # packets handed to the device, host-made segments each
         return taken
 
     def flush(self, timeout_s: float = 10.0) -> bool:

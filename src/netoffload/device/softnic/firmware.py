@@ -347,14 +347,12 @@ class Firmware:
                 select.select([], [self.cable], [], 0.05)
 
     def _stats_json(self) -> dict[str, Any]:
-        stats = DeviceStats()
-        stats.merge(self.stats)
+        # What the cable lost or refused (an MTU, impairments) is the cable's count, kept
+        # apart: the device's own counters account for each packet exactly once.
         wire: dict[str, int] = {}
         if self.cable is not None:
-            for reason, n in self.cable.drops().items():
-                stats.drop(reason, n)
             wire = dict(self.cable.counters)
-        return {"device": stats.as_dict(), "wire": wire}
+        return {"device": self.stats.as_dict(), "wire": wire}
 
     def _reply(self, status: Status, payload: bytes) -> None:
         try:
