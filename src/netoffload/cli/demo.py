@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 
 from netoffload.device.base import DeviceError
+from netoffload.progress import progress_for
 
 # The demo holds the streams and what arrived in memory: about four times this.
 MAX_BYTES = 1 << 30
@@ -28,7 +29,8 @@ def demo(as_json: bool, total_bytes: int | None) -> None:
     from netoffload.demo.run import DEFAULT_BYTES, run_demo
 
     try:
-        result = run_demo(total_bytes or DEFAULT_BYTES)
+        with progress_for(as_json) as progress:
+            result = run_demo(total_bytes or DEFAULT_BYTES, progress=progress)
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -26,6 +26,7 @@ from netoffload.device.cable import Cable, Impairments
 from netoffload.device.softnic import SoftNic
 from netoffload.host import HostOffload
 from netoffload.offload import CapabilityRecord, Selection, Task
+from netoffload.progress import NO_PROGRESS, Progress
 
 DEFAULT_BYTES = 96 * 1024 * 1024
 UDP_SHARE = 0.25  # of the bytes, sent as UDP datagrams (UDP_L4 GSO)
@@ -90,6 +91,8 @@ def _transfer(
     *,
     offload: bool,
     result: ModeResult,
+    progress: Progress = NO_PROGRESS,
+    done_before: int = 0,
 ) -> None:
     """Move ``gen``'s stream through the pair into ``sink``, interleaving sends and
     receives, never blocking on one NIC while the other needs the host (the receiver
@@ -120,6 +123,7 @@ def _transfer(
         got = rx.recv(256)
         if got:
             sink.accept(got)
+            progress.update(done_before + sink.bytes_received)
             rx.release(got)  # copied into the sink: the NIC may reuse those buffers
             result.packets_received += len(got)
             progressed = True
@@ -138,6 +142,7 @@ def run_mode(
     offload: bool,
     streams: list[tuple[bytes, FlowSpec]],
     on_capabilities: Callable[[str, SoftNic], None] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> ModeResult:
     """One mode on a fresh pair of SoftNics and a fresh 1500-byte-MTU wire."""
     result = ModeResult(offload)
@@ -161,9 +166,15 @@ def run_mode(
             # they stop: generator tables and the zeroed receive buffers are not network work.
             flows = [(BulkFlowGenerator(stream, spec), FlowSink(spec, len(stream)))
                      for stream, spec in streams]  # fmt: skip
+            progress.stage(f"offload {'on' if offload else 'off'}", sum(len(s) for s, _ in streams))
             cpu0, t0 = time.process_time(), time.perf_counter()
+            done = 0
             for gen, sink in flows:
-                _transfer(tx, rx, gen, sink, offload=offload, result=result)
+                _transfer(
+                    tx, rx, gen, sink, offload=offload, result=result,
+                    progress=progress, done_before=done,
+                )  # fmt: skip
+                done += len(gen.stream)
             result.seconds = time.perf_counter() - t0
             result.host_cpu_s = time.process_time() - cpu0
             for (stream, _), (_, sink) in zip(streams, flows, strict=True):
@@ -173,14 +184,16 @@ def run_mode(
             result.sender = sender.stats().as_dict()
             result.wire = sender.cable_counters()
             result.receiver = receiver.stats().as_dict()
-            result.packets_posted = tx.stats.tx_packets
+            result.packets_posted = tx.stats.tx_frames
             stats = tx.stats
             stats.merge(rx.stats)
             result.host = stats.as_dict()
     return result
 
 
-def run_demo(total_bytes: int = DEFAULT_BYTES, seed: int = 1) -> dict[str, Any]:
+def run_demo(
+    total_bytes: int = DEFAULT_BYTES, seed: int = 1, progress: Progress = NO_PROGRESS
+) -> dict[str, Any]:
     """Both modes over the same streams; the JSON-ready result."""
     rng = random.Random(seed)
     udp_bytes = int(total_bytes * UDP_SHARE)
@@ -194,8 +207,8 @@ def run_demo(total_bytes: int = DEFAULT_BYTES, seed: int = 1) -> dict[str, Any]:
         chain = nic.capability_chain()
         caps[name] = {"chain_hex": chain.hex(), "records": _records(nic.capabilities())}
 
-    on = run_mode(True, streams, record_caps)
-    off = run_mode(False, streams)
+    on = run_mode(True, streams, record_caps, progress)
+    off = run_mode(False, streams, progress=progress)
     on_j, off_j = on.as_json(), off.as_json()
     return {
         "bytes_sent": on.bytes_sent + off.bytes_sent,
