@@ -149,12 +149,16 @@ def _checked_ifname(ifname: str) -> str:
     return ifname
 
 
-def _delete(name: str) -> None:
-    """Unmount and unlink ``NETNS_DIR/name``; raises ``OSError`` when it stays."""
-    pyroute2.netns.remove(name)
+def _delete(path: str) -> None:
+    """Unmount and unlink the namespace name at ``path``; ``OSError`` when it stays.
+
+    pyroute2 ignores a failed unmount, but the unlink then fails (EBUSY), so a name
+    that stays is never reported as gone.
+    """
+    pyroute2.netns.remove(path)
 
 
-def _abandoned(name: str, creator: int, routes: list[Any]) -> None:
+def _abandoned(path: str, creator: int, routes: list[Any]) -> None:
     """Finalizer of a ``Netns`` never closed: delete it, if this is the creating process."""
     if os.getpid() != creator:
         return  # a forked child must not delete its parent's namespace
@@ -162,7 +166,7 @@ def _abandoned(name: str, creator: int, routes: list[Any]) -> None:
         with contextlib.suppress(Exception):
             route.close()
     with contextlib.suppress(OSError):
-        _delete(name)
+        _delete(path)
 
 
 class Netns:
@@ -181,7 +185,7 @@ class Netns:
                 f"cannot create network namespace {self.name}: {_reason(exc)}"
             ) from None
         self._closed = False
-        self._finalizer = weakref.finalize(self, _abandoned, self.name, os.getpid(), self._routes)
+        self._finalizer = weakref.finalize(self, _abandoned, self.path, os.getpid(), self._routes)
         try:
             # No IPv6 autoconfiguration chatter (router solicitations, MLD, DAD)
             # in captures, and loopback up for sockets bound inside.
@@ -459,7 +463,7 @@ class Netns:
             with contextlib.suppress(Exception):
                 self._routes.pop().close()
         try:
-            _delete(self.name)
+            _delete(self.path)
         except OSError as exc:
             raise DeviceError(
                 f"cannot delete network namespace {self.name}: {_reason(exc)}"
