@@ -12,14 +12,14 @@ from click.testing import CliRunner
 
 from netoffload.cli import main
 from netoffload.device.ethtool import read_features
-from netoffload.device.netns import Netns
+from netoffload.netns import Netns
 
 
 @pytest.fixture
 def veth() -> Iterator[Netns]:
     ns = Netns()
     try:
-        ns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
+        ns.add_veth("nsova", "nsovb")
         yield ns
     finally:
         ns.close()
@@ -134,7 +134,7 @@ def test_caps_tap(veth: Netns) -> None:
     code, out, _ = _run(veth, "caps", "tap:nsotap9", "--json")
     assert code == 0
     assert {"checksum", "tcp_segmentation"} <= {r["task"] for r in json.loads(out)}
-    assert "nsotap9" not in veth.ip("link", "show")  # the probe TAP is gone again
+    assert "nsotap9" not in veth.link_names()  # the probe TAP is gone again
 
 
 def test_caps_softnic() -> None:

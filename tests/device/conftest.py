@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from netoffload.device.netns import Netns
+from netoffload.netns import Netns
 
 
 @pytest.fixture
 def netns() -> Iterator[Netns]:
-    """A fresh ``nso-<random>`` namespace (IPv6 off, lo up), deleted after the test."""
+    """A fresh ``nso-<pid>-<random>`` namespace (IPv6 off, lo up), deleted after the test."""
     ns = Netns()
     try:
         yield ns

@@ -9,14 +9,14 @@ import pytest
 
 from netoffload.device.base import DeviceError
 from netoffload.device.ethtool import FEATURE_TASKS, read_features, set_features
-from netoffload.device.netns import Netns
+from netoffload.netns import Netns
 
 pytestmark = pytest.mark.privileged
 
 
 @pytest.fixture
 def veth(netns: Netns) -> Netns:
-    netns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
+    netns.add_veth("nsova", "nsovb")
     return netns
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from netoffload.device.netns import Netns
 from netoffload.device.packet import PacketDevice
 from netoffload.device.tap import TapDevice
+from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumRequest,
     ChecksumStatus,
@@ -92,13 +92,13 @@ def _bridged_tap(ns: Netns, veth: str, peer: str) -> TapDevice:
     A bridge, not a router: frames cross unchanged (no TTL or MAC rewrite), so the
     kernel's output compares byte for byte with the engine's.
     """
-    ns.ip("link", "add", "nsobr0", "type", "bridge")
-    ns.ip("link", "add", veth, "type", "veth", "peer", "name", peer)
+    ns.add_bridge("nsobr0")
+    ns.add_veth(veth, peer)
     with ns.entered():
         tap = TapDevice("nsotap0", up=False)
     tap.enable(Selection(tap.capabilities()))
     for port in ("nsotap0", veth):
-        ns.ip("link", "set", port, "master", "nsobr0")
+        ns.set_master(port, "nsobr0")
     return tap
 
 
@@ -120,7 +120,7 @@ def segment_rig() -> Iterator[SegmentRig]:
         # The kernel must segment and checksum in software on the way out of nsova.
         ns.set_features("nsova", dict.fromkeys(NO_SEGMENTATION_NO_CHECKSUM, False))
         for dev in ("nsobr0", "nsova", "nsovb", "nsotap0"):
-            ns.ip("link", "set", dev, "up")
+            ns.set_link(dev, up=True)
         with ns.entered():
             capture = PacketDevice("nsovb", ring_frames=128, frame_bytes=4096)
         try:
@@ -229,14 +229,9 @@ def assemble_rig() -> Iterator[AssembleRig]:
         # veth only hands a sender's packets to GRO when the sender could not have
         # sent them as one GSO packet itself.
         ns.set_features("nsovy", dict.fromkeys((*TSO, "tx-udp-segmentation"), False))
-        ns.exec(
-            "sh",
-            "-c",
-            "echo 20000000 > /sys/class/net/nsovx/gro_flush_timeout;"
-            " echo 10 > /sys/class/net/nsovx/napi_defer_hard_irqs",
-        )
+        ns.set_napi("nsovx", gro_flush_timeout_ns=20_000_000, defer_hard_irqs=10)
         for dev in ("nsobr0", "nsovx", "nsovy", "nsotap0"):
-            ns.ip("link", "set", dev, "up")
+            ns.set_link(dev, up=True)
         with ns.entered():
             sender = PacketDevice("nsovy", ring_frames=64, frame_bytes=4096)
         try:
@@ -334,20 +329,10 @@ def addressed_tap(netns: Netns) -> Iterator[tuple[Netns, TapDevice]]:
         tap = TapDevice("nsotap0", up=False)
     try:
         tap.enable(Selection(tap.capabilities()))
-        netns.ip("link", "set", "nsotap0", "address", MAC_B.hex(":"))
-        netns.ip("addr", "add", f"{V4_B}/24", "dev", "nsotap0")
-        netns.ip("link", "set", "nsotap0", "up")
-        netns.ip(
-            "neigh",
-            "add",
-            str(V4_A),
-            "lladdr",
-            MAC_A.hex(":"),
-            "dev",
-            "nsotap0",
-            "nud",
-            "permanent",
-        )
+        netns.set_link("nsotap0", mac=MAC_B)
+        netns.add_address("nsotap0", f"{V4_B}/24")
+        netns.set_link("nsotap0", up=True)
+        netns.add_neighbour("nsotap0", str(V4_A), MAC_A)
         yield netns, tap
     finally:
         tap.close()

@@ -9,8 +9,8 @@ import pytest
 
 from netoffload.device.base import DeviceError
 from netoffload.device.ethtool import read_features
-from netoffload.device.netns import Netns
 from netoffload.device.packet import PacketDevice
+from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumRequest,
     GsoType,
@@ -27,9 +27,9 @@ pytestmark = pytest.mark.privileged
 
 @pytest.fixture
 def veth(netns: Netns) -> Netns:
-    netns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
-    netns.ip("link", "set", "nsova", "up")
-    netns.ip("link", "set", "nsovb", "up")
+    netns.add_veth("nsova", "nsovb")
+    netns.set_link("nsova", up=True)
+    netns.set_link("nsovb", up=True)
     return netns
 
 

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from netoffload.device.base import DeviceError
-from netoffload.device.netns import Netns
 from netoffload.device.tap import (
     TUN_F_CSUM,
     TUN_F_TSO4,
@@ -18,6 +17,7 @@ from netoffload.device.tap import (
     TapDevice,
 )
 from netoffload.device.vnet import segments_of
+from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumCaps,
     ChecksumRequest,
@@ -51,9 +51,9 @@ def _read_until(tap: TapDevice, want: int, timeout_s: float = 3.0) -> list[Packe
 def _tap_in(ns: Netns, name: str = "nsotap0", **kwargs: object) -> TapDevice:
     with ns.entered():
         tap = TapDevice(name, **kwargs)  # type: ignore[arg-type]
-    ns.ip("link", "set", name, "address", MAC_B.hex(":"))
-    ns.ip("addr", "add", f"{V4_B}/24", "dev", name)
-    ns.ip("neigh", "add", str(V4_A), "lladdr", MAC_A.hex(":"), "dev", name, "nud", "permanent")
+    ns.set_link(name, mac=MAC_B)
+    ns.add_address(name, f"{V4_B}/24")
+    ns.add_neighbour(name, str(V4_A), MAC_A)
     return tap
 
 
@@ -62,7 +62,7 @@ def test_create_probe_and_close(netns: Netns) -> None:
         tap = TapDevice("nsotap0")
     try:
         assert tap.name == "nsotap0"
-        assert "nsotap0" in netns.ip("link", "show")
+        assert "nsotap0" in netns.link_names()
         tasks = {r.task for r in tap.capabilities()}
         # Every kernel this library supports (>= 4.x) takes CSUM and TSO4/6.
         assert {Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.TCP_ASSEMBLY} <= tasks
@@ -78,7 +78,7 @@ def test_create_probe_and_close(netns: Netns) -> None:
         assert fixed == {Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION}
     finally:
         tap.close()
-    assert "nsotap0" not in netns.ip("link", "show")
+    assert "nsotap0" not in netns.link_names()
     tap.close()  # idempotent
 
 
@@ -235,7 +235,7 @@ def test_segments_of_counts_from_the_l4_header() -> None:
 
 def test_name_taken_by_another_kind_is_one_line_error(netns: Netns) -> None:
     """Opening a TAP whose name belongs to a bridge fails with one line naming it."""
-    netns.ip("link", "add", "nsobr0", "type", "bridge")
+    netns.add_bridge("nsobr0")
     with netns.entered(), pytest.raises(DeviceError) as info:
         TapDevice("nsobr0")
     assert "\n" not in str(info.value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
@@ -11,6 +10,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Packet as ScapyPacket
 
 from netoffload.engine.dissect import dissect
+from netoffload.wire import IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket
 from netoffload.wire.checksum import pseudo_header_sum
 
 MAC = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -85,15 +85,13 @@ def as_partial(frame: bytes) -> tuple[bytes, int, int]:
     """The CHECKSUM_PARTIAL form: the L4 checksum field holds the pseudo-header sum."""
     d = dissect(frame)
     buf = bytearray(frame)
-    if d.version == 4:
-        src, dst = frame[d.l3 + 12 : d.l3 + 16], frame[d.l3 + 16 : d.l3 + 20]
-    else:
-        src, dst = frame[d.l3 + 8 : d.l3 + 24], frame[d.l3 + 24 : d.l3 + 40]
-    offset = 16 if d.protocol == 6 else 6
-    struct.pack_into(
-        "!H", buf, d.l4 + offset, pseudo_header_sum(src, dst, d.protocol, len(frame) - d.l4)
+    ip = Ipv4Packet(frame[d.l3 :]) if d.version == 4 else Ipv6Packet(frame[d.l3 :])
+    l4 = memoryview(buf)[d.l4 :]
+    transport = TcpPacket(l4) if d.protocol == IpProtocol.TCP else UdpPacket(l4)
+    transport.checksum = pseudo_header_sum(
+        ip.src_bytes, ip.dst_bytes, d.protocol, len(frame) - d.l4
     )
-    return bytes(buf), d.l4, offset
+    return bytes(buf), d.l4, transport.CHECKSUM
 
 
 def checksums_ok(frame: bytes) -> bool:

@@ -41,8 +41,8 @@ from rich.console import Console
 from rich.table import Table
 
 from netoffload.device.base import DeviceError
-from netoffload.device.netns import Netns
 from netoffload.device.tap import TapDevice
+from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumRequest,
     GsoType,
@@ -160,8 +160,8 @@ def _measure_read(ns: Netns, tap: TapDevice, seconds: float) -> tuple[float, flo
 
 def _start_sender(ns: Netns, seconds: float) -> subprocess.Popen[bytes]:
     code = _SENDER.format(opt=UDP_SEGMENT_OPT, seg=SEGMENT, size=SEGMENT * SEGMENTS)
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, sys.executable, "-c", code, str(seconds + 3.0)],
+    return ns.popen(
+        [sys.executable, "-c", code, str(seconds + 3.0)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -232,21 +232,18 @@ def run(quick: bool) -> dict[str, Any]:
         "super_packet_payload_bytes": SEGMENT * SEGMENTS,
     }
     with Netns("nsobench") as ns:
-        ns.ip("link", "add", "nsobr0", "type", "bridge")
-        ns.ip("link", "add", "nsova", "type", "veth", "peer", "name", "nsovb")
+        ns.add_bridge("nsobr0")
+        ns.add_veth("nsova", "nsovb")
         with ns.entered():
             writer = TapDevice("nsotapw", up=False)
             reader = TapDevice("nsotapr", up=False)
         with writer, reader:
-            ns.ip("link", "set", "nsotapw", "master", "nsobr0")
-            ns.ip("link", "set", "nsova", "master", "nsobr0")
-            ns.ip("addr", "add", "198.18.0.2/24", "dev", "nsotapr")
+            ns.set_master("nsotapw", "nsobr0")
+            ns.set_master("nsova", "nsobr0")
+            ns.add_address("nsotapr", "198.18.0.2/24")
             for dev in ("nsobr0", "nsova", "nsovb", "nsotapw", "nsotapr"):
-                ns.ip("link", "set", dev, "up")
-            ns.ip(
-                "neigh", "add", "198.18.0.1", "lladdr", "02:00:00:00:aa:01",
-                "dev", "nsotapr", "nud", "permanent",
-            )  # fmt: skip
+                ns.set_link(dev, up=True)
+            ns.add_neighbour("nsotapr", "198.18.0.1", FOREIGN_MAC)
             best: dict[str, tuple[float, float]] = {}
             for _ in range(rounds):
                 for on in (False, True):

@@ -6,6 +6,7 @@ import click
 
 from netoffload import __version__
 from netoffload.cli.bench import bench
+from netoffload.cli.clean import clean
 from netoffload.cli.demo import demo
 from netoffload.cli.devices import caps, enable
 
@@ -17,6 +18,7 @@ def main() -> None:
 
 
 main.add_command(bench)
+main.add_command(clean)
 main.add_command(demo)
 main.add_command(caps)
 main.add_command(enable)
