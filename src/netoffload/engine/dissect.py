@@ -11,6 +11,9 @@ import struct
 from typing import NamedTuple, TypeAlias
 
 from netoffload.offload.stats import DropReason
+from netoffload.wire import WireError
+from netoffload.wire.ethernet import MAX_VLAN_TAGS as MAX_VLAN_TAGS_WIRE
+from netoffload.wire.ipv6 import gso_extension_walk
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -20,7 +23,7 @@ ETH_P_IPV6 = 0x86DD
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 VLAN_HLEN = 4
-MAX_VLAN_TAGS = 2
+MAX_VLAN_TAGS = MAX_VLAN_TAGS_WIRE  # Linux walks at most 7 (VLAN_MAX_DEPTH 8)
 
 IPPROTO_HOPOPTS = 0
 IPPROTO_TCP = 6
@@ -134,11 +137,12 @@ def dissect(frame: Buffer, *, l4: bool = True) -> Dissection:
         plen = (frame[l3 + 4] << 8) | frame[l3 + 5]
         protocol = frame[l3 + 6]
         l4_off = l3 + 40
-        while protocol in _IPV6_WALKED:
-            if n < l4_off + 8:
-                raise DissectError(DropReason.MALFORMED_FRAME, "truncated IPv6 extension header")
-            protocol, ext_len = frame[l4_off], (frame[l4_off + 1] + 1) * 8
-            l4_off += ext_len
+        if protocol in _IPV6_WALKED:
+            # The one walk the wire layer and the engine share (Linux's GSO walk).
+            try:
+                l4_off, protocol = gso_extension_walk(frame, l4_off, protocol, n)
+            except WireError as exc:
+                raise DissectError(DropReason.MALFORMED_FRAME, exc.message) from None
         fragment = protocol == IPPROTO_FRAGMENT
         version, ip_end, options = 6, l3 + 40 + plen, False
         parse_l4 = l4 and not fragment

@@ -20,8 +20,9 @@ SRC: Final = slice(6, 12)
 ETHERTYPE: Final = 12
 HEADER_LEN: Final = 14
 VLAN_TAG_LEN: Final = 4
-#: A frame with more tags than this is rejected rather than walked (QinQ uses two).
-MAX_VLAN_TAGS: Final = 8
+#: A frame with more tags than this is rejected rather than walked (QinQ uses two):
+#: Linux's ``__vlan_get_protocol`` gives up at the ``VLAN_MAX_DEPTH``-th (8th) tag.
+MAX_VLAN_TAGS: Final = 7
 #: EtherType values at or below this are an 802.3 length field, not a type.
 MAX_8023_LENGTH: Final = 1500
 
@@ -39,12 +40,13 @@ class EtherType(IntEnum):
     QINQ = 0x88A8
     LLDP = 0x88CC
     MACSEC = 0x88E5
-    # Pre-standard QinQ outer tag, still sent by some switches.
+    # Pre-standard QinQ outer tag, still sent by some switches. Linux does not take it
+    # for a VLAN tag (``eth_type_vlan``), so neither does this layer: it is an EtherType.
     QINQ_LEGACY = 0x9100
 
 
-#: TPIDs that introduce a VLAN tag.
-VLAN_TPIDS: Final = frozenset({EtherType.VLAN, EtherType.QINQ, EtherType.QINQ_LEGACY})
+#: TPIDs that introduce a VLAN tag: 802.1Q and 802.1ad, as Linux's ``eth_type_vlan``.
+VLAN_TPIDS: Final = frozenset({EtherType.VLAN, EtherType.QINQ})
 
 
 def _ethertype(value: int) -> int:

@@ -539,6 +539,32 @@ class Ipv6ExtChain(NamedTuple):
     upper_offset: int
 
 
+#: The extension headers Linux's GSO and GRO step over (``INET6_PROTO_GSO_EXTHDR``).
+GSO_WALKED: Final = frozenset({IpProtocol.HOPOPT, IpProtocol.IPV6_ROUTE, IpProtocol.IPV6_OPTS})
+
+
+def gso_extension_walk(buf: Buffer, offset: int, next_header: int, end: int) -> tuple[int, int]:
+    """Step over extension headers as Linux's offload paths do (``ipv6_gso_pull_exthdrs``).
+
+    From the header of type ``next_header`` at ``offset`` in ``buf`` (the
+    first after the fixed IPv6 header), hop-by-hop, routing and destination
+    options headers are skipped by their length alone; a fragment header or
+    any other type ends the walk. Returns ``(offset, type)`` of the header the
+    walk stopped at. ``WireError`` when a header does not fit before ``end``.
+    Unlike ``walk_extension_headers``, option contents and order are not
+    judged: that is the receiving stack's business, not an offload's.
+    """
+    while next_header in GSO_WALKED:
+        if end - offset < EXT_MIN_LEN:
+            raise WireError("truncated IPv6 extension header", offset)
+        length = (buf[offset + EXT_LEN] + 1) * 8
+        if offset + length > end:
+            raise WireError(f"IPv6 extension header length {length} overruns the packet", offset)
+        next_header = buf[offset + EXT_NEXT_HEADER]
+        offset += length
+    return offset, next_header
+
+
 def walk_extension_headers(packet: Buffer) -> Ipv6ExtChain:
     """Walk the extension headers of the IPv6 packet in ``packet``.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, Self, TypeAlias
 
 from netoffload.wire._transport import (
     TransportView,
@@ -289,8 +289,27 @@ class TcpPacket(TransportView):
     PROTOCOL: ClassVar[int] = IPPROTO_TCP
     CHECKSUM: ClassVar[int] = CHECKSUM
 
+    @classmethod
+    def checked(cls, buf: Buffer, *, options: bool = True) -> Self:
+        """A view of ``buf`` after ``check_len`` passes; then no accessor can fail.
+
+        ``options=False`` checks the fixed header and the data offset only, as
+        Linux's offload paths do (``tcp_gso_segment``, ``tcp_gro_receive``):
+        then ``parsed_options`` parses on access and may raise ``WireError``.
+        """
+        view = cls(buf)
+        if options:
+            view.check_len()
+        else:
+            view._check_header()
+        return view
+
     def check_len(self) -> None:
         """Raise ``WireError`` unless the header and its options are whole and well formed."""
+        self._check_header()
+        parse_options(self.options)
+
+    def _check_header(self) -> None:
         n = len(self._buf)
         if n < HEADER_LEN:
             raise WireError(f"TCP segment of {n} bytes is shorter than {HEADER_LEN}", 0)
@@ -301,7 +320,6 @@ class TcpPacket(TransportView):
             raise WireError(
                 f"TCP header of {header_len} bytes overruns a {n}-byte segment", DATA_OFFSET_FLAGS
             )
-        parse_options(self.options)
 
     @property
     def seq_number(self) -> int:
