@@ -201,8 +201,8 @@ def test_ipv6_fragment_header_goes_after_routing_header() -> None:
         chain = walk_extension_headers(frag)
         kinds = [type(h) for h in chain.headers]
         # HBH, destination options, routing are per-fragment; then the Fragment header.
-        assert kinds[:4] == [Ipv6HopByHopRepr, Ipv6DestOptionsRepr, Ipv6RoutingRepr,
-                             Ipv6FragmentRepr]  # fmt: skip
+        per_fragment = [Ipv6HopByHopRepr, Ipv6DestOptionsRepr, Ipv6RoutingRepr]
+        assert kinds[:4] == [*per_fragment, Ipv6FragmentRepr]
         frag_header = chain.headers[3]
         assert isinstance(frag_header, Ipv6FragmentRepr)
         assert frag_header.ident == 0xDEADBEEF
