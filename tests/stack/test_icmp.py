@@ -97,6 +97,9 @@ def test_echo_to_groups() -> None:
     icmp.receive(multicast, 0, reply_source=US6)
     (reply,) = icmp.take_packets()
     assert IPv6(reply).src == str(US6)
+    icmp.receive(bytes(IP(src="0.0.0.0", dst=str(US4)) / ICMP()), 0)
+    icmp.receive(bytes(IPv6(src="::", dst=str(US6)) / ICMPv6EchoRequest()), 0)
+    assert icmp.take_packets() == []
     quiet = Icmp(IcmpConfig(echo_ignore_all=True))
     quiet.receive(bytes(IP(src=str(PEER4), dst=str(US4)) / ICMP()), 0)
     assert quiet.take_packets() == []

@@ -209,8 +209,11 @@ def test_broadcast_arp_reply_does_not_prove_reachability() -> None:
     cache = make()
     cache.resolve(PEER4, "p", 0)
     cache.receive_arp(arp_frame(2, str(PEER4), str(IP4)), 0)
-    assert state(cache, PEER4) is NeighborState.STALE
     assert [r.packet for r in cache.take_resolved()] == ["p"]
+    # STALE, and sending the queued packet started DELAY (RFC 4861 7.3.3).
+    entry = cache.entry(PEER4)
+    assert entry is not None and entry.state is NeighborState.DELAY
+    assert entry.timer_ns == 5 * S
 
 
 def test_bogus_arp_senders_are_dropped() -> None:
@@ -360,7 +363,7 @@ R, ST, D, P, INC = (
     "case",
     [
         (INC, True, True, None, INC, None),  # no target link-layer option: discard
-        (INC, False, False, PEER, ST, PEER),
+        (INC, False, False, PEER, D, PEER),  # STALE, then the queued packet starts DELAY
         (INC, True, False, PEER, R, PEER),
         (R, False, False, OTHER, ST, PEER),  # O clear, different: REACHABLE -> STALE only
         (ST, False, False, OTHER, ST, PEER),  # O clear, different, not REACHABLE: ignored
@@ -386,6 +389,13 @@ def test_advertisement_rules_of_rfc_4861(
     entry = cache.entry(PEER6)
     assert entry is not None
     assert (entry.state, entry.mac) == (after, mac)
+
+
+def test_solicitation_from_our_own_address_is_a_conflict() -> None:
+    cache = make()
+    cache.receive_ndp(ns_frame(src=str(LL6), dst=str(solicited_node_address(IP6))), 0)
+    assert cache.take_frames() == [] and len(cache) == 0
+    assert cache.stats.drops[NeighborDrop.ADDRESS_CONFLICT] == 1
 
 
 def test_advertisement_without_entry_creates_nothing() -> None:

@@ -415,7 +415,11 @@ class Icmp:
                     4, ip.src, ip.dst, message.ident, message.seq, message.data, ip.ttl
                 )
             group = ip.dst.is_multicast or ip.dst == LIMITED_BROADCAST or to_broadcast
-            if self.config.echo_ignore_all or (group and self.config.echo_ignore_broadcasts):
+            if (
+                self.config.echo_ignore_all
+                or (group and self.config.echo_ignore_broadcasts)
+                or not is_single_host_source(ip.src)
+            ):
                 self.stats.drops[IcmpDrop.ECHO_IGNORED] += 1
                 return None
             if group:
@@ -497,7 +501,7 @@ class Icmp:
             source: IpAddress | None = ip.dst
             if ip.dst.is_multicast:
                 source = None if self.config.echo_ignore_multicast_v6 else reply_source
-            if self.config.echo_ignore_all or source is None:
+            if self.config.echo_ignore_all or source is None or not is_single_host_source(ip.src):
                 self.stats.drops[IcmpDrop.ECHO_IGNORED] += 1
                 return None
             assert isinstance(source, IPv6Address)

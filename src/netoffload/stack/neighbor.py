@@ -344,7 +344,7 @@ class NeighborCache(Generic[T]):
         entry.mac = mac
         entry.updated_ns = now_ns
         self._enter(entry, NeighborState.PERMANENT, now_ns)
-        self._release(entry)
+        self._release(entry, now_ns)
 
     def forget(self, address: IpAddress) -> None:
         """Delete the entry for ``address``; its queued packets fail as ``FLUSHED``."""
@@ -418,6 +418,10 @@ class NeighborCache(Generic[T]):
         if isinstance(message, Icmpv6NeighborSolicitRepr):
             if not self._is_ours(target):
                 return  # no proxy ND
+            if self._is_ours(received.src):
+                if received.eth_src != self.mac:  # not our own, looped back
+                    self.stats.drops[NeighborDrop.ADDRESS_CONFLICT] += 1
+                return
             self.stats.requests_received += 1
             router = self.config.is_router
             if received.src.is_unspecified:
@@ -682,9 +686,9 @@ class NeighborCache(Generic[T]):
         if state is not old:
             self._enter(entry, state, now_ns)
         if old not in _VALID and state in _VALID:
-            self._release(entry)
+            self._release(entry, now_ns)
 
-    def _release(self, entry: _Entry[T]) -> None:
+    def _release(self, entry: _Entry[T], now_ns: int) -> None:
         """Hand ``entry``'s queued packets over as resolved."""
         if not entry.queue or entry.mac is None:
             return
@@ -692,6 +696,11 @@ class NeighborCache(Generic[T]):
         mac = entry.mac
         self._resolved.extend(Resolved(entry.address, mac, p) for p in entry.queue)
         entry.queue.clear()
+        if entry.state is NeighborState.STALE:
+            # Sending to a STALE neighbour starts DELAY (RFC 4861 7.3.3), as Linux's
+            # neigh_update does when it sends the queue through neigh_resolve_output.
+            entry.used_ns = now_ns
+            self._enter(entry, NeighborState.DELAY, now_ns)
 
     def _fail(self, address: IpAddress, packet: T, reason: NeighborDrop) -> None:
         self.stats.drops[reason] += 1
