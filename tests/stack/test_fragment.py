@@ -309,6 +309,28 @@ def test_ipv6_overlap_discards_the_whole_datagram(packet: bytes, seed: int) -> N
 
 
 @PROPERTY
+@given(packet=ipv4_packets(min_size=1600), mtu=st.integers(200, 1000), seed=st.integers())
+def test_ipv4_overlap_discards_the_whole_datagram(packet: bytes, mtu: int, seed: int) -> None:
+    frags = fragment_ipv4(packet, mtu)
+    assume(len(frags) > 2)
+    # The second fragment again, 8 bytes earlier: same data where it overlaps the first.
+    second = Ipv4Packet(frags[1])
+    start = second.frag_offset * 8 - 8
+    data = Ipv4Packet(packet).payload[start : start + len(second.payload)]
+    header = Ipv4Repr.parse(frags[1])
+    shifted = replace(header, frag_offset=start // 8, payload_len=len(data)).to_bytes(data)
+    rest = frags[:]
+    random.Random(seed).shuffle(rest)
+    reassembler = Reassembler(big_config())
+    assert feed_all(reassembler, [shifted, *rest]) == []
+    assert reassembler.stats.drops[ReassemblyDrop.OVERLAP] == 1
+    # Fragments before the first overlapping one were taken; every one after is refused.
+    kill = min(rest.index(frags[0]), rest.index(frags[1]))
+    assert reassembler.stats.drops[ReassemblyDrop.DISCARDED_DATAGRAM] == len(rest) - kill - 1
+    assert reassembler.bytes_held <= 256
+
+
+@PROPERTY
 @given(
     payload=st.binary(min_size=1, max_size=6000),
     fragsize=st.integers(1, 180).map(lambda n: 8 * n),
