@@ -229,3 +229,21 @@ def test_address_parsing_helpers_agree() -> None:
     assert t.addresses(ETH0) == (IPv4Interface("198.18.0.1/24"),)
     assert t.addresses(ETH1) == ()
     assert t.is_local(ip_address("198.18.0.1"))
+
+
+def test_cached_answers_follow_every_change(table: RouteTable) -> None:
+    dst = v4("203.0.113.9")
+    assert table.lookup(dst) is None
+    table.add_default(v4("198.18.0.254"))
+    first = table.lookup(dst)
+    assert first is not None and first.address == v4("198.18.0.254")
+    table.add_route("203.0.113.0/24", gateway=v4("198.19.0.7"))
+    second = table.lookup(dst)
+    assert second is not None and second.address == v4("198.19.0.7")
+    table.remove_route("203.0.113.0/24")
+    third = table.lookup(dst)
+    assert third is not None and third.address == v4("198.18.0.254")
+    table.add_address(ETH0, IPv4Interface("198.18.0.5/24"))
+    table.remove_address(ETH0, IPv4Interface("198.18.0.1/24"))
+    fourth = table.lookup(dst)
+    assert fourth is not None and fourth.source == v4("198.18.0.5")

@@ -34,6 +34,8 @@ V6_CONNECTED_METRIC: Final = 256
 V6_STATIC_METRIC: Final = 1024
 #: Linux adds ff00::/8 on every IPv6 interface (table local), so multicast routes on-link.
 V6_MULTICAST: Final = IPv6Network("ff00::/8")
+#: Destinations whose lookup answer is kept; past this the cache starts again.
+CACHE_ENTRIES: Final = 4096
 
 
 class _Any(Enum):
@@ -112,6 +114,9 @@ class RouteTable:
         # its primary, as in Linux).
         self._addresses: list[tuple[int, IpInterface]] = []
         self._order = itertools.count()
+        # Answers of lookup by destination, dropped on any change (Linux keeps a dst cache
+        # per socket and route for the same reason: the lookup is slow per packet).
+        self._cache: dict[IpAddress, NextHop | None] = {}
 
     # --- addresses ---------------------------------------------------------
 
@@ -123,6 +128,7 @@ class RouteTable:
             i == interface and a.version == 6 for i, a in self._addresses
         )
         self._addresses.append((interface, address))
+        self._cache.clear()
         metric = V4_METRIC if address.version == 4 else V6_CONNECTED_METRIC
         network = address.network
         if not self._find(network, interface=interface, gateway=None, metric=metric):
@@ -132,6 +138,7 @@ class RouteTable:
 
     def remove_address(self, interface: int, address: IpInterface) -> None:
         """Remove ``address`` and, when no address on the interface still covers it, its route."""
+        self._cache.clear()
         try:
             self._addresses.remove((interface, address))
         except ValueError:
@@ -243,6 +250,16 @@ class RouteTable:
 
     def lookup(self, destination: IpAddress) -> NextHop | None:
         """The best route to ``destination``: longest prefix, then lowest metric, then oldest."""
+        try:
+            return self._cache[destination]
+        except KeyError:
+            pass
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        hop = self._cache[destination] = self._lookup(destination)
+        return hop
+
+    def _lookup(self, destination: IpAddress) -> NextHop | None:
         route = self._best(destination)
         if route is None:
             if destination == LIMITED_BROADCAST:
@@ -340,6 +357,7 @@ class RouteTable:
         return family, (network.prefixlen, int(network.network_address))
 
     def _insert(self, route: Route) -> None:
+        self._cache.clear()
         family, key = self._key(route.destination)
         bucket = family.routes.setdefault(key, [])
         bucket.append((next(self._order), route))
@@ -349,6 +367,7 @@ class RouteTable:
             family.lengths.sort(reverse=True)
 
     def _delete(self, route: Route) -> None:
+        self._cache.clear()
         family, key = self._key(route.destination)
         bucket = family.routes[key]
         bucket[:] = [item for item in bucket if item[1] is not route]
