@@ -87,60 +87,60 @@ class IcmpErrorKind(StrEnum):
     OTHER_UNREACHABLE = "other_unreachable"
 
 
-K = IcmpErrorKind
+_K = IcmpErrorKind
 # (type, code) to send, per version.
 _SEND_V4: Final = {
-    K.NO_ROUTE: (3, 0),
-    K.HOST_UNREACHABLE: (3, 1),
-    K.PROTOCOL_UNREACHABLE: (3, 2),
-    K.PORT_UNREACHABLE: (3, 3),
-    K.PACKET_TOO_BIG: (3, 4),
-    K.SOURCE_ROUTE_FAILED: (3, 5),
-    K.ADMIN_PROHIBITED: (3, 13),
-    K.TTL_EXCEEDED: (11, 0),
-    K.REASSEMBLY_TIMEOUT: (11, 1),
-    K.PARAMETER_PROBLEM: (12, 0),
+    _K.NO_ROUTE: (3, 0),
+    _K.HOST_UNREACHABLE: (3, 1),
+    _K.PROTOCOL_UNREACHABLE: (3, 2),
+    _K.PORT_UNREACHABLE: (3, 3),
+    _K.PACKET_TOO_BIG: (3, 4),
+    _K.SOURCE_ROUTE_FAILED: (3, 5),
+    _K.ADMIN_PROHIBITED: (3, 13),
+    _K.TTL_EXCEEDED: (11, 0),
+    _K.REASSEMBLY_TIMEOUT: (11, 1),
+    _K.PARAMETER_PROBLEM: (12, 0),
 }
 _SEND_V6: Final = {
-    K.NO_ROUTE: (1, 0),
-    K.ADMIN_PROHIBITED: (1, 1),
-    K.HOST_UNREACHABLE: (1, 3),  # address unreachable
-    K.PORT_UNREACHABLE: (1, 4),
-    K.PACKET_TOO_BIG: (2, 0),
-    K.TTL_EXCEEDED: (3, 0),
-    K.REASSEMBLY_TIMEOUT: (3, 1),
-    K.PARAMETER_PROBLEM: (4, 0),
-    K.PROTOCOL_UNREACHABLE: (4, 1),  # unrecognized next header
+    _K.NO_ROUTE: (1, 0),
+    _K.ADMIN_PROHIBITED: (1, 1),
+    _K.HOST_UNREACHABLE: (1, 3),  # address unreachable
+    _K.PORT_UNREACHABLE: (1, 4),
+    _K.PACKET_TOO_BIG: (2, 0),
+    _K.TTL_EXCEEDED: (3, 0),
+    _K.REASSEMBLY_TIMEOUT: (3, 1),
+    _K.PARAMETER_PROBLEM: (4, 0),
+    _K.PROTOCOL_UNREACHABLE: (4, 1),  # unrecognized next header
 }
 
 # Received (type, code) -> kind, errno and whether the error is fatal to a connection:
 # Linux's icmp_err_convert table and icmpv6_err_convert.
 _RECV_V4_UNREACH: Final = [
-    (K.NO_ROUTE, errno.ENETUNREACH, False),
-    (K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),
-    (K.PROTOCOL_UNREACHABLE, errno.ENOPROTOOPT, True),
-    (K.PORT_UNREACHABLE, errno.ECONNREFUSED, True),
-    (K.PACKET_TOO_BIG, errno.EMSGSIZE, False),
-    (K.SOURCE_ROUTE_FAILED, errno.EOPNOTSUPP, False),
-    (K.NO_ROUTE, errno.ENETUNREACH, True),  # net unknown
-    (K.HOST_UNREACHABLE, errno.EHOSTDOWN, True),  # host unknown
-    (K.HOST_UNREACHABLE, errno.ENONET, True),  # host isolated
-    (K.ADMIN_PROHIBITED, errno.ENETUNREACH, True),
-    (K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),
-    (K.NO_ROUTE, errno.ENETUNREACH, False),  # net unreachable for TOS
-    (K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),  # host unreachable for TOS
-    (K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # packet filtered
-    (K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # precedence violation
-    (K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # precedence cut-off
+    (_K.NO_ROUTE, errno.ENETUNREACH, False),
+    (_K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),
+    (_K.PROTOCOL_UNREACHABLE, errno.ENOPROTOOPT, True),
+    (_K.PORT_UNREACHABLE, errno.ECONNREFUSED, True),
+    (_K.PACKET_TOO_BIG, errno.EMSGSIZE, False),
+    (_K.SOURCE_ROUTE_FAILED, errno.EOPNOTSUPP, False),
+    (_K.NO_ROUTE, errno.ENETUNREACH, True),  # net unknown
+    (_K.HOST_UNREACHABLE, errno.EHOSTDOWN, True),  # host unknown
+    (_K.HOST_UNREACHABLE, errno.ENONET, True),  # host isolated
+    (_K.ADMIN_PROHIBITED, errno.ENETUNREACH, True),
+    (_K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),
+    (_K.NO_ROUTE, errno.ENETUNREACH, False),  # net unreachable for TOS
+    (_K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),  # host unreachable for TOS
+    (_K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # packet filtered
+    (_K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # precedence violation
+    (_K.ADMIN_PROHIBITED, errno.EHOSTUNREACH, True),  # precedence cut-off
 ]
 _RECV_V6_UNREACH: Final = [
-    (K.NO_ROUTE, errno.ENETUNREACH, False),
-    (K.ADMIN_PROHIBITED, errno.EACCES, True),
-    (K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),  # beyond scope
-    (K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),
-    (K.PORT_UNREACHABLE, errno.ECONNREFUSED, True),
-    (K.ADMIN_PROHIBITED, errno.EACCES, True),  # source address failed policy
-    (K.ADMIN_PROHIBITED, errno.EACCES, True),  # reject route
+    (_K.NO_ROUTE, errno.ENETUNREACH, False),
+    (_K.ADMIN_PROHIBITED, errno.EACCES, True),
+    (_K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),  # beyond scope
+    (_K.HOST_UNREACHABLE, errno.EHOSTUNREACH, False),
+    (_K.PORT_UNREACHABLE, errno.ECONNREFUSED, True),
+    (_K.ADMIN_PROHIBITED, errno.EACCES, True),  # source address failed policy
+    (_K.ADMIN_PROHIBITED, errno.EACCES, True),  # reject route
 ]
 
 
@@ -436,9 +436,9 @@ class Icmp:
             kind, err, fatal = (
                 _RECV_V4_UNREACH[message.code]
                 if message.code < len(_RECV_V4_UNREACH)
-                else (K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False)
+                else (_K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False)
             )
-            mtu = message.next_hop_mtu if kind is K.PACKET_TOO_BIG else None
+            mtu = message.next_hop_mtu if kind is _K.PACKET_TOO_BIG else None
             return self._error_in(
                 4,
                 ip.src,
@@ -450,7 +450,7 @@ class Icmp:
                 mtu=mtu,
             )
         if isinstance(message, Icmpv4TimeExceededRepr):
-            kind = K.TTL_EXCEEDED if message.code == 0 else K.REASSEMBLY_TIMEOUT
+            kind = _K.TTL_EXCEEDED if message.code == 0 else _K.REASSEMBLY_TIMEOUT
             return self._error_in(
                 4,
                 ip.src,
@@ -466,9 +466,9 @@ class Icmp:
             Icmpv4Type.PARAMETER_PROBLEM,
         ):
             if message.kind == Icmpv4Type.PARAMETER_PROBLEM:
-                kind, err, fatal = K.PARAMETER_PROBLEM, errno.EPROTO, True
+                kind, err, fatal = _K.PARAMETER_PROBLEM, errno.EPROTO, True
             else:
-                kind, err, fatal = K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False
+                kind, err, fatal = _K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False
             return self._error_in(
                 4,
                 ip.src,
@@ -541,15 +541,15 @@ class Icmp:
             if code < len(_RECV_V6_UNREACH):
                 kind, err, fatal = _RECV_V6_UNREACH[code]
                 return kind, err, fatal, None
-            return K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False, None
+            return _K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False, None
         if kind_type == Icmpv6Type.PACKET_TOO_BIG:
-            return K.PACKET_TOO_BIG, errno.EMSGSIZE, False, message.rest_word
+            return _K.PACKET_TOO_BIG, errno.EMSGSIZE, False, message.rest_word
         if kind_type == Icmpv6Type.TIME_EXCEEDED:
-            kind = K.TTL_EXCEEDED if code == 0 else K.REASSEMBLY_TIMEOUT
+            kind = _K.TTL_EXCEEDED if code == 0 else _K.REASSEMBLY_TIMEOUT
             return kind, errno.EHOSTUNREACH, False, None
         if kind_type == Icmpv6Type.PARAMETER_PROBLEM:
-            return K.PARAMETER_PROBLEM, errno.EPROTO, True, None
-        return K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False, None
+            return _K.PARAMETER_PROBLEM, errno.EPROTO, True, None
+        return _K.OTHER_UNREACHABLE, errno.EHOSTUNREACH, False, None
 
     def _error_in(
         self,
@@ -656,7 +656,7 @@ class Icmp:
             return None
         icmp_type, code = _SEND_V4[kind]
         # Linux exempts "fragmentation needed" from the limits: path MTU discovery needs it.
-        if kind is not K.PACKET_TOO_BIG and not self.limiter.allow(ip.src, now_ns):
+        if kind is not _K.PACKET_TOO_BIG and not self.limiter.allow(ip.src, now_ns):
             self._refuse(IcmpDrop.RATE_LIMITED)
             return None
         room = IPV4_ERROR_MAX - 20 - ICMP_HEADER_LEN
@@ -664,7 +664,7 @@ class Icmp:
         message: Icmpv4Repr
         if icmp_type == Icmpv4Type.DEST_UNREACHABLE:
             message = Icmpv4DestUnreachableRepr(
-                code, quoted, mtu if kind is K.PACKET_TOO_BIG else 0
+                code, quoted, mtu if kind is _K.PACKET_TOO_BIG else 0
             )
         elif icmp_type == Icmpv4Type.TIME_EXCEEDED:
             message = Icmpv4TimeExceededRepr(code, quoted)
@@ -701,12 +701,12 @@ class Icmp:
                 self._refuse(IcmpDrop.ABOUT_ICMP_ERROR)
                 return None
         icmp_type, code = _SEND_V6[kind]
-        if pointer is None and kind is K.PROTOCOL_UNREACHABLE:
+        if pointer is None and kind is _K.PROTOCOL_UNREACHABLE:
             # The next-header field that named the unknown protocol (RFC 4443 3.4).
             pointer = 6 if not chain.headers else chain.upper_offset - chain.headers[-1].header_len
         # RFC 4443 2.4(e.3)/(e.4): Packet Too Big and Parameter Problem code 2 may answer a
         # multicast; nothing else may.
-        exempt = kind is K.PACKET_TOO_BIG or (
+        exempt = kind is _K.PACKET_TOO_BIG or (
             icmp_type == Icmpv6Type.PARAMETER_PROBLEM and code == 2
         )
         if (ip.dst.is_multicast or group) and not exempt:
@@ -716,12 +716,12 @@ class Icmp:
             self._refuse(IcmpDrop.ABOUT_BAD_SOURCE)
             return None
         # Linux's icmpv6 ratemask leaves Packet Too Big out.
-        if kind is not K.PACKET_TOO_BIG and not self.limiter.allow(ip.src, now_ns):
+        if kind is not _K.PACKET_TOO_BIG and not self.limiter.allow(ip.src, now_ns):
             self._refuse(IcmpDrop.RATE_LIMITED)
             return None
         room = IPV6_ERROR_MAX - IPV6_HEADER_LEN - ICMP_HEADER_LEN
         quoted = bytes(ip.buffer[: min(end, room)])
-        rest = mtu if kind is K.PACKET_TOO_BIG else (pointer or 0)
+        rest = mtu if kind is _K.PACKET_TOO_BIG else (pointer or 0)
         body = Icmpv6OtherRepr(icmp_type, code, rest, quoted).to_bytes(source, ip.src)
         header = Ipv6Repr(source, ip.src, IpProtocol.ICMPV6, len(body), hop_limit=self.config.ttl)
         self.stats.sent[f"v6_type_{icmp_type}"] += 1
