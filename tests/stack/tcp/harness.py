@@ -201,6 +201,16 @@ class Net:
         self.client.conns[SERVER] = conn
         return conn
 
+    def connect_from(self, host: Host, config: TcpConfig) -> TcpConnection:
+        """An active open from either host (both at once make a simultaneous open)."""
+        peer = self.other(host)
+        conn = TcpConnection.connect(
+            host.address, peer.address, config=config, now_ns=self.now, isn_source=self.isn,
+            rng=random.Random(5),
+        )
+        host.conns[peer.address] = conn
+        return conn
+
     def other(self, host: Host) -> Host:
         return self.server if host is self.client else self.client
 

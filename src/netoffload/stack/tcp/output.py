@@ -119,11 +119,14 @@ class OutputSide(AckSide):
 
     def poll_transmit(self, now_ns: int, *, max_payload_bytes: int) -> list[TcpSegmentOut]:
         """Everything to send now: super-packets of at most ``max_payload_bytes`` payload."""
-        out: list[TcpSegmentOut] = []
-        if self._replies:
-            out.extend(self._replies)
-            self._replies.clear()
+        # Stateless replies first (a RST for a bad ACK during a handshake).
+        out = self._replies
+        if out:
+            self._replies = []
             self._segs_out += len(out)
+        else:
+            out = []
+        replies = len(out)
         if self._rst_pending:
             self._rst_pending = False
             out.append(self._control(RST | ACK, self._snd_nxt, b"", 0))
@@ -134,6 +137,8 @@ class OutputSide(AckSide):
         if self._syn_pending:
             self._syn_pending = False
             out.append(self._syn_segment(now_ns))
+            if state is not TcpState.SYN_SENT:
+                self._acked_now()  # a SYN,ACK carries the ACK
             self._segs_out += 1
             self._last_send_ns = now_ns
             if self._rto_at is None:
@@ -162,7 +167,7 @@ class OutputSide(AckSide):
                     self._stats[
                         "keepalive_probes" if probe == PROBE_KEEPALIVE else "window_probes"
                     ] += 1
-        if out:
+        if len(out) > replies:
             self._acked_now()
         elif self._ack_now or self._dupacks_out:
             out.append(self._seg(self._snd_nxt, ack, self._flags_ack(), window, options))
@@ -173,7 +178,7 @@ class OutputSide(AckSide):
             dup = self._seg(self._snd_nxt, ack, self._flags_ack(), window, options)
             out.extend([dup] * extra)
             self._dupacks_out = 0
-        self._segs_out += len(out)
+        self._segs_out += len(out) - replies
         if self._state is TcpState.CLOSED:
             self._maybe_emit_closed()
         return out
