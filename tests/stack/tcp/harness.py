@@ -183,6 +183,8 @@ class Net:
         self.sent: list[tuple[str, Wire]] = []
         self.delivered: list[tuple[str, TcpSegmentIn]] = []
         self.on_poll: list[Callable[[], None]] = []
+        #: Called with (host, segment) for every segment a connection emits.
+        self.on_transmit: list[Callable[[Host, TcpSegmentOut], None]] = []
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -251,6 +253,8 @@ class Net:
                 self._drain_events(host, conn)
                 if conn.has_output():
                     for seg in conn.poll_transmit(self.now, max_payload_bytes=self.max_payload):
+                        for hook in self.on_transmit:
+                            hook(host, seg)
                         self.transmit(host, seg)
                 self._drain_events(host, conn)
 

@@ -262,7 +262,6 @@ class Scoreboard:
             self.dsack_round = snd_nxt
             self.reo_wnd_mult += 1
             self.reo_wnd_persist = 16
-        self.reordering_seen = True
 
     def on_recovery_exit(self) -> None:
         """Recovery ended: after 16 of them without D-SACKs the window returns to 1x."""
