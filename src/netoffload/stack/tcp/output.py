@@ -12,6 +12,7 @@ from typing import Final
 
 from netoffload.stack.tcp.ack import AckSide
 from netoffload.stack.tcp.options import encode_syn
+from netoffload.stack.tcp.scoreboard import FIN as SB_FIN
 from netoffload.stack.tcp.segment import EMPTY_PAYLOAD, TcpSegmentOut
 from netoffload.stack.tcp.state import TcpState
 from netoffload.stack.tcp.tcb import (
@@ -216,7 +217,7 @@ class OutputSide(AckSide):
         flags = SYN | ACK | ECE if self._ecn_ok else SYN | ACK
         return self._control(flags, self._iss, options, window)
 
-    def _emit(
+    def _emit(  # noqa: PLR0917 - the per-burst hot path: positional on purpose
         self,
         out: list[TcpSegmentOut],
         seq: int,
@@ -228,11 +229,19 @@ class OutputSide(AckSide):
         options: bytes,
         ect: bool,
         retransmission: bool,
+        now_ns: int,
     ) -> None:
-        """Append ``[seq, seq + length)`` from the ring (two pieces if it wraps), FIN on the last."""
+        """Append ``[seq, seq + length)`` from the ring, FIN on the last piece.
+
+        A burst that crosses the ring's wrap point goes out as two segments and
+        is two scoreboard entries, so that each entry's MSS grid is the one the
+        device cuts it at (and SACK edges fall on it). New data is recorded in the
+        scoreboard here; a retransmitted range is already there and is only split.
+        """
         buf = self._sndbuf
         assert buf is not None
         mss = self._mss
+        sb = self._sb
         while True:
             view = buf.view(seq, length)
             n = len(view)
@@ -244,6 +253,13 @@ class OutputSide(AckSide):
                     (seq & MASK32, ack, f, window, options, view, mss, ect, retransmission),
                 )
             )
+            if retransmission:
+                if not last:
+                    sb.split(seq + n)
+            elif last and fin:
+                sb.append(seq, seq + n + 1, now_ns, SB_FIN)
+            else:
+                sb.append(seq, seq + n, now_ns, 0)
             if last:
                 return
             seq += n
@@ -298,13 +314,12 @@ class OutputSide(AckSide):
             if self._cwr_pending:
                 f |= CWR
                 self._cwr_pending = False
-            self._emit(out, nxt, n, fin, f, ack, window, options, self._ecn_ok, False)
+            self._emit(out, nxt, n, fin, f, ack, window, options, self._ecn_ok, False, now_ns)
             if n < mss:
                 self._small_unacked = end
             if fin:
                 self._fin_sent = True
                 end += 1
-            sb.append(nxt, end, now_ns, 16 if fin else 0)
             self._snd_nxt = end
             self._bytes_sent += n
             self._data_segs_out += -(-n // mss)
@@ -314,7 +329,7 @@ class OutputSide(AckSide):
             # A bare FIN: needs no window (Linux sends it too), only sequence space.
             out.append(self._seg(buf_tail, ack, flags | FIN, window, options))
             self._fin_sent = True
-            sb.append(buf_tail, buf_tail + 1, now_ns, 16)
+            sb.append(buf_tail, buf_tail + 1, now_ns, SB_FIN)
             self._snd_nxt = buf_tail + 1
             self._sent_new(now_ns)
         self._note_limits(now_ns)
@@ -364,7 +379,7 @@ class OutputSide(AckSide):
         start, end, fin = taken
         length = end - start - (1 if fin else 0)
         if length > 0:
-            self._emit(out, start, length, fin, flags, ack, window, options, False, True)
+            self._emit(out, start, length, fin, flags, ack, window, options, False, True, now_ns)
         else:
             out.append(self._seg(start, ack, flags | FIN, window, options))
             out[-1] = out[-1]._replace(retransmission=True)
@@ -389,10 +404,8 @@ class OutputSide(AckSide):
         if n <= 0:
             return False
         end = nxt + n
-        self._emit(
-            out, nxt, n, False, self._flags_ack() | PSH, ack, window, options, self._ecn_ok, False
-        )
-        self._sb.append(nxt, end, now_ns)
+        flags = self._flags_ack() | PSH
+        self._emit(out, nxt, n, False, flags, ack, window, options, self._ecn_ok, False, now_ns)
         self._snd_nxt = end
         self._bytes_sent += n
         self._data_segs_out += 1
@@ -412,11 +425,11 @@ class OutputSide(AckSide):
         if n > 0:
             end = nxt + n
             fin = end == buf.tail and self._fin_queued and not self._fin_sent
-            self._emit(out, nxt, n, fin, flags | PSH, ack, window, options, self._ecn_ok, False)
+            f = flags | PSH
+            self._emit(out, nxt, n, fin, f, ack, window, options, self._ecn_ok, False, now_ns)
             if fin:
                 self._fin_sent = True
                 end += 1
-            self._sb.append(nxt, end, now_ns, 16 if fin else 0)
             self._snd_nxt = end
             self._bytes_sent += n
             self._data_segs_out += 1
@@ -428,7 +441,9 @@ class OutputSide(AckSide):
             start, end, fin = taken
             length = end - start - (1 if fin else 0)
             if length > 0:
-                self._emit(out, start, length, fin, flags, ack, window, options, False, True)
+                self._emit(
+                    out, start, length, fin, flags, ack, window, options, False, True, now_ns
+                )
             else:
                 out.append(
                     self._seg(start, ack, flags | FIN, window, options)._replace(

@@ -114,15 +114,15 @@ class Scoreboard:
         self.q.insert(index + 1, right)
 
     def append(self, start: int, end: int, now_ns: int, flags: int = 0) -> None:
-        """Record a new transmission of ``[start, end)`` (merged into the last burst if same instant)."""
-        q = self.q
-        if q:
-            last = q[-1]
-            if last.xmit_ns == now_ns and last.end == start and last.flags == 0:
-                last.end = end
-                last.flags = flags
+        """Record a new transmission of ``[start, end)``: one burst per segment sent."""
+        self.q.append(Burst(start, end, now_ns, flags))
+
+    def split(self, at: int) -> None:
+        """Cut the burst holding ``at`` there (a retransmission went out in two pieces)."""
+        for i, burst in enumerate(self.q):
+            if burst.start < at < burst.end:
+                self._split(i, at)
                 return
-        q.append(Burst(start, end, now_ns, flags))
 
     # -- acknowledgments ---------------------------------------------------------------
 
