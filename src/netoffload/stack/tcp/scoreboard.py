@@ -136,13 +136,14 @@ class Scoreboard:
         rtt = -1
         while q:
             burst = q[0]
+            flags = burst.flags
             if burst.end <= una:
                 del q[0]
-                flags = burst.flags
+                end = burst.end
                 if flags & _COUNTED:
-                    self._count(flags, burst.start - burst.end)
+                    self._count(flags, burst.start - end)
             elif burst.start < una:
-                flags = burst.flags
+                end = una
                 if flags & _COUNTED:
                     self._count(flags, burst.start - una)
                 burst.start = una
@@ -151,14 +152,13 @@ class Scoreboard:
             if not flags & (SACKED | EVER_RETRANS):
                 rtt = now_ns - burst.xmit_ns
             if not flags & SACKED:
-                self._delivered(burst, now_ns, echo_ms, min_rtt_ns)
+                self._delivered(burst.xmit_ns, end, flags, now_ns, echo_ms, min_rtt_ns)
         return rtt
 
-    def _delivered(self, burst: Burst, now_ns: int, echo_ms: int, min_rtt_ns: int) -> None:
+    def _delivered(
+        self, xmit: int, end: int, flags: int, now_ns: int, echo_ms: int, min_rtt_ns: int
+    ) -> None:
         # RFC 8985 §6.2 step 2 (RACK.xmit_ts, end_seq, rtt) and step 3 (reordering).
-        xmit = burst.xmit_ns
-        end = burst.end
-        flags = burst.flags
         if flags & EVER_RETRANS:
             if echo_ms >= 0 and echo_ms < xmit // 1_000_000:
                 return  # the ACK is for the original transmission
@@ -166,7 +166,8 @@ class Scoreboard:
                 return  # too soon to be for the retransmission
         elif end < self.fack:
             self.reordering_seen = True
-        self.fack = max(self.fack, end)
+        if end > self.fack:
+            self.fack = end
         if xmit > self.rack_xmit_ns or (xmit == self.rack_xmit_ns and end > self.rack_end):
             self.rack_xmit_ns = xmit
             self.rack_end = end
@@ -216,7 +217,7 @@ class Scoreboard:
             if t < burst.end:
                 self._split(i, t)
                 n += 1
-            self._delivered(burst, now_ns, echo_ms, min_rtt_ns)
+            self._delivered(burst.xmit_ns, burst.end, burst.flags, now_ns, echo_ms, min_rtt_ns)
             newly += burst.end - burst.start
             self._set(burst, (burst.flags & (EVER_RETRANS | FIN)) | SACKED)
             i += 1
