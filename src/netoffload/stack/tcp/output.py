@@ -107,7 +107,11 @@ class OutputSide(AckSide):
             return True
         if self._new_data_len(1 << 30):
             return True
-        return self._fin_queued and not self._fin_sent and self._snd_nxt == self._tail()
+        nxt = self._snd_nxt
+        tail = self._tail()
+        if tail > nxt and nxt == self._snd_una and self._persist_at is None:
+            return True  # held back by the window with nothing in flight: arm the persist timer
+        return self._fin_queued and not self._fin_sent and nxt == tail
 
     def _tail(self) -> int:
         buf = self._sndbuf
