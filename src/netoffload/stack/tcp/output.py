@@ -81,10 +81,12 @@ class OutputSide(AckSide):
             if n >= self._max_snd_wnd >> 1 and n == una + self._snd_wnd - nxt:
                 return n
             return 0
-        if n < mss and not self._nodelay and not self._fin_queued and self._small_unacked > una:
+        tail = n % mss
+        if tail and not self._nodelay and not self._fin_queued and self._small_unacked > una:
             # RFC 9293 §3.7.4 Nagle, as Minshall's refinement (and Linux): hold a
-            # small segment while another small one is unacknowledged.
-            return 0
+            # small segment while another small one is unacknowledged; a burst goes
+            # without its sub-MSS tail (Linux tcp_mss_split_point).
+            return n - tail
         return n
 
     def has_output(self) -> bool:

@@ -161,8 +161,8 @@ class ReceiveSide(TcpControlBlock):
             buf.append(payload)
             self._rcv_nxt = buf.nxt
             self._bytes_received += len(payload)
-            if buf.ooo_bytes != held or (held and not buf.ooo):
-                self._ack_now = True  # a hole was filled: ACK at once (RFC 5681 §4.2)
+            if held:
+                self._ack_now = True  # (part of) a hole was filled: ACK at once (RFC 5681 §4.2)
             else:
                 self._schedule_ack(now_ns)
             if self._rcv_fin_seq is not None and self._rcv_nxt == self._rcv_fin_seq:
