@@ -307,6 +307,14 @@ class InputSide(OutputSide):
             self._drop("PAWS")
             self._oow_ack(now_ns, n > 0)
             return
+        syn_unacked = self._snd_una == self._iss
+        if flags & SYN and syn_unacked and self._passive and seq == self._irs and not flags & ACK:
+            # The peer's SYN again: our SYN,ACK was lost. Send it again (Linux
+            # tcp_check_req), at most once per 500 ms.
+            if now_ns - self._oow_last_ns >= OOW_RATELIMIT_NS:
+                self._oow_last_ns = now_ns
+                self._syn_pending = True
+            return
         # First: is the segment acceptable (the four cases)?
         nxt = self._rcv_nxt
         wnd = self._rcv_adv - nxt
@@ -340,12 +348,8 @@ class InputSide(OutputSide):
             else:
                 self._challenge_ack(now_ns)
             return
-        syn_unacked = self._snd_una == self._iss
-        # Fourth: SYN (RFC 5961 §4.2); a passive child answers its SYN again.
+        # Fourth: SYN (RFC 5961 §4.2).
         if flags & SYN:
-            if syn_unacked and self._passive and seq == self._irs:
-                self._syn_pending = True
-                return
             self._challenge_ack(now_ns)
             return
         # Fifth: ACK.
