@@ -2,7 +2,8 @@
 
 Both are allocated once at their configured size and never grow. Sequence
 numbers here are unwrapped (they keep counting past 2³²); byte ``s`` of the
-stream lives at ring index ``s % size``.
+stream lives at ring index ``(s - start) % size``, so the first wrap comes
+after a whole ring of data.
 
 The send ring holds what the application wrote, from the oldest unacknowledged
 byte to the last byte written. Transmissions are memoryviews into it, cut at
@@ -30,10 +31,11 @@ def _ring(size: int) -> memoryview:
 class SendBuffer:
     """Bytes from ``head`` (oldest unacknowledged) to ``tail`` (end of what was written)."""
 
-    __slots__ = ("_view", "head", "size", "tail")
+    __slots__ = ("_start", "_view", "head", "size", "tail")
 
     def __init__(self, size: int, start: int) -> None:
         self.size = size
+        self._start = start
         self._view = _ring(size)
         self.head = start
         self.tail = start
@@ -52,7 +54,7 @@ class SendBuffer:
         if n <= 0:
             return 0
         size = self.size
-        i = self.tail % size
+        i = (self.tail - self._start) % size
         first = min(n, size - i)
         src = memoryview(data)
         if src.format != "B" or src.ndim != 1:
@@ -66,7 +68,7 @@ class SendBuffer:
     def view(self, seq: int, length: int) -> memoryview:
         """Up to ``length`` bytes from ``seq``, stopping at the ring's wrap point."""
         size = self.size
-        i = seq % size
+        i = (seq - self._start) % size
         end = i + length
         end = min(end, size)
         return self._view[i:end]
@@ -81,6 +83,7 @@ class ReceiveBuffer:
     """In-order bytes ``[read, nxt)`` for the application and out-of-order ranges past ``nxt``."""
 
     __slots__ = (
+        "_start",
         "_view",
         "max_ranges",
         "nxt",
@@ -93,6 +96,7 @@ class ReceiveBuffer:
 
     def __init__(self, size: int, start: int, max_ranges: int) -> None:
         self.size = size
+        self._start = start
         self._view = _ring(size)
         self.read = start
         self.nxt = start
@@ -110,7 +114,7 @@ class ReceiveBuffer:
     def _copy_in(self, seq: int, data: memoryview) -> None:
         size = self.size
         n = len(data)
-        i = seq % size
+        i = (seq - self._start) % size
         if i + n <= size:
             self._view[i : i + n] = data
         else:
@@ -122,7 +126,7 @@ class ReceiveBuffer:
         """Store in-order bytes at ``nxt`` (the caller checked the window)."""
         n = len(data)
         size = self.size
-        i = self.nxt % size
+        i = (self.nxt - self._start) % size
         if i + n <= size:
             self._view[i : i + n] = data
         else:
@@ -190,7 +194,7 @@ class ReceiveBuffer:
         if n <= 0:
             return b""
         size = self.size
-        i = self.read % size
+        i = (self.read - self._start) % size
         self.read += n
         if i + n <= size:
             return bytes(self._view[i : i + n])
@@ -202,7 +206,7 @@ class ReceiveBuffer:
         if n <= 0:
             return 0
         size = self.size
-        i = self.read % size
+        i = (self.read - self._start) % size
         first = min(n, size - i)
         target[:first] = self._view[i : i + first]
         if n > first:
