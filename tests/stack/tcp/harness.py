@@ -74,7 +74,13 @@ def cut(seg: TcpSegmentOut) -> list[Wire]:
     if len(payload) <= seg.mss:
         return [
             Wire(
-                seg.seq, seg.ack, seg.flags, seg.window, seg.options, payload, seg.ect,
+                seg.seq,
+                seg.ack,
+                seg.flags,
+                seg.window,
+                seg.options,
+                payload,
+                seg.ect,
                 retransmission=seg.retransmission,
             )
         ]
@@ -89,8 +95,14 @@ def cut(seg: TcpSegmentOut) -> list[Wire]:
         chunk = payload[i * seg.mss : (i + 1) * seg.mss]
         pieces.append(
             Wire(
-                (seg.seq + i * seg.mss) & 0xFFFFFFFF, seg.ack, flags, seg.window, seg.options,
-                chunk, seg.ect, retransmission=seg.retransmission,
+                (seg.seq + i * seg.mss) & 0xFFFFFFFF,
+                seg.ack,
+                flags,
+                seg.window,
+                seg.options,
+                chunk,
+                seg.ect,
+                retransmission=seg.retransmission,
             )
         )
     return pieces
@@ -116,8 +128,14 @@ def gro(pieces: list[Wire]) -> list[tuple[Wire, int]]:
             )
             if mergeable:
                 merged = Wire(
-                    head.seq, head.ack, head.flags | w.flags, head.window, head.options,
-                    head.payload + w.payload, head.ect, head.ce,
+                    head.seq,
+                    head.ack,
+                    head.flags | w.flags,
+                    head.window,
+                    head.options,
+                    head.payload + w.payload,
+                    head.ect,
+                    head.ce,
                 )
                 out[-1] = (merged, count + 1)
                 continue
@@ -190,14 +208,21 @@ class Net:
 
     def listen(self, config: TcpConfig, backlog: int = 16) -> TcpListener:
         self.server.listener = TcpListener(
-            SERVER, backlog=backlog, config=config, isn_source=self.isn,
+            SERVER,
+            backlog=backlog,
+            config=config,
+            isn_source=self.isn,
             rng=random.Random(7),
         )
         return self.server.listener
 
     def connect(self, config: TcpConfig) -> TcpConnection:
         conn = TcpConnection.connect(
-            CLIENT, SERVER, config=config, now_ns=self.now, isn_source=self.isn,
+            CLIENT,
+            SERVER,
+            config=config,
+            now_ns=self.now,
+            isn_source=self.isn,
             rng=random.Random(3),
         )
         self.client.conns[SERVER] = conn
@@ -207,7 +232,11 @@ class Net:
         """An active open from either host (both at once make a simultaneous open)."""
         peer = self.other(host)
         conn = TcpConnection.connect(
-            host.address, peer.address, config=config, now_ns=self.now, isn_source=self.isn,
+            host.address,
+            peer.address,
+            config=config,
+            now_ns=self.now,
+            isn_source=self.isn,
             rng=random.Random(5),
         )
         host.conns[peer.address] = conn
@@ -332,7 +361,11 @@ class Net:
         return True
 
     def run(
-        self, until: Callable[[], bool] | None = None, *, max_ns: int = 600 * S, max_steps: int = 10**7
+        self,
+        until: Callable[[], bool] | None = None,
+        *,
+        max_ns: int = 600 * S,
+        max_steps: int = 10**7,
     ) -> bool:
         """Step until ``until()`` holds (True) or time/steps run out or nothing is left (False)."""
         deadline = self.now + max_ns

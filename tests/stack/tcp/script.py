@@ -150,8 +150,12 @@ def client_config(**kw: object) -> TcpConfig:
 def open_active(peer: Peer, config: TcpConfig | None = None) -> TcpConnection:
     """Our connection in SYN-SENT, its SYN taken."""
     conn = TcpConnection.connect(
-        CLIENT, SERVER, config=config or TcpConfig(), now_ns=peer.now,
-        isn_source=IsnSource(random.Random(11)), rng=random.Random(12),
+        CLIENT,
+        SERVER,
+        config=config or TcpConfig(),
+        now_ns=peer.now,
+        isn_source=IsnSource(random.Random(11)),
+        rng=random.Random(12),
     )
     peer.conn = conn
     (syn,) = peer.take()
@@ -176,8 +180,11 @@ def establish_passive(
 ) -> tuple[TcpListener, TcpConnection]:
     """A listener, our SYN to it, its SYN,ACK, our ACK: the child ESTABLISHED and accepted."""
     listener = TcpListener(
-        SERVER, backlog=backlog, config=config or TcpConfig(),
-        isn_source=IsnSource(random.Random(13)), rng=random.Random(14),
+        SERVER,
+        backlog=backlog,
+        config=config or TcpConfig(),
+        isn_source=IsnSource(random.Random(13)),
+        rng=random.Random(14),
     )
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
     assert isinstance(child, TcpConnection)

@@ -230,9 +230,7 @@ def test_path_mtu_drop_lowers_the_mss_and_resends_at_once() -> None:
 
 
 def test_transfer_through_a_smaller_mtu_than_announced() -> None:
-    net, client, _ = established_pair(
-        TcpConfig(), forward=Impairment(mtu=1280), delay_ns=MS
-    )
+    net, client, _ = established_pair(TcpConfig(), forward=Impairment(mtu=1280), delay_ns=MS)
     data = bytes(range(256)) * 4000
     client.send(data)
     assert net.run(lambda: net.data(net.server) == data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,7 +79,7 @@ def test_receive_ring_reassembles_out_of_order_data(
         ranges = buf.ooo
         assert len(ranges) <= max_ranges
         assert buf.ooo_bytes == sum(e - s for s, e in ranges)
-        assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+        assert all(a[1] < b[0] for a, b in pairwise(ranges))
         assert all(s > buf.nxt for s, _ in ranges)
         assert all(e <= buf.read + size for _, e in ranges)
         if read:

@@ -152,7 +152,7 @@ def test_cubic_reaches_w_max_about_k_after_the_loss() -> None:
 
 
 def test_cubic_is_reno_friendly_at_small_windows() -> None:
-    # With a small W_max the cubic curve is flat and W_est (AIMD with α) governs.
+    # With a small W_max the cubic curve is flat and W_est (AIMD with alpha) governs.
     cc = Cubic(MSS)
     cc.cwnd = 10 * MSS
     cc.on_congestion(0, 10 * MSS)

@@ -47,13 +47,17 @@ def test_no_ecn_unless_the_syn_ack_agrees() -> None:
 
 def test_passive_open_agrees_to_ecn() -> None:
     peer = Peer(mss=1000)
-    from netoffload.stack.tcp import IsnSource, TcpConnection, TcpListener
     import random
+
+    from netoffload.stack.tcp import IsnSource, TcpConnection, TcpListener
 
     from .harness import CLIENT, SERVER
 
     listener = TcpListener(
-        SERVER, backlog=2, config=TcpConfig(), isn_source=IsnSource(random.Random(1)),
+        SERVER,
+        backlog=2,
+        config=TcpConfig(),
+        isn_source=IsnSource(random.Random(1)),
         rng=random.Random(2),
     )
     child = listener.on_segment(
@@ -88,9 +92,7 @@ def test_ce_is_echoed_as_ece_until_cwr_arrives() -> None:
 
 def test_ece_reduces_cwnd_once_per_window_and_sets_cwr_on_the_next_data() -> None:
     peer = Peer(mss=1000, timestamps=False)
-    config = TcpConfig(
-        ecn_request=True, timestamps=False, nodelay=True, initial_window_segments=20
-    )
+    config = TcpConfig(ecn_request=True, timestamps=False, nodelay=True, initial_window_segments=20)
     conn = ecn_peer_established(peer, config)
     conn.send(b"d" * 10_000)
     (burst,) = peer.take()
@@ -113,9 +115,7 @@ def test_ece_reduces_cwnd_once_per_window_and_sets_cwr_on_the_next_data() -> Non
 
 def test_ecn_marks_through_a_path_slow_the_sender_without_loss() -> None:
     config = TcpConfig(ecn_request=True)
-    net, client, server = established_pair(
-        config, forward=Impairment(ce=0.02), delay_ns=2 * MS
-    )
+    net, client, server = established_pair(config, forward=Impairment(ce=0.02), delay_ns=2 * MS)
     assert client.info().ecn and server.info().ecn
     data = bytes(3_000_000)
     pos = [0]

@@ -20,8 +20,11 @@ from .script import Peer
 
 def listener(backlog: int, **config: object) -> TcpListener:
     return TcpListener(
-        SERVER, backlog=backlog, config=TcpConfig(**config),  # type: ignore[arg-type]
-        isn_source=IsnSource(random.Random(1)), rng=random.Random(2),
+        SERVER,
+        backlog=backlog,
+        config=TcpConfig(**config),  # type: ignore[arg-type]
+        isn_source=IsnSource(random.Random(1)),
+        rng=random.Random(2),
     )
 
 
@@ -122,7 +125,7 @@ def test_closing_the_listener_resets_children_not_yet_accepted() -> None:
     lst = listener(backlog=4)
     peer, child = half_open(lst, 1)
     peer.send(peer.segment(ACK))
-    peer2, child2 = half_open(lst, 2)
+    _, child2 = half_open(lst, 2)
     lst.close()
     assert lst.state is TcpState.CLOSED
     assert child.state is TcpState.CLOSED and child2.state is TcpState.CLOSED  # type: ignore[union-attr]

@@ -74,8 +74,10 @@ known_option = st.one_of(
     st.just(b"\x04\x02"),
     st.builds(lambda a, b: b"\x08\x0a" + a.to_bytes(4, "big") + b.to_bytes(4, "big"), u32, u32),
     st.builds(
-        lambda blocks: bytes((5, 2 + 8 * len(blocks)))
-        + b"".join(a.to_bytes(4, "big") + b.to_bytes(4, "big") for a, b in blocks),
+        lambda blocks: (
+            bytes((5, 2 + 8 * len(blocks)))
+            + b"".join(a.to_bytes(4, "big") + b.to_bytes(4, "big") for a, b in blocks)
+        ),
         st.lists(st.tuples(u32, u32), min_size=1, max_size=4),
     ),
     st.just(b"\x01"),

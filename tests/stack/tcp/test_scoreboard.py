@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +19,7 @@ def check(sb: Scoreboard, una: int, nxt: int, sends: int) -> None:
         assert q[0].start == una and q[-1].end == nxt
     else:
         assert una == nxt
-    for a, b in zip(q, q[1:], strict=False):
+    for a, b in pairwise(q):
         assert a.end == b.start
     for burst in q:
         assert burst.start < burst.end

@@ -7,14 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netoffload.stack.tcp import (
-    Reset,
     TcpConfig,
     TcpSegmentIn,
     TcpState,
     reset_for,
 )
 
-from .harness import ACK, FIN, MS, PSH, RST, S, SYN
+from .harness import ACK, FIN, MS, PSH, RST, SYN, S
 from .script import Peer, establish_active, ts_option
 
 M32 = 0xFFFFFFFF

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from itertools import pairwise
 
 from netoffload.stack.tcp import (
     Closed,
@@ -23,7 +24,7 @@ from netoffload.stack.tcp import (
 )
 from netoffload.stack.tcp.state import TRANSITIONS, Trigger
 
-from .harness import ACK, CLIENT, FIN, MS, RST, S, SERVER, SYN, Net
+from .harness import ACK, CLIENT, FIN, MS, RST, SERVER, SYN, Net, S
 from .script import Peer, establish_active, establish_passive, open_active
 
 St = TcpState
@@ -53,7 +54,10 @@ def events(conn: TcpConnection) -> list[object]:
 def closed_listen_closed() -> list[St]:
     seen = Seen(St.CLOSED)
     listener = TcpListener(
-        SERVER, backlog=4, config=TcpConfig(), isn_source=IsnSource(random.Random(1)),
+        SERVER,
+        backlog=4,
+        config=TcpConfig(),
+        isn_source=IsnSource(random.Random(1)),
         rng=random.Random(2),
     )
     seen(listener.state)
@@ -92,7 +96,10 @@ def passive_open_established() -> list[St]:
     peer = Peer()
     seen = Seen(St.LISTEN)
     listener = TcpListener(
-        SERVER, backlog=4, config=TcpConfig(), isn_source=IsnSource(random.Random(1)),
+        SERVER,
+        backlog=4,
+        config=TcpConfig(),
+        isn_source=IsnSource(random.Random(1)),
         rng=random.Random(2),
     )
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
@@ -115,7 +122,10 @@ def passive_rst_back_to_listen() -> list[St]:
     the listener goes on listening."""
     peer = Peer()
     listener = TcpListener(
-        SERVER, backlog=4, config=TcpConfig(), isn_source=IsnSource(random.Random(1)),
+        SERVER,
+        backlog=4,
+        config=TcpConfig(),
+        isn_source=IsnSource(random.Random(1)),
         rng=random.Random(2),
     )
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
@@ -399,7 +409,7 @@ def test_scenarios_cover_every_edge_of_figure_5() -> None:
     seen: set[tuple[St, St]] = set()
     for scenario in SCENARIOS.values():
         states = scenario()
-        seen.update(zip(states, states[1:], strict=False))
+        seen.update(pairwise(states))
     missing = figure_5 - seen
     # LISTEN -> SYN-SENT (SEND on a listening socket) is not offered, as in Linux.
     assert missing == set(), missing

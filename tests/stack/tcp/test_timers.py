@@ -125,7 +125,7 @@ def test_an_answered_keepalive_keeps_the_connection() -> None:
     conn.set_keepalive(True, idle_ns=10 * S, interval_ns=S, probes=2)
     for _ in range(5):
         peer.fire_timers()
-        (probe,) = peer.take()
+        (_probe,) = peer.take()
         # The peer answers the out-of-window probe with an ACK.
         peer.send(peer.segment(ACK))
         assert conn.state is TcpState.ESTABLISHED

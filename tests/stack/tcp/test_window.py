@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from netoffload.stack.tcp import TcpConfig, TcpState, TimedOut
 
-from .harness import ACK, MS, PSH, SYN
+from .harness import ACK, PSH, SYN
 from .script import Peer, establish_active, establish_passive, open_active
 
 M32 = 0xFFFFFFFF
@@ -65,9 +65,10 @@ def test_receive_window_closes_and_never_moves_left() -> None:
     out = peer.take()
     assert out and out[-1].window == 0 and conn.readable() == 4000
     assert edges == sorted(edges) and edges[-1] == out[-1].ack
-    assert conn.info().drops.get("out of window", 0) + conn.info().drops.get(
-        "data beyond window", 0
-    ) >= 1
+    assert (
+        conn.info().drops.get("out of window", 0) + conn.info().drops.get("data beyond window", 0)
+        >= 1
+    )
     # The application reads: a window update goes out at once.
     assert conn.recv(4000) == b"d" * 4000
     (update,) = peer.take()

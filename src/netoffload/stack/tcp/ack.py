@@ -32,7 +32,7 @@ class AckSide(ReceiveSide):
     __slots__ = ()
 
     def _echo_ms(self, tsecr: int | None, now_ns: int) -> int:
-        """When (in ms of ``now_ns``'s clock) the TSval echoed in ``tsecr`` was sent; -1 if unknown."""
+        """When (in ms of ``now_ns``'s clock) the echoed TSval was sent; -1 if unknown."""
         if tsecr is None or not self._ts_ok:
             return -1
         age = (self._ts_now(now_ns) - tsecr) & MASK32
@@ -54,7 +54,7 @@ class AckSide(ReceiveSide):
             if wnd:
                 self._persist_probes = 0
 
-    def _on_ack(
+    def _on_ack(  # noqa: PLR0917 - called per segment: positional on purpose
         self,
         ack: int,
         seq: int,
@@ -137,7 +137,7 @@ class AckSide(ReceiveSide):
             self._event(SendSpaceFreed())
 
     def _arm_tlp(self, now_ns: int) -> None:
-        """RFC 8985 §7.2: PTO = 2·SRTT (+ a worst-case delayed ACK for one segment), before the RTO."""
+        """RFC 8985 §7.2: PTO = 2·SRTT (+ a delayed ACK for a lone segment), before the RTO."""
         if (
             self._tlp_end is not _NO_TLP
             or self._recovery != OPEN
@@ -265,7 +265,7 @@ class AckSide(ReceiveSide):
         self._stats["ecn_reductions"] += 1
 
     def _after_rto(self, now_ns: int) -> None:
-        """RFC 6298 §5.4-5.6 and RFC 8985 §6.3: back off, mark all lost, restart from one segment."""
+        """RFC 6298 §5.4-5.6, RFC 8985 §6.3: back off, mark all lost, restart from one segment."""
         sb = self._sb
         if sb.q and sb.q[0].flags & 1:
             sb.clear_sacks()  # the head was SACKed yet not acked: the receiver reneged

@@ -338,7 +338,8 @@ class InputSide(OutputSide):
             else:
                 if n and seq + n <= nxt and self._sack_ok:
                     self._dsack = (seq, seq + n)
-                self._oow_ack(now_ns, n > 0 and not flags & SYN)
+                # Linux rate-limits these ACKs only for segments without data or FIN.
+                self._oow_ack(now_ns, seg_len > 0 and not flags & SYN)
                 self._drop("out of window")
                 return
         # Second: RST (RFC 5961 §3.2).

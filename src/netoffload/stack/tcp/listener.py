@@ -108,7 +108,7 @@ class TcpListener:
     def on_segment(
         self, remote: Endpoint, seg: TcpSegmentIn, now_ns: int
     ) -> TcpConnection | TcpSegmentOut | None:
-        """A segment for this port from ``remote`` that matched no connection (RFC 9293 §3.10.7.2)."""
+        """A segment from ``remote`` that matched no connection (RFC 9293 §3.10.7.2)."""
         flags = seg.flags
         if self._state is not TcpState.LISTEN:
             return reset_for(seg)
@@ -159,7 +159,7 @@ class TcpListener:
         return child
 
     def close(self) -> None:
-        """LISTEN -> CLOSED: reset the children not yet accepted (Linux ``inet_csk_listen_stop``)."""
+        """LISTEN -> CLOSED: reset children not yet accepted (Linux ``inet_csk_listen_stop``)."""
         if self._state is not TcpState.LISTEN:
             return
         self._state = next_state(self._state, Trigger.CLOSE)

@@ -100,7 +100,7 @@ class OutputSide(AckSide):
             or self._probe_pending
         ):
             return True
-        if self._state not in _SENDING:
+        if self._state not in _SENDING or self._snd_una == self._iss:
             return False
         sb = self._sb
         if sb.lost_unsent_bytes and (
@@ -272,7 +272,7 @@ class OutputSide(AckSide):
             length -= n
             flags &= ~CWR  # CWR goes on the first piece only
 
-    def _send_data(
+    def _send_data(  # noqa: PLR0917 - per poll: positional on purpose
         self,
         out: list[TcpSegmentOut],
         now_ns: int,
@@ -305,12 +305,15 @@ class OutputSide(AckSide):
             if n <= 0:
                 break
             nxt = self._snd_nxt
-            if nxt == self._snd_una and self._recovery == OPEN:
-                if now_ns - self._last_send_ns > self._rtt.rto_ns():
-                    cc.on_idle_restart(now_ns)  # RFC 5681 §4.1
-                    n = self._new_data_len(max_payload)
-                    if n <= 0:
-                        break
+            if (
+                nxt == self._snd_una
+                and self._recovery == OPEN
+                and now_ns - self._last_send_ns > self._rtt.rto_ns()
+            ):
+                cc.on_idle_restart(now_ns)  # RFC 5681 §4.1
+                n = self._new_data_len(max_payload)
+                if n <= 0:
+                    break
             end = nxt + n
             tail = buf.tail
             f = flags | PSH if end == tail else flags
@@ -368,7 +371,7 @@ class OutputSide(AckSide):
                 self._rtt.rto_ns() << self._persist_probes, self._config.rto_max_ns
             )
 
-    def _retransmit_lost(
+    def _retransmit_lost(  # noqa: PLR0917 - per burst: positional on purpose
         self,
         out: list[TcpSegmentOut],
         limit: int,

@@ -9,7 +9,7 @@ MIN_RTT_WINDOW_NS = 10_000_000_000
 class RttEstimator:
     """SRTT, RTTVAR and RTO in integer nanoseconds, with exponential backoff.
 
-    RFC 6298 §2 with K = 4, α = 1/8, β = 1/4; the lower bound is
+    RFC 6298 §2 with K = 4, alpha = 1/8, β = 1/4; the lower bound is
     ``rto_min_ns`` (Linux's 200 ms rather than the RFC's 1 s, §2.4 allows
     less), the upper bound ``rto_max_ns`` (§2.5). Karn's algorithm is the
     caller's part: it never offers a sample from a retransmitted segment unless

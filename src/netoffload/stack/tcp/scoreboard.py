@@ -155,7 +155,7 @@ class Scoreboard:
                 self._delivered(burst.xmit_ns, end, flags, now_ns, echo_ms, min_rtt_ns)
         return rtt
 
-    def _delivered(
+    def _delivered(  # noqa: PLR0917 - per delivered burst: positional on purpose
         self, xmit: int, end: int, flags: int, now_ns: int, echo_ms: int, min_rtt_ns: int
     ) -> None:
         # RFC 8985 §6.2 step 2 (RACK.xmit_ts, end_seq, rtt) and step 3 (reordering).
@@ -166,14 +166,13 @@ class Scoreboard:
                 return  # too soon to be for the retransmission
         elif end < self.fack:
             self.reordering_seen = True
-        if end > self.fack:
-            self.fack = end
+        self.fack = max(self.fack, end)
         if xmit > self.rack_xmit_ns or (xmit == self.rack_xmit_ns and end > self.rack_end):
             self.rack_xmit_ns = xmit
             self.rack_end = end
             self.rack_rtt_ns = now_ns - xmit
 
-    def sack(
+    def sack(  # noqa: PLR0917 - per SACK block: positional on purpose
         self,
         left: int,
         right: int,

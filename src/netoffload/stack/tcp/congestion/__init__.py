@@ -1,4 +1,4 @@
-"""Congestion controllers behind one small interface: NewReno (RFC 5681/6582) and CUBIC (RFC 9438)."""
+"""Congestion controllers behind one interface: NewReno (RFC 5681/6582), CUBIC (RFC 9438)."""
 
 from __future__ import annotations
 

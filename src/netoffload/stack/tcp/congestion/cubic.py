@@ -87,7 +87,7 @@ class Cubic(CongestionControl):
         assert self._epoch_ns is not None
         segments = acked / mss
         t = (now_ns - self._epoch_ns) / 1e9
-        # §4.3: W_est grows by α per window acked; α becomes 1 once W_est
+        # §4.3: W_est grows by alpha per window acked; alpha becomes 1 once W_est
         # reaches the window before the last reduction.
         self._w_est += self._alpha * segments / cwnd
         if self._alpha != 1.0 and self._w_est >= self._cwnd_prior:
