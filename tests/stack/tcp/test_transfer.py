@@ -157,3 +157,24 @@ def test_transfer_in_both_directions_at_once() -> None:
     assert net.run(
         lambda: net.data(net.server) == up and net.data(net.client) == down, max_ns=600 * S
     )
+
+
+def test_without_tso_no_segment_exceeds_max_payload() -> None:
+    # An interface without TSO polls with max_payload_bytes of one segment, here
+    # smaller than the connection's MSS: everything still goes, nothing larger.
+    config = TcpConfig(send_buffer_bytes=256 << 10, recv_buffer_bytes=256 << 10)
+    net, client, _ = established_pair(
+        config, seed=12, forward=Impairment(loss=0.03), max_payload=1000
+    )
+    sizes: list[int] = []
+    net.on_transmit.append(lambda host, seg: sizes.append(len(seg.payload)))
+    data = random.Random(12).randbytes(1_000_000)
+    pos = [0]
+
+    def pump() -> None:
+        pos[0] += client.send(memoryview(data)[pos[0] :])
+
+    net.on_poll.insert(0, pump)
+    assert net.run(lambda: net.data(net.server) == data, max_ns=600 * S)
+    assert max(sizes) == 1000 and client.info().mss_bytes == 1448
+    assert client.info().retransmitted_segs > 0

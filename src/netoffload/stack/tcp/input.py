@@ -59,9 +59,6 @@ class InputSide(OutputSide):
             head, tsval, tsecr = _unpack_ts12(opts)
             if head != TS_PREFIX or (tsval - self._ts_recent) & MASK32 >= HALF32:
                 return False
-            if nxt == self._last_ack_sent:
-                self._ts_recent = tsval  # RFC 7323 §4.3: SEG.SEQ <= Last.ACK.sent
-                self._ts_recent_ns = now_ns
         elif opts:
             return False
         payload = seg.payload
@@ -72,6 +69,9 @@ class InputSide(OutputSide):
         delta = (seg.ack - una) & MASK32
         if delta > self._snd_nxt - una:
             return False
+        if tsecr is not None and nxt == self._last_ack_sent:
+            self._ts_recent = tsval  # RFC 7323 §4.3: SEG.SEQ <= Last.ACK.sent
+            self._ts_recent_ns = now_ns
         self._last_rcv_ns = now_ns
         self._ka_probes = 0
         if delta or seg.window << self._snd_wscale != self._snd_wnd:
@@ -82,7 +82,7 @@ class InputSide(OutputSide):
         if n:
             buf = self._rcvbuf
             assert buf is not None
-            if buf.ooo or self._rcv_fin_seq is not None or n % seg.segments:
+            if buf.ooo or self._rcv_fin_seq is not None:
                 self._receive_data(nxt, payload, seg.segments, now_ns)
             else:
                 was_empty = buf.nxt == buf.read

@@ -70,6 +70,8 @@ class OutputSide(AckSide):
         if room <= 0:
             return 0
         mss = self._mss
+        if mss > max_payload:
+            mss = max_payload  # an interface without TSO may allow less than our MSS
         n = avail
         n = min(n, room)
         n = min(n, max_payload)
@@ -284,18 +286,21 @@ class OutputSide(AckSide):
         sb = self._sb
         cc = self._cc
         mss = self._mss
+        seg_mss = mss if mss <= max_payload else max_payload
         flags = self._flags_ack()
         # Retransmissions first (RFC 6675 NextSeg rule 1).
         if sb.lost_unsent_bytes:
             if self._force_retransmit:
                 self._force_retransmit = False
-                self._retransmit_lost(out, mss, now_ns, flags, ack, window, options)
+                self._retransmit_lost(out, seg_mss, seg_mss, now_ns, flags, ack, window, options)
             while sb.lost_unsent_bytes:
                 room = cc.cwnd - self._pipe()
-                if room < mss:
+                if room < seg_mss:
                     break
                 room = min(room, max_payload)
-                if not self._retransmit_lost(out, room, now_ns, flags, ack, window, options):
+                if not self._retransmit_lost(
+                    out, room, seg_mss, now_ns, flags, ack, window, options
+                ):
                     break
         # New data (NextSeg rule 2).
         buf = self._sndbuf
@@ -375,6 +380,7 @@ class OutputSide(AckSide):
         self,
         out: list[TcpSegmentOut],
         limit: int,
+        seg_mss: int,
         now_ns: int,
         flags: int,
         ack: int,
@@ -382,7 +388,7 @@ class OutputSide(AckSide):
         options: bytes,
     ) -> bool:
         mss = self._mss
-        taken = self._sb.take_lost(limit, mss, now_ns)
+        taken = self._sb.take_lost(limit, seg_mss, now_ns)
         if taken is None:
             return False
         start, end, fin = taken
