@@ -191,7 +191,7 @@ u32 = st.integers(0, M32)
             st.integers(0, 0xFFFF),
             st.binary(max_size=40),
             st.binary(max_size=3000),
-            st.integers(1, 64),
+            st.integers(-1, 64),
             st.booleans(),
             st.booleans(),
         ),

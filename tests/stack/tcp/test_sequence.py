@@ -6,7 +6,7 @@ import random
 
 from netoffload.stack.tcp import IsnSource, PeerClosed, TcpConfig, TcpState
 
-from .harness import ACK, FIN, PSH, S, Impairment, Net, established_pair
+from .harness import ACK, FIN, PSH, Impairment, Net, S, established_pair
 from .script import Peer, establish_active
 
 

@@ -108,7 +108,9 @@ class AckSide(ReceiveSide):
         self._dupacks = 0
         recovery = self._recovery
         if recovery == OPEN:
-            if self._cwnd_limited:
+            # No growth while the window that met an ECN reduction is still in flight
+            # (RFC 3168 §6.1.2; Linux's CWR state).
+            if self._cwnd_limited and ack >= self._ecn_high:
                 self._cc.on_ack(acked, now_ns, rtt.srtt_ns)
         elif ack >= self._recover_seq:
             self._exit_recovery()

@@ -57,6 +57,8 @@ class SendBuffer:
         i = (self.tail - self._start) % size
         first = min(n, size - i)
         src = memoryview(data)
+        if not src.c_contiguous:
+            src = memoryview(src.tobytes())
         if src.format != "B" or src.ndim != 1:
             src = src.cast("B")
         self._view[i : i + first] = src[:first]

@@ -31,6 +31,8 @@ _unpack_ts12 = struct.Struct("!III").unpack_from
 _ESTABLISHED: Final = TcpState.ESTABLISHED
 _S = TcpState
 _NS_PER_S: Final = 1_000_000_000
+#: Stateless RSTs held for the next poll, at most.
+_MAX_REPLIES: Final = 8
 #: RFC 8200 §5: the IPv6 minimum MTU less 60 bytes of headers.
 _DEFAULT_MSS_V6: Final = 1220
 
@@ -42,7 +44,7 @@ class InputSide(OutputSide):
 
     def on_segment(self, seg: TcpSegmentIn, now_ns: int) -> None:
         """Process one received segment (or GRO super-packet). Never raises for bad input."""
-        self._segs_in += seg.segments
+        self._segs_in += seg.segments if seg.segments > 1 else 1
         if self._state is _ESTABLISHED and (seg.flags & _PREDICTED) == ACK:
             nxt = self._rcv_nxt
             if seg.seq == nxt & MASK32 and self._predicted(seg, nxt, now_ns):
@@ -89,7 +91,8 @@ class InputSide(OutputSide):
                 buf.append(payload)
                 self._rcv_nxt = nxt + n
                 self._bytes_received += n
-                per_segment = n // seg.segments
+                segments = seg.segments
+                per_segment = n // segments if segments > 1 else n
                 if per_segment > self._rcv_mss:
                     self._rcv_mss = min(per_segment, self._config.mss_bytes)
                 if nxt + n - self._last_ack_sent > self._rcv_mss:
@@ -184,9 +187,7 @@ class InputSide(OutputSide):
             ack = self._unwrap_ack(seg.ack)
             if ack <= self._iss or ack > self._snd_nxt:
                 if not flags & RST:
-                    reply = reset_for(seg)
-                    if reply is not None:
-                        self._replies.append(reply)
+                    self._reply_reset(seg)
                 self._drop("unacceptable ACK in SYN-SENT")
                 return
         if flags & RST:
@@ -263,6 +264,12 @@ class InputSide(OutputSide):
             return
         self._oow_ack(now_ns, bool(seg.payload))
         self._drop("segment in TIME-WAIT")
+
+    def _reply_reset(self, seg: TcpSegmentIn) -> None:
+        """Queue the RST a bad ACK in a handshake earns (a few at most until polled)."""
+        reply = reset_for(seg)
+        if reply is not None and len(self._replies) < _MAX_REPLIES:
+            self._replies.append(reply)
 
     def _oow_ack(self, now_ns: int, has_data: bool) -> None:
         """ACK an unacceptable segment; without data, at most once per 500 ms (Linux)."""
@@ -361,9 +368,7 @@ class InputSide(OutputSide):
         if syn_unacked:
             # SYN-RECEIVED (or FIN-WAIT-1 after a close there): the ACK of our SYN.
             if not self._snd_una < ack <= self._snd_nxt:
-                reply = reset_for(seg)
-                if reply is not None:
-                    self._replies.append(reply)
+                self._reply_reset(seg)
                 self._drop("unacceptable ACK in SYN-RECEIVED")
                 return
             if not self._establish(ack, seq, seg.window, opts.tsecr, now_ns):

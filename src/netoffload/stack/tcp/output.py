@@ -70,8 +70,7 @@ class OutputSide(AckSide):
         if room <= 0:
             return 0
         mss = self._mss
-        if mss > max_payload:
-            mss = max_payload  # an interface without TSO may allow less than our MSS
+        mss = min(mss, max_payload)  # an interface without TSO may allow less than our MSS
         n = avail
         n = min(n, room)
         n = min(n, max_payload)

@@ -152,7 +152,7 @@ class ReceiveSide(TcpControlBlock):
         if not payload:
             self._ack_now = True
             return
-        per_segment = len(payload) // segments
+        per_segment = len(payload) // segments if segments > 1 else len(payload)
         if per_segment > self._rcv_mss:
             self._rcv_mss = min(per_segment, self._config.mss_bytes)
         readable_before = buf.nxt - buf.read
