@@ -148,6 +148,8 @@ class Impairment:
     """Seeded per-segment faults of one direction."""
 
     loss: float = 0.0
+    #: A corrupted segment fails its checksum at the receiving device: a drop there.
+    corrupt: float = 0.0
     dup: float = 0.0
     reorder: float = 0.0
     reorder_ns: int = 3 * MS
@@ -199,6 +201,7 @@ class Net:
         self._order = 0
         self.isn = IsnSource(random.Random(seed + 1))
         self.sent: list[tuple[str, Wire]] = []
+        self.corrupted = 0
         self.delivered: list[tuple[str, TcpSegmentIn]] = []
         self.on_poll: list[Callable[[], None]] = []
         #: Called with (host, segment) for every segment a connection emits.
@@ -260,6 +263,9 @@ class Net:
             if imp.drop is not None and imp.drop(w):
                 continue
             if imp.loss and self.rng.random() < imp.loss:
+                continue
+            if imp.corrupt and self.rng.random() < imp.corrupt:
+                self.corrupted += 1
                 continue
             if imp.ce and w.ect and self.rng.random() < imp.ce:
                 w.ce = True
@@ -387,6 +393,41 @@ class Net:
 
     def data(self, host: Host) -> bytes:
         return b"".join(bytes(v) for v in host.received.values())
+
+
+def transfer(
+    net: Net,
+    client: TcpConnection,
+    server: TcpConnection,
+    up: bytes,
+    down: bytes = b"",
+    *,
+    shutdown: bool = True,
+    max_ns: int = 3600 * S,
+) -> None:
+    """Send ``up`` from client to server and ``down`` back, as fast as the buffers take it,
+    then shut both write sides; run until everything arrived and assert it byte for byte."""
+    pos = {"up": 0, "down": 0}
+    up_view, down_view = memoryview(up), memoryview(down)
+
+    def pump() -> None:
+        for key, conn, view in (("up", client, up_view), ("down", server, down_view)):
+            if pos[key] < len(view) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+                pos[key] += conn.send(view[pos[key] : pos[key] + (1 << 20)])
+                if pos[key] == len(view) and shutdown:
+                    conn.shutdown_write()
+
+    net.on_poll.insert(0, pump)
+    try:
+        done = net.run(
+            lambda: len(net.data(net.server)) >= len(up) and len(net.data(net.client)) >= len(down),
+            max_ns=max_ns,
+        )
+    finally:
+        net.on_poll.remove(pump)
+    assert done, (client.info(), server.info())
+    assert net.data(net.server) == up
+    assert net.data(net.client) == down
 
 
 def established_pair(

@@ -8,7 +8,7 @@ import pytest
 
 from netoffload.stack.tcp import TcpConfig, TcpConnection, TcpSegmentOut, TcpState
 
-from .harness import ACK, MS, SYN, Host, Impairment, Net, S, established_pair
+from .harness import ACK, MS, SYN, Host, Impairment, Net, S, established_pair, transfer
 
 SIZE = 20_000_000
 
@@ -76,22 +76,8 @@ def bulk(
     )
     bounds = Bounds(net, [client, server])
     payload = random.Random(seed).randbytes(size)
-    view = memoryview(payload)
-    sent = [0]
-
-    def pump() -> None:
-        if sent[0] < size and client.state is TcpState.ESTABLISHED:
-            sent[0] += client.send(view[sent[0] : sent[0] + (1 << 20)])
-            if sent[0] == size:
-                client.shutdown_write()
-
-    net.on_poll.insert(0, pump)
-    done = net.run(
-        lambda: server.state is TcpState.CLOSE_WAIT and len(net.data(net.server)) == size,
-        max_ns=3600 * S,
-    )
-    assert done, (client.info(), server.info())
-    assert net.data(net.server) == payload
+    transfer(net, client, server, payload)
+    assert net.run(lambda: server.state is TcpState.CLOSE_WAIT)
     return net, client, server, bounds
 
 
@@ -143,20 +129,19 @@ def test_transfer_in_both_directions_at_once() -> None:
     net, client, server = established_pair(
         config, seed=11, forward=faults, backward=Impairment(loss=0.03, reorder=0.03)
     )
+    Bounds(net, [client, server])
     up = random.Random(1).randbytes(3_000_000)
     down = random.Random(2).randbytes(3_000_000)
-    pos = {"up": 0, "down": 0}
+    transfer(net, client, server, up, down)
+    assert net.run(lambda: client.state is TcpState.CLOSED and server.state is TcpState.CLOSED)
 
-    def pump() -> None:
-        for name, conn, data in (("up", client, up), ("down", server, down)):
-            if pos[name] < len(data) and conn.state is TcpState.ESTABLISHED:
-                pos[name] += conn.send(memoryview(data)[pos[name] :])
 
-    net.on_poll.insert(0, pump)
-    Bounds(net, [client, server])
-    assert net.run(
-        lambda: net.data(net.server) == up and net.data(net.client) == down, max_ns=600 * S
+def test_corruption_dropped_by_the_device_is_recovered() -> None:
+    net, client, server = established_pair(
+        TcpConfig(), seed=13, forward=Impairment(corrupt=0.05), backward=Impairment(corrupt=0.05)
     )
+    transfer(net, client, server, random.Random(13).randbytes(2_000_000))
+    assert net.corrupted > 0
 
 
 def test_without_tso_no_segment_exceeds_max_payload() -> None:
