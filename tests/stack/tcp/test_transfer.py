@@ -163,3 +163,38 @@ def test_without_tso_no_segment_exceeds_max_payload() -> None:
     assert net.run(lambda: net.data(net.server) == data, max_ns=600 * S)
     assert max(sizes) == 1000 and client.info().mss_bytes == 1448
     assert client.info().retransmitted_segs > 0
+
+
+def test_slow_reader_closes_the_window_and_the_transfer_still_completes() -> None:
+    config = TcpConfig(recv_buffer_bytes=64 << 10, send_buffer_bytes=256 << 10)
+    net, client, server = established_pair(config, seed=14, forward=Impairment(loss=0.01))
+    net.server.auto_read = False
+    got = bytearray()
+    small_windows = [0]
+
+    def read_slowly() -> None:
+        if server.readable():
+            got.extend(server.recv(1024))  # 1 KiB per step: far slower than the sender
+
+    def watch(host: Host, seg: TcpSegmentOut) -> None:
+        # Flow control engaged: the receiver offered less than four segments.
+        if host is net.server and seg.window << server.info().rcv_wscale < 4 * 1448:
+            small_windows[0] += 1
+
+    net.on_transmit.append(watch)
+    net.on_poll.append(read_slowly)
+    Bounds(net, [client, server])
+    data = random.Random(14).randbytes(1_000_000)
+    pos = [0]
+
+    def pump() -> None:
+        pos[0] += client.send(memoryview(data)[pos[0] :])
+
+    net.on_poll.insert(0, pump)
+    for _ in range(10_000):
+        if net.run(lambda: bytes(got) == data, max_ns=3600 * S):
+            break
+        # The path went quiet with data still unread: the application reads on.
+        got.extend(server.recv(1024))
+    assert bytes(got) == data
+    assert small_windows[0] > 0  # the window nearly closed, and reopened every time
