@@ -198,3 +198,18 @@ def test_slow_reader_closes_the_window_and_the_transfer_still_completes() -> Non
         got.extend(server.recv(1024))
     assert bytes(got) == data
     assert small_windows[0] > 0  # the window nearly closed, and reopened every time
+
+
+def test_tiny_segments_in_flight_are_capped_like_packets() -> None:
+    config = TcpConfig(nodelay=True, initial_window_segments=10)
+    net, client, server = established_pair(config, delay_ns=20 * MS)
+    entries: list[int] = []
+    net.on_poll.append(lambda: entries.append(client.info().scoreboard_entries))
+    for i in range(2000):
+        client.send(bytes([i % 256]))
+        net.flush()
+    info = client.info()
+    # A byte-counted window of 14600 bytes would allow 2000 one-byte segments at once.
+    assert max(entries) <= 2 * (info.cwnd_bytes // info.mss_bytes) + 16
+    assert net.run(lambda: len(net.data(net.server)) == 2000)
+    assert net.data(net.server) == bytes(i % 256 for i in range(2000))

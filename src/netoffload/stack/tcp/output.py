@@ -64,8 +64,13 @@ class OutputSide(AckSide):
         if avail <= 0:
             return 0
         una = self._snd_una
+        cc = self._cc
+        if len(self._sb.q) >= (cc.cwnd // self._mss) * 2 + 16:
+            # Tiny segments: a byte-counted cwnd would let thousands be in flight.
+            # Like Linux's packet-counted cwnd, cap them (and the scoreboard with them).
+            return 0
         room = una + self._snd_wnd - nxt
-        cwnd_room = self._cc.cwnd - self._pipe()
+        cwnd_room = cc.cwnd - self._pipe()
         room = min(room, cwnd_room)
         if room <= 0:
             return 0
