@@ -6,6 +6,26 @@ segments (``poll_transmit``, only when ``has_output()``), runs its timer
 application side is a socket's: ``send``, ``recv``, ``shutdown_write``,
 ``close``, ``abort``. Nothing here does I/O, reads a clock or sleeps.
 
+What the interface driving it does:
+
+- After ``on_segment``, ``on_timer`` or an application call, poll the
+  connection if ``has_output()``; hand each ``TcpSegmentOut`` to the device
+  (cut at ``mss`` by TSO or in software, CWR on the first piece, FIN and PSH on
+  the last, ECT(0) when ``ect``). ``max_payload_bytes`` is the largest payload
+  one segment may carry: 64 KiB less the headers with TSO, else one segment.
+- Keep the connection in the 4-tuple table until its ``Closed`` event, which
+  comes after any RST it still had to send; TIME-WAIT stays in the table.
+- A SYN that finds a connection in TIME-WAIT: if ``state`` is CLOSED after
+  ``on_segment``, the SYN opened a new incarnation (RFC 6191): remove the old
+  connection and give the same segment to the listener.
+- Set ``TcpConfig.mss_bytes`` from the interface MTU (1460 for IPv4 on
+  Ethernet, 1440 for IPv6); report ICMP "packet too big" with
+  ``set_path_mtu(mtu, ip_header + 20)`` and other ICMP errors with
+  ``on_icmp_error`` (with the quoted sequence number when there is one).
+- ``payload`` of a received segment need only live during ``on_segment``; the
+  payload of a sent one stays valid until the stack has handed it on (the send
+  buffer reuses it only once acknowledged).
+
 Passive opens come from a ``TcpListener`` (``listener.py``): a child starts in
 SYN-RECEIVED and reports its establishment to the listener itself, which then
 moves it from the SYN queue to the accept queue (see ``TcpListener``).
