@@ -8,8 +8,6 @@ NewReno (RFC 6582): three duplicate ACKs, window inflation, partial ACKs.
 
 from __future__ import annotations
 
-from typing import Final
-
 from netoffload.stack.tcp.events import SendSpaceFreed
 from netoffload.stack.tcp.recv import ReceiveSide
 from netoffload.stack.tcp.tcb import (
@@ -22,8 +20,6 @@ from netoffload.stack.tcp.tcb import (
     RECOVERY,
     WCDELACK_NS,
 )
-
-_NO_TLP: Final = None
 
 
 class AckSide(ReceiveSide):
@@ -141,7 +137,7 @@ class AckSide(ReceiveSide):
     def _arm_tlp(self, now_ns: int) -> None:
         """RFC 8985 §7.2: PTO = 2·SRTT (+ a delayed ACK for a lone segment), before the RTO."""
         if (
-            self._tlp_end is not _NO_TLP
+            self._tlp_end is not None
             or self._recovery != OPEN
             or not self._sack_ok
             or not self._config.tail_loss_probe

@@ -155,7 +155,6 @@ class TcpControlBlock:
         "_soft_error",
         "_state",
         "_stats",
-        "_syn_options",
         "_syn_pending",
         "_syn_retransmitted",
         "_tlp_at",
@@ -208,7 +207,6 @@ class TcpControlBlock:
         self._fin_sent = False
         self._fin_acked = False
         self._syn_pending = False
-        self._syn_options = b""
         self._syn_retransmitted = False
         self._rst_pending = False
         self._probe_pending = PROBE_NONE
