@@ -202,7 +202,7 @@ def test_slow_reader_closes_the_window_and_the_transfer_still_completes() -> Non
 
 def test_tiny_segments_in_flight_are_capped_like_packets() -> None:
     config = TcpConfig(nodelay=True, initial_window_segments=10)
-    net, client, server = established_pair(config, delay_ns=20 * MS)
+    net, client, _ = established_pair(config, delay_ns=20 * MS)
     entries: list[int] = []
     net.on_poll.append(lambda: entries.append(client.info().scoreboard_entries))
     for i in range(2000):
