@@ -51,7 +51,8 @@ class TcpSegmentOut(NamedTuple):
     payload: memoryview
     #: Payload bytes per wire segment when the payload is cut.
     mss: int
-    #: Mark the IP header ECT(0): new data only (RFC 3168 §6.1.5).
+    #: Mark the IP header ECT(0): new data only, never pure ACKs or retransmissions
+    #: (RFC 3168 §6.1.4, §6.1.5).
     ect: bool
     retransmission: bool
 

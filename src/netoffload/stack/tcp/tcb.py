@@ -325,7 +325,7 @@ class TcpControlBlock:
         return una + ((ack - una + HALF32) & MASK32) - HALF32
 
     def _flight(self) -> int:
-        """RFC 5681 FlightSize: sent and not cumulatively acknowledged (SYN and FIN excluded)."""
+        """RFC 5681 FlightSize: sent and not cumulatively acknowledged (a FIN counts one)."""
         return self._snd_nxt - self._snd_una
 
     def _pipe(self) -> int:
