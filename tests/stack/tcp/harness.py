@@ -29,6 +29,7 @@ from netoffload.stack.tcp import (
     TcpState,
     reset_for,
 )
+from netoffload.wire.tcp import TcpFlags
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -36,7 +37,19 @@ CLIENT = (IPv4Address("198.18.0.1"), 40000)
 SERVER = (IPv4Address("198.18.0.2"), 80)
 #: IPv4 + TCP headers without options, for set_path_mtu.
 HEADERS = 40
-FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = (
+    int(f)
+    for f in (
+        TcpFlags.FIN,
+        TcpFlags.SYN,
+        TcpFlags.RST,
+        TcpFlags.PSH,
+        TcpFlags.ACK,
+        TcpFlags.URG,
+        TcpFlags.ECE,
+        TcpFlags.CWR,
+    )
+)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from netoffload.stack.tcp import (
     IsnSource,
     TcpConfig,
     TcpConnection,
+    TcpEvent,
     TcpListener,
     TcpSegmentIn,
     TcpSegmentOut,
@@ -175,17 +176,30 @@ def establish_active(peer: Peer, config: TcpConfig | None = None) -> TcpConnecti
     return conn
 
 
-def establish_passive(
-    peer: Peer, config: TcpConfig | None = None, backlog: int = 8
-) -> tuple[TcpListener, TcpConnection]:
-    """A listener, our SYN to it, its SYN,ACK, our ACK: the child ESTABLISHED and accepted."""
-    listener = TcpListener(
+def new_listener(backlog: int = 8, config: TcpConfig | None = None) -> TcpListener:
+    """A listener on SERVER with seeded randomness."""
+    return TcpListener(
         SERVER,
         backlog=backlog,
         config=config or TcpConfig(),
         isn_source=IsnSource(random.Random(13)),
         rng=random.Random(14),
     )
+
+
+def drain(conn: TcpConnection) -> list[TcpEvent]:
+    """Every event the connection has queued, oldest first."""
+    out = []
+    while (event := conn.next_event()) is not None:
+        out.append(event)
+    return out
+
+
+def establish_passive(
+    peer: Peer, config: TcpConfig | None = None, backlog: int = 8
+) -> tuple[TcpListener, TcpConnection]:
+    """A listener, our SYN to it, its SYN,ACK, our ACK: the child ESTABLISHED and accepted."""
+    listener = new_listener(backlog, config)
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
     assert isinstance(child, TcpConnection)
     peer.conn = child

@@ -22,16 +22,9 @@ from netoffload.stack.tcp import (
 )
 
 from .harness import ACK, FIN, MS, PSH, RST, SYN, Impairment, established_pair
-from .script import Peer, establish_active, open_active
+from .script import Peer, drain, establish_active, open_active
 
 M32 = 0xFFFFFFFF
-
-
-def drain(conn: object) -> list[object]:
-    out = []
-    while (e := conn.next_event()) is not None:  # type: ignore[attr-defined]
-        out.append(e)
-    return out
 
 
 def test_recv_semantics_eagain_data_eof() -> None:

@@ -3,10 +3,10 @@ per window."""
 
 from __future__ import annotations
 
-from netoffload.stack.tcp import TcpConfig
+from netoffload.stack.tcp import TcpConfig, TcpConnection
 
-from .harness import ACK, CWR, ECE, MS, PSH, SYN, Impairment, Net, established_pair
-from .script import Peer, establish_passive, open_active
+from .harness import ACK, CLIENT, CWR, ECE, MS, PSH, SYN, Impairment, Net, established_pair
+from .script import Peer, establish_passive, new_listener, open_active
 
 
 def ecn_peer_established(peer: Peer, config: TcpConfig) -> object:
@@ -47,19 +47,8 @@ def test_no_ecn_unless_the_syn_ack_agrees() -> None:
 
 def test_passive_open_agrees_to_ecn() -> None:
     peer = Peer(mss=1000)
-    import random
 
-    from netoffload.stack.tcp import IsnSource, TcpConnection, TcpListener
-
-    from .harness import CLIENT, SERVER
-
-    listener = TcpListener(
-        SERVER,
-        backlog=2,
-        config=TcpConfig(),
-        isn_source=IsnSource(random.Random(1)),
-        rng=random.Random(2),
-    )
+    listener = new_listener(backlog=2)
     child = listener.on_segment(
         CLIENT, peer.segment(SYN | ECE | CWR, options=peer.syn_options()), peer.now
     )

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 from ipaddress import IPv4Address
 
 from netoffload.stack.tcp import (
-    IsnSource,
     TcpConfig,
     TcpConnection,
     TcpListener,
@@ -14,18 +12,12 @@ from netoffload.stack.tcp import (
     TcpState,
 )
 
-from .harness import ACK, MS, RST, SERVER, SYN, S
-from .script import Peer
+from .harness import ACK, MS, RST, SYN, S
+from .script import Peer, new_listener
 
 
 def listener(backlog: int, **config: object) -> TcpListener:
-    return TcpListener(
-        SERVER,
-        backlog=backlog,
-        config=TcpConfig(**config),  # type: ignore[arg-type]
-        isn_source=IsnSource(random.Random(1)),
-        rng=random.Random(2),
-    )
+    return new_listener(backlog, TcpConfig(**config))  # type: ignore[arg-type]
 
 
 def client(n: int) -> tuple[IPv4Address, int]:

@@ -8,31 +8,25 @@ from hypothesis import strategies as st
 
 from netoffload.stack.tcp import (
     TcpConfig,
+    TcpConnection,
     TcpSegmentIn,
     TcpState,
     reset_for,
 )
 
 from .harness import ACK, FIN, MS, PSH, RST, SYN, S
-from .script import Peer, establish_active, ts_option
+from .script import Peer, drain, establish_active, ts_option
 
 M32 = 0xFFFFFFFF
-
-
-def events(conn: object) -> list[object]:
-    out = []
-    while (e := conn.next_event()) is not None:  # type: ignore[attr-defined]
-        out.append(e)
-    return out
 
 
 def test_rst_exactly_at_rcv_nxt_resets() -> None:
     peer = Peer()
     conn = establish_active(peer)
-    events(conn)
+    drain(conn)
     peer.send(peer.segment(RST))
     assert conn.state is TcpState.CLOSED
-    assert [type(e).__name__ for e in events(conn)] == ["Reset", "Closed"]
+    assert [type(e).__name__ for e in drain(conn)] == ["Reset", "Closed"]
 
 
 def test_rst_in_window_but_not_at_rcv_nxt_gets_a_challenge_ack() -> None:
@@ -130,14 +124,20 @@ def test_paws_accepts_an_old_timestamp_after_24_days_idle() -> None:
     assert conn.recv(10) == b"late"  # RFC 7323 §5.5: TS.Recent is too old to trust
 
 
-def test_time_wait_ignores_rst_rfc_1337() -> None:
-    peer = Peer()
+def in_time_wait(peer: Peer) -> TcpConnection:
+    """Our connection closed first, the peer's FIN acknowledging ours: TIME-WAIT."""
     conn = establish_active(peer)
     conn.close()
     (fin,) = peer.take()
     peer.send(peer.segment(FIN | ACK, ack=fin.seq + 1))
     peer.take()
     assert conn.state is TcpState.TIME_WAIT
+    return conn
+
+
+def test_time_wait_ignores_rst_rfc_1337() -> None:
+    peer = Peer()
+    conn = in_time_wait(peer)
     peer.send(peer.segment(RST))
     assert conn.state is TcpState.TIME_WAIT
     assert conn.info().drops["RST in TIME-WAIT"] == 1
@@ -145,21 +145,15 @@ def test_time_wait_ignores_rst_rfc_1337() -> None:
 
 def test_time_wait_gives_way_to_a_newer_syn() -> None:
     peer = Peer()
-    conn = establish_active(peer)
-    conn.close()
-    (fin,) = peer.take()
-    peer.send(peer.segment(FIN | ACK, ack=fin.seq + 1))
-    peer.take()
+    conn = in_time_wait(peer)
     # An old SYN (older timestamp) gets an ACK; a newer one ends TIME-WAIT (RFC 6191).
-    old = peer.syn_options()
     peer.tsval -= 100
     peer.send(peer.segment(SYN, seq=peer.seq + 10_000, options=peer.syn_options()), advance=False)
     assert conn.state is TcpState.TIME_WAIT
     peer.tsval += 1000
-    del old
     peer.send(peer.segment(SYN, seq=peer.seq + 10_000, options=peer.syn_options()), advance=False)
     assert conn.state is TcpState.CLOSED
-    assert [type(e).__name__ for e in events(conn)][-1] == "Closed"
+    assert [type(e).__name__ for e in drain(conn)][-1] == "Closed"
 
 
 def test_reset_for_a_closed_port_rfc_9293() -> None:
@@ -218,4 +212,4 @@ def test_hostile_segments_never_raise(segments: list[tuple]) -> None:  # type: i
             conn.on_timer(peer.now)
         info = conn.info()
         assert info.readable_bytes + info.ooo_bytes <= 20_000 + (2 << info.rcv_wscale)
-    events(conn)
+    drain(conn)

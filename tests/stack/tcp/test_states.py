@@ -7,25 +7,22 @@ together cover every edge of the figure (including its notes 1 and 2).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from itertools import pairwise
 
 from netoffload.stack.tcp import (
     Closed,
     Established,
-    IsnSource,
     PeerClosed,
     Refused,
     TcpConfig,
     TcpConnection,
-    TcpListener,
     TcpState,
 )
 from netoffload.stack.tcp.state import TRANSITIONS, Trigger
 
-from .harness import ACK, CLIENT, FIN, MS, RST, SERVER, SYN, Net, S
-from .script import Peer, establish_active, establish_passive, open_active
+from .harness import ACK, CLIENT, FIN, MS, RST, SYN, Net, S
+from .script import Peer, drain, establish_active, establish_passive, new_listener, open_active
 
 St = TcpState
 
@@ -41,25 +38,12 @@ class Seen:
             self.states.append(state)
 
 
-def events(conn: TcpConnection) -> list[object]:
-    out = []
-    while (e := conn.next_event()) is not None:
-        out.append(e)
-    return out
-
-
 # -- scenarios --------------------------------------------------------------------------
 
 
 def closed_listen_closed() -> list[St]:
     seen = Seen(St.CLOSED)
-    listener = TcpListener(
-        SERVER,
-        backlog=4,
-        config=TcpConfig(),
-        isn_source=IsnSource(random.Random(1)),
-        rng=random.Random(2),
-    )
+    listener = new_listener(backlog=4)
     seen(listener.state)
     listener.close()
     seen(listener.state)
@@ -95,13 +79,7 @@ def active_open_closed_by_close() -> list[St]:
 def passive_open_established() -> list[St]:
     peer = Peer()
     seen = Seen(St.LISTEN)
-    listener = TcpListener(
-        SERVER,
-        backlog=4,
-        config=TcpConfig(),
-        isn_source=IsnSource(random.Random(1)),
-        rng=random.Random(2),
-    )
+    listener = new_listener(backlog=4)
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
     assert isinstance(child, TcpConnection)
     peer.conn = child
@@ -121,13 +99,7 @@ def passive_rst_back_to_listen() -> list[St]:
     """Note 1: SYN-RECEIVED -> LISTEN on RST, for a passive open: the child vanishes and
     the listener goes on listening."""
     peer = Peer()
-    listener = TcpListener(
-        SERVER,
-        backlog=4,
-        config=TcpConfig(),
-        isn_source=IsnSource(random.Random(1)),
-        rng=random.Random(2),
-    )
+    listener = new_listener(backlog=4)
     child = listener.on_segment(CLIENT, peer.segment(SYN, options=peer.syn_options()), peer.now)
     assert isinstance(child, TcpConnection)
     peer.conn = child
@@ -138,7 +110,7 @@ def passive_rst_back_to_listen() -> list[St]:
     assert listener.syn_queue_len() == 1
     peer.send(peer.segment(RST))
     assert child.state is St.CLOSED
-    assert [type(e) for e in events(child)] == [Closed]  # no error: nobody accepted it
+    assert [type(e) for e in drain(child)] == [Closed]  # no error: nobody accepted it
     assert listener.syn_queue_len() == 0 and listener.state is St.LISTEN
     seen(listener.state)  # the half-open connection is gone; what is left is LISTEN
     # The listener still takes new SYNs.
@@ -173,7 +145,7 @@ def simultaneous_open_refused() -> list[St]:
     assert synack.flags == SYN | ACK and synack.ack == peer.seq
     peer.send(peer.segment(RST | ACK))
     seen(conn.state)
-    assert [type(e) for e in events(conn)] == [Refused, Closed]
+    assert [type(e) for e in drain(conn)] == [Refused, Closed]
     return seen.states
 
 
@@ -226,7 +198,7 @@ def active_close() -> list[St]:
     peer.tick(1)
     conn.on_timer(peer.now)
     seen(conn.state)
-    assert isinstance(events(conn)[-1], Closed)
+    assert isinstance(drain(conn)[-1], Closed)
     return seen.states
 
 
@@ -237,7 +209,7 @@ def passive_close() -> list[St]:
     seen = Seen(conn.state)
     peer.send(peer.segment(FIN | ACK))
     seen(conn.state)
-    assert isinstance(events(conn)[-1], PeerClosed)
+    assert isinstance(drain(conn)[-1], PeerClosed)
     (ack,) = peer.take()
     assert ack.ack == peer.seq
     conn.close()
@@ -246,7 +218,7 @@ def passive_close() -> list[St]:
     assert fin.flags & FIN
     peer.send(peer.segment(ACK))
     seen(conn.state)
-    assert isinstance(events(conn)[-1], Closed)
+    assert isinstance(drain(conn)[-1], Closed)
     return seen.states
 
 

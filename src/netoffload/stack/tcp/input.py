@@ -10,9 +10,9 @@ from netoffload.stack.tcp.buffers import SendBuffer
 from netoffload.stack.tcp.congestion import make_congestion_control
 from netoffload.stack.tcp.events import DataReceived, Established, Refused, Reset
 from netoffload.stack.tcp.options import TS_PREFIX, ParsedOptions, parse_segment_options
-from netoffload.stack.tcp.output import ACK, CWR, ECE, FIN, RST, SYN, OutputSide
+from netoffload.stack.tcp.output import OutputSide
 from netoffload.stack.tcp.reset import reset_for
-from netoffload.stack.tcp.segment import TcpSegmentIn
+from netoffload.stack.tcp.segment import ACK, CWR, ECE, FIN, RST, SYN, URG, TcpSegmentIn
 from netoffload.stack.tcp.state import TcpState, Trigger
 from netoffload.stack.tcp.tcb import (
     DEFAULT_MSS,
@@ -24,7 +24,6 @@ from netoffload.stack.tcp.tcb import (
     RTO_AFTER_SYN_RETRY_NS,
 )
 
-URG: Final = 0x20
 #: Header prediction needs exactly ACK (PSH and AE may ride along).
 _PREDICTED: Final = SYN | FIN | RST | URG | ACK | ECE | CWR
 _unpack_ts12 = struct.Struct("!III").unpack_from

@@ -34,14 +34,11 @@ from netoffload.stack.tcp.errors import TcpError
 from netoffload.stack.tcp.isn import IsnSource
 from netoffload.stack.tcp.options import parse_segment_options
 from netoffload.stack.tcp.reset import reset_for
-from netoffload.stack.tcp.segment import TcpSegmentIn, TcpSegmentOut
+from netoffload.stack.tcp.segment import ACK, RST, SYN, TcpSegmentIn, TcpSegmentOut
 from netoffload.stack.tcp.state import TcpState, Trigger, next_state
 from netoffload.stack.tcp.tcb import Endpoint, TcpControlBlock
 
 SOMAXCONN: Final = 4096
-_SYN: Final = 0x02
-_RST: Final = 0x04
-_ACK: Final = 0x10
 
 
 class TcpListener:
@@ -112,13 +109,13 @@ class TcpListener:
         flags = seg.flags
         if self._state is not TcpState.LISTEN:
             return reset_for(seg)
-        if flags & _RST:
+        if flags & RST:
             self._stats["rst_dropped"] += 1
             return None
-        if flags & _ACK:
+        if flags & ACK:
             self._stats["resets_sent"] += 1
             return reset_for(seg)
-        if not flags & _SYN:
+        if not flags & SYN:
             self._stats["dropped"] += 1
             return None
         opts = parse_segment_options(seg.options)

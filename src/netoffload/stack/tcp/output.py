@@ -13,7 +13,17 @@ from typing import Final
 from netoffload.stack.tcp.ack import AckSide
 from netoffload.stack.tcp.options import encode_syn
 from netoffload.stack.tcp.scoreboard import FIN as SB_FIN
-from netoffload.stack.tcp.segment import EMPTY_PAYLOAD, TcpSegmentOut
+from netoffload.stack.tcp.segment import (
+    ACK,
+    CWR,
+    ECE,
+    EMPTY_PAYLOAD,
+    FIN,
+    PSH,
+    RST,
+    SYN,
+    TcpSegmentOut,
+)
 from netoffload.stack.tcp.state import TcpState
 from netoffload.stack.tcp.tcb import (
     MASK32,
@@ -23,14 +33,6 @@ from netoffload.stack.tcp.tcb import (
     PROBE_TLP,
     PROBE_WINDOW,
 )
-
-FIN: Final = 0x01
-SYN: Final = 0x02
-RST: Final = 0x04
-PSH: Final = 0x08
-ACK: Final = 0x10
-ECE: Final = 0x40
-CWR: Final = 0x80
 
 #: States in which data, retransmissions and our FIN may go out.
 _SENDING: Final = frozenset(

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Final
 
-from netoffload.stack.tcp.segment import EMPTY_PAYLOAD, TcpSegmentIn, TcpSegmentOut
+from netoffload.stack.tcp.segment import (
+    ACK,
+    EMPTY_PAYLOAD,
+    FIN,
+    RST,
+    SYN,
+    TcpSegmentIn,
+    TcpSegmentOut,
+)
 
-_FIN: Final = 0x01
-_SYN: Final = 0x02
-_RST: Final = 0x04
-_ACK: Final = 0x10
 _MASK32: Final = 0xFFFFFFFF
 #: Irrelevant for a segment without payload; the RFC 9293 default MSS.
 _MSS: Final = 536
@@ -22,11 +26,11 @@ def reset_for(seg: TcpSegmentIn) -> TcpSegmentOut | None:
     <CTL=RST,ACK>``, SEG.LEN counting SYN and FIN.
     """
     flags = seg.flags
-    if flags & _RST:
+    if flags & RST:
         return None
-    if flags & _ACK:
-        return TcpSegmentOut(seg.ack, 0, _RST, 0, b"", EMPTY_PAYLOAD, _MSS, False, False)
-    length = len(seg.payload) + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
+    if flags & ACK:
+        return TcpSegmentOut(seg.ack, 0, RST, 0, b"", EMPTY_PAYLOAD, _MSS, False, False)
+    length = len(seg.payload) + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
     return TcpSegmentOut(
-        0, (seg.seq + length) & _MASK32, _RST | _ACK, 0, b"", EMPTY_PAYLOAD, _MSS, False, False
+        0, (seg.seq + length) & _MASK32, RST | ACK, 0, b"", EMPTY_PAYLOAD, _MSS, False, False
     )

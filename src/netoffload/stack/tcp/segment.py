@@ -8,7 +8,19 @@ into ``mss``-sized pieces (in software or by the device with TSO).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
+
+from netoffload.wire.tcp import TcpFlags
+
+# The flag bits as plain ints: per-segment arithmetic on IntFlag members costs more.
+FIN: Final = int(TcpFlags.FIN)
+SYN: Final = int(TcpFlags.SYN)
+RST: Final = int(TcpFlags.RST)
+PSH: Final = int(TcpFlags.PSH)
+ACK: Final = int(TcpFlags.ACK)
+URG: Final = int(TcpFlags.URG)
+ECE: Final = int(TcpFlags.ECE)
+CWR: Final = int(TcpFlags.CWR)
 
 
 class TcpSegmentIn(NamedTuple):
