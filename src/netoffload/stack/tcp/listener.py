@@ -1,0 +1,182 @@
+"""Passive opens: a listening endpoint with Linux ``listen()`` backlog semantics.
+
+The listener answers what arrives for its port with no connection yet: a SYN
+makes a child ``TcpConnection`` in SYN-RECEIVED (returned for the stack to put
+in its 4-tuple table, with its SYN,ACK pending); a stray ACK gets a RST; a RST
+is dropped.
+
+How a child reports back: it keeps a reference to its listener until it is
+accepted. When the ACK of its SYN,ACK arrives it asks the listener to move it
+from the SYN queue to the accept queue; if the accept queue is full the
+listener says no, the child drops that ACK and stays in SYN-RECEIVED,
+retransmitting its SYN,ACK (Linux with ``tcp_abort_on_overflow=0``). A child
+that dies in the SYN queue (RST, timeout) tells the listener, which forgets
+it. ``accept()`` hands out established children oldest first, including any
+that have since been closed by the peer, as Linux does.
+
+Backlog as Linux: the SYN queue holds ``backlog`` half-open children (no SYN
+cookies, so a SYN beyond that is dropped and counted), the accept queue
+``backlog + 1`` (``sk_acceptq_is_full`` is ``>``); a SYN is also dropped while
+the accept queue is full. ``backlog`` is capped at 4096 (``somaxconn``) and
+taken as at least 1.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+from collections import Counter, deque
+from typing import Final
+
+from netoffload.stack.tcp.config import TcpConfig
+from netoffload.stack.tcp.connection import TcpConnection
+from netoffload.stack.tcp.errors import TcpError
+from netoffload.stack.tcp.isn import IsnSource
+from netoffload.stack.tcp.options import parse_segment_options
+from netoffload.stack.tcp.reset import reset_for
+from netoffload.stack.tcp.segment import ACK, RST, SYN, TcpSegmentIn, TcpSegmentOut
+from netoffload.stack.tcp.state import TcpState, Trigger, next_state
+from netoffload.stack.tcp.tcb import Endpoint, TcpControlBlock
+
+SOMAXCONN: Final = 4096
+
+
+class TcpListener:
+    """A port in LISTEN, its SYN queue and its accept queue."""
+
+    __slots__ = (
+        "_accept_queue",
+        "_backlog",
+        "_config",
+        "_isn_source",
+        "_local",
+        "_rng",
+        "_state",
+        "_stats",
+        "_syn_queue",
+    )
+
+    def __init__(
+        self,
+        local: Endpoint,
+        *,
+        backlog: int,
+        config: TcpConfig,
+        isn_source: IsnSource,
+        rng: random.Random,
+    ) -> None:
+        self._local = local
+        self._backlog = min(max(backlog, 1), SOMAXCONN)
+        self._config = config
+        self._isn_source = isn_source
+        self._rng = rng
+        self._syn_queue: dict[int, TcpConnection] = {}
+        self._accept_queue: deque[TcpConnection] = deque()
+        self._stats: Counter[str] = Counter()
+        self._state = next_state(TcpState.CLOSED, Trigger.PASSIVE_OPEN)
+
+    @property
+    def local(self) -> Endpoint:
+        """The (address, port) listened on."""
+        return self._local
+
+    @property
+    def state(self) -> TcpState:
+        """LISTEN, or CLOSED after ``close()``."""
+        return self._state
+
+    @property
+    def backlog(self) -> int:
+        """The backlog in force (after Linux's clamping)."""
+        return self._backlog
+
+    def syn_queue_len(self) -> int:
+        """Children in SYN-RECEIVED."""
+        return len(self._syn_queue)
+
+    def accept_queue_len(self) -> int:
+        """Established children waiting for ``accept``."""
+        return len(self._accept_queue)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``syns``, ``syn_queue_overflows``, ``listen_overflows``, drops, resets sent."""
+        return dict(self._stats)
+
+    def on_segment(
+        self, remote: Endpoint, seg: TcpSegmentIn, now_ns: int
+    ) -> TcpConnection | TcpSegmentOut | None:
+        """A segment from ``remote`` that matched no connection (RFC 9293 §3.10.7.2)."""
+        flags = seg.flags
+        if self._state is not TcpState.LISTEN:
+            return reset_for(seg)
+        if flags & RST:
+            self._stats["rst_dropped"] += 1
+            return None
+        if flags & ACK:
+            self._stats["resets_sent"] += 1
+            return reset_for(seg)
+        if not flags & SYN:
+            self._stats["dropped"] += 1
+            return None
+        opts = parse_segment_options(seg.options)
+        if opts is None:
+            self._stats["bad_options"] += 1
+            return None
+        if len(self._syn_queue) >= self._backlog:
+            self._stats["syn_queue_overflows"] += 1
+            return None
+        if len(self._accept_queue) > self._backlog:
+            self._stats["listen_overflows"] += 1
+            return None
+        self._stats["syns"] += 1
+        local = self._local
+        source = self._isn_source
+        child = TcpConnection(
+            local,
+            remote,
+            self._config,
+            iss=source.isn(local, remote, now_ns),
+            ts_offset=source.ts_offset(local, remote),
+            rng=self._rng,
+            now_ns=now_ns,
+        )
+        child._listener = self
+        child.accept_syn(seg, opts, now_ns)
+        self._syn_queue[id(child)] = child
+        return child
+
+    def accept(self) -> TcpConnection | None:
+        """The oldest established child, or ``None``."""
+        if self._state is not TcpState.LISTEN:
+            raise TcpError(errno.EINVAL, "the listener is closed")
+        if not self._accept_queue:
+            return None
+        child = self._accept_queue.popleft()
+        child._listener = None
+        return child
+
+    def close(self) -> None:
+        """LISTEN -> CLOSED: reset children not yet accepted (Linux ``inet_csk_listen_stop``)."""
+        if self._state is not TcpState.LISTEN:
+            return
+        self._state = next_state(self._state, Trigger.CLOSE)
+        children = list(self._syn_queue.values()) + list(self._accept_queue)
+        self._syn_queue.clear()
+        self._accept_queue.clear()
+        for child in children:
+            child._listener = None
+            child.abort()
+
+    # -- called by children ----------------------------------------------------------------
+
+    def _child_established(self, child: TcpControlBlock) -> bool:
+        assert isinstance(child, TcpConnection)
+        if self._state is not TcpState.LISTEN or len(self._accept_queue) > self._backlog:
+            self._stats["listen_overflows"] += 1
+            return False
+        self._syn_queue.pop(id(child), None)
+        self._accept_queue.append(child)
+        return True
+
+    def _child_gone(self, child: TcpControlBlock) -> None:
+        self._syn_queue.pop(id(child), None)
