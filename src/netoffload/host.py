@@ -80,9 +80,15 @@ class HostOffload:
         return enabled if self.allow is None else enabled & self.allow
 
     def host_rx_tasks(self) -> frozenset[Task]:
-        """Receive tasks the host finishes itself (assembly needs verified checksums)."""
-        mine = self.rx_tasks - self.device_tasks()
-        if mine & ASSEMBLY:
+        """Receive tasks the host may have to finish itself.
+
+        Assembly the device does not do; and checksum verification whenever it
+        is wanted: a device with the task enabled may still leave a packet
+        unchecked (a protocol its record does not cover, a kernel that hands
+        over a frame as it came), and such a packet is verified here.
+        """
+        mine = (self.rx_tasks & ASSEMBLY) - self.device_tasks()
+        if mine or Task.CHECKSUM in self.rx_tasks:
             mine |= {Task.CHECKSUM}
         return mine
 

@@ -12,6 +12,7 @@ which is the namespace of the calling thread when the call is made.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -152,29 +153,36 @@ def _check_name(ifname: str) -> bytes:
     return raw
 
 
-def _ioctl(ifname: str, buffer: ctypes.Array[ctypes.c_char], action: str) -> int:
+def _ioctl(
+    ifname: str,
+    buffer: ctypes.Array[ctypes.c_char],
+    action: str,
+    sock: socket.socket | None = None,
+) -> int:
     ifreq = bytearray(_IFREQ_SIZE)
     _IFREQ.pack_into(ifreq, 0, _check_name(ifname), ctypes.addressof(buffer))
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with contextlib.ExitStack() as stack:
+        if sock is None:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         try:
             return int(fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq, True))
         except OSError as exc:
             raise _error(ifname, action, exc) from None
 
 
-def _feature_count(ifname: str) -> int:
+def _feature_count(ifname: str, sock: socket.socket | None) -> int:
     buf = ctypes.create_string_buffer(struct.pack("<IIQI", ETHTOOL_GSSET_INFO, 0, 1 << 4, 0))
-    _ioctl(ifname, buf, "read features")
+    _ioctl(ifname, buf, "read features", sock)
     _, _, mask, count = struct.unpack_from("<IIQI", buf.raw)
     if not mask & (1 << ETH_SS_FEATURES):
         raise DeviceError(f"{ifname!r} reports no feature names")
     return int(count)
 
 
-def _feature_names(ifname: str, count: int) -> list[str]:
+def _feature_names(ifname: str, count: int, sock: socket.socket | None) -> list[str]:
     head = struct.pack("<III", ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count)
     buf = ctypes.create_string_buffer(head + bytes(count * ETH_GSTRING_LEN))
-    _ioctl(ifname, buf, "read feature names")
+    _ioctl(ifname, buf, "read feature names", sock)
     raw = buf.raw[12:]
     return [
         raw[i * ETH_GSTRING_LEN : (i + 1) * ETH_GSTRING_LEN].split(b"\0", 1)[0].decode()
@@ -182,15 +190,19 @@ def _feature_names(ifname: str, count: int) -> list[str]:
     ]
 
 
-def read_features(ifname: str) -> EthtoolFeatures:
-    """All features of ``ifname`` (``DeviceError`` if it does not exist)."""
-    count = _feature_count(ifname)
-    names = _feature_names(ifname, count)
+def read_features(ifname: str, sock: socket.socket | None = None) -> EthtoolFeatures:
+    """All features of ``ifname`` (``DeviceError`` if it does not exist).
+
+    The ioctl acts in the namespace of ``sock`` (default: a new socket in the
+    calling thread's namespace).
+    """
+    count = _feature_count(ifname, sock)
+    names = _feature_names(ifname, count, sock)
     blocks = (count + 31) // 32
     buf = ctypes.create_string_buffer(
         struct.pack("<II", ETHTOOL_GFEATURES, blocks) + bytes(16 * blocks)
     )
-    _ioctl(ifname, buf, "read features")
+    _ioctl(ifname, buf, "read features", sock)
     words = struct.unpack_from(f"<{4 * blocks}I", buf.raw, 8)
     out = []
     for i, name in enumerate(names):
@@ -211,14 +223,14 @@ def read_features(ifname: str) -> EthtoolFeatures:
     return EthtoolFeatures(ifname, tuple(out))
 
 
-def set_features(ifname: str, wanted: Mapping[str, bool]) -> int:
+def set_features(ifname: str, wanted: Mapping[str, bool], sock: socket.socket | None = None) -> int:
     """Request each named feature on or off (ETHTOOL_SFEATURES).
 
     Returns the kernel's result bits (``ETHTOOL_F_WISH`` when some request
     could not be met, e.g. segmentation without checksum); unknown names are
     a ``DeviceError``.
     """
-    names = _feature_names(ifname, _feature_count(ifname))
+    names = _feature_names(ifname, _feature_count(ifname, sock), sock)
     index = {name: i for i, name in enumerate(names) if name}
     blocks = (len(names) + 31) // 32
     valid = [0] * blocks
@@ -233,4 +245,4 @@ def set_features(ifname: str, wanted: Mapping[str, bool]) -> int:
     pairs = [v for pair in zip(valid, requested, strict=True) for v in pair]
     payload = struct.pack(f"<II{2 * blocks}I", ETHTOOL_SFEATURES, blocks, *pairs)
     buf = ctypes.create_string_buffer(payload)
-    return _ioctl(ifname, buf, "change features")
+    return _ioctl(ifname, buf, "change features", sock)

@@ -44,7 +44,7 @@ from netoffload.device.link import (
     interface_mtu,
     interface_up,
 )
-from netoffload.device.vnet import RxDecoder
+from netoffload.device.vnet import MIN_FRAME, RxDecoder, kernel_validator, plan_vnet_hdr_or_reason
 from netoffload.offload import (
     AnyRecord,
     CapabilityRecord,
@@ -62,6 +62,7 @@ from netoffload.offload import (
     Task,
     TcpAssemblyCaps,
     TcpSegmentationCaps,
+    TxRequest,
     UdpAssemblyCaps,
     UdpSegmentationCaps,
     VirtioHdrError,
@@ -165,6 +166,8 @@ class PacketDevice(Device):
         self._frame_bytes = -(-frame_bytes // 16) * 16  # TPACKET_ALIGNMENT
         self._stats = DeviceStats()
         self._rx = RxDecoder(self._stats, VNET_SIZE)
+        self._tx_headers: dict[TxRequest, VirtioNetHdr | DropReason] = {}
+        self._validate = kernel_validator()
         self._sock: socket.socket | None = None
         self._map: mmap.mmap | None = None
         self._rx_slots: list[int] = []
@@ -178,7 +181,7 @@ class PacketDevice(Device):
     # -- capabilities ----------------------------------------------------------
     def features(self) -> EthtoolFeatures:
         """The interface's netdev features now."""
-        return read_features(self.name)
+        return read_features(self.name, self._link_sock)
 
     def capabilities(self) -> list[AnyRecord]:
         return records_from_features(self.features(), active_only=False)
@@ -248,7 +251,7 @@ class PacketDevice(Device):
             if on != feature.requested:
                 wanted[feature.name] = on
         if wanted:
-            set_features(self.name, wanted)
+            set_features(self.name, wanted, self._link_sock)
         return self.enabled()
 
     # -- rings -------------------------------------------------------------------
@@ -302,33 +305,71 @@ class PacketDevice(Device):
 
     # -- data path ---------------------------------------------------------------
     def send(self, batch: Sequence[Packet]) -> int:
-        """Copy the batch into free TX slots and kick once; returns how many were queued."""
+        """Copy the batch into free TX slots and kick once; returns how many were taken.
+
+        Each request's header is checked with the kernel's own rules first
+        (``engine.validate``), so a packet the kernel would refuse is dropped
+        with its reason here; should the kernel refuse one anyway, the frames
+        queued behind it are moved up to where the kernel looks next
+        (``_reclaim_wrong``), so one bad frame never stalls the ring.
+        """
         sock = self._open()
         ring = self._ring()
         slots = self._tx_slots
         limit = self._frame_bytes - TX_DATA_OFFSET - VNET_SIZE
         stats = self._stats
-        queued = accepted = 0
+        headers = self._tx_headers
+        validate = self._validate
+        # What is_skb_forwardable lets through a link without GSO: MTU, header, one tag.
+        largest = self.mtu + 14 + 4
+        queued = taken = 0
         for packet in batch:
             slot = slots[self._tx_next]
             if _STATUS.unpack_from(ring, slot)[0] != TP_STATUS_AVAILABLE:
                 break  # ring full: the caller keeps the rest
-            accepted += 1
-            data = packet.data
-            size = len(data)
+            taken += 1
+            try:
+                data = packet.data
+                size = len(data)
+                request = packet.tx
+                hdr = headers.get(request)
+                if hdr is None:
+                    hdr = self._header(request)
+            except Exception:  # not a buffer and a request: costs this packet only
+                stats.drop(DropReason.BAD_REQUEST)
+                continue
+            if isinstance(hdr, DropReason):
+                stats.drop(hdr)
+                continue
             if size > limit:
                 stats.drop(DropReason.TOO_LARGE)
                 continue
-            try:
-                hdr = VirtioNetHdr.from_tx_request(packet.tx)
-            except VirtioHdrError:
-                stats.drop(DropReason.BAD_VNET_HDR)
+            if size < MIN_FRAME:
+                stats.drop(DropReason.MALFORMED_FRAME)
+                continue
+            if hdr.gso_type:
+                plan = plan_vnet_hdr_or_reason(hdr, data)
+                if isinstance(plan, DropReason):
+                    stats.drop(plan)
+                    continue
+                single = not plan.gso
+            else:
+                single = True
+                if hdr.flags:
+                    reason = validate(hdr, memoryview(data))
+                    if reason is not None:
+                        stats.drop(reason)
+                        continue
+            if single and size > largest:
+                # The interface drops a frame over its MTU, and the kernel then offers it
+                # again on every kick (tpacket_snd treats NET_XMIT_DROP as congestion).
+                stats.drop(DropReason.MTU_EXCEEDED)
                 continue
             start = slot + TX_DATA_OFFSET
             ring[start : start + VNET_SIZE] = hdr.pack(VNET_SIZE)
             ring[start + VNET_SIZE : start + VNET_SIZE + size] = data
             _TX_HDR.pack_into(ring, slot, TP_STATUS_SEND_REQUEST, VNET_SIZE + size, 0)
-            for task in packet.tx.tasks():
+            for task in request.tasks():
                 stats.task_done(task)
             stats.tx_packets += 1
             stats.tx_bytes += size
@@ -336,7 +377,21 @@ class PacketDevice(Device):
             self._tx_next = (self._tx_next + 1) % len(slots)
         if queued:
             self._kick(sock, ring)
-        return accepted
+        return taken
+
+    def _header(self, request: TxRequest) -> VirtioNetHdr | DropReason:
+        """The virtio header for ``request`` (cached), or why the kernel cannot do it."""
+        if request.ipv4_header_checksum and request.segmentation is None:
+            # AF_PACKET never fills an IPv4 header checksum; only segmentation writes one.
+            return DropReason.OUTSIDE_CAPABILITY
+        try:
+            hdr: VirtioNetHdr | DropReason = VirtioNetHdr.from_tx_request(request)
+        except VirtioHdrError:
+            hdr = DropReason.OUTSIDE_CAPABILITY  # crypto, digest, launch time: no virtio form
+        if len(self._tx_headers) >= 256:
+            self._tx_headers.clear()
+        self._tx_headers[request] = hdr
+        return hdr
 
     def _kick(self, sock: socket.socket, ring: mmap.mmap) -> None:
         """Ask the kernel to send every SEND_REQUEST slot; count frames it refuses."""
@@ -348,20 +403,50 @@ class PacketDevice(Device):
                 return
             except OSError:
                 # A slot the kernel found malformed stops the walk (WRONG_FORMAT):
-                # count it, hand the slot back, and kick again for the rest.
+                # count it, move the rest up, and kick again.
                 if not self._reclaim_wrong(ring):
                     return
 
     def _reclaim_wrong(self, ring: mmap.mmap) -> bool:
-        found = False
-        for slot in self._tx_slots:
-            if _STATUS.unpack_from(ring, slot)[0] & TP_STATUS_WRONG_FORMAT:
-                self._stats.drop(DropReason.BAD_VNET_HDR)
-                self._stats.tx_packets -= 1
-                self._stats.tx_bytes -= _TX_HDR.unpack_from(ring, slot)[1] - VNET_SIZE
-                _STATUS.pack_into(ring, slot, TP_STATUS_AVAILABLE)
-                found = True
-        return found
+        """Drop the frame the kernel marked WRONG_FORMAT and close the gap it leaves.
+
+        The kernel stops at that slot and does not advance its ring head past
+        it (``tpacket_snd``), so every frame queued after it moves one slot
+        back, to where the kernel will look next.
+        """
+        slots = self._tx_slots
+        n = len(slots)
+        bad = next(
+            (
+                k
+                for k in range(n)
+                if _STATUS.unpack_from(ring, slots[k])[0] & TP_STATUS_WRONG_FORMAT
+            ),
+            None,
+        )
+        if bad is None:
+            return False
+        self._stats.drop(DropReason.BAD_VNET_HDR)
+        self._stats.tx_packets -= 1
+        self._stats.tx_bytes -= _TX_HDR.unpack_from(ring, slots[bad])[1] - VNET_SIZE
+        here = bad
+        while True:
+            after = (here + 1) % n
+            if after == self._tx_next:
+                break
+            src = slots[after]
+            if _STATUS.unpack_from(ring, src)[0] != TP_STATUS_SEND_REQUEST:
+                break
+            length = _TX_HDR.unpack_from(ring, src)[1]
+            dst = slots[here]
+            ring[dst + TX_DATA_OFFSET : dst + TX_DATA_OFFSET + length] = ring[
+                src + TX_DATA_OFFSET : src + TX_DATA_OFFSET + length
+            ]
+            _TX_HDR.pack_into(ring, dst, TP_STATUS_SEND_REQUEST, length, 0)
+            here = after
+        _STATUS.pack_into(ring, slots[here], TP_STATUS_AVAILABLE)
+        self._tx_next = here
+        return True
 
     def tx_pending(self) -> int:
         """TX slots the kernel has not finished with yet."""

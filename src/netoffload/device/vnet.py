@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from netoffload.offload import (
     DeviceStats,
@@ -24,6 +24,10 @@ from netoffload.offload import (
     VirtioNetHdr,
 )
 
+if TYPE_CHECKING:
+    from netoffload.engine.validate import VnetPlan
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
 Validator = Callable[[VirtioNetHdr, memoryview], DropReason | None]
 MIN_FRAME = 14  # an Ethernet header
 
@@ -34,6 +38,16 @@ def kernel_validator() -> Validator:
 
     validator: Validator = check_vnet_hdr
     return validator
+
+
+def plan_vnet_hdr_or_reason(hdr: VirtioNetHdr, frame: Buffer) -> VnetPlan | DropReason:
+    """The kernel's plan for a header it is handed (``engine.validate``), or why it refuses."""
+    from netoffload.engine.validate import VnetHdrRejected, plan_vnet_hdr
+
+    try:
+        return plan_vnet_hdr(hdr, frame)
+    except VnetHdrRejected as exc:
+        return exc.reason
 
 
 def segments_of(hdr: VirtioNetHdr, frame: memoryview) -> int:
