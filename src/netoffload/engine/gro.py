@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from netoffload.engine import gro_rows
 from netoffload.engine.checksum import VerifyResult, verify_batch
 from netoffload.engine.dissect import IPPROTO_TCP, Dissection
 from netoffload.engine.gro_base import (
@@ -78,7 +79,9 @@ __all__ = [
     "UDP_GRO_CNT_MAX",
     "Assembled",
     "assemble",
+    "assemble_scalar",
     "coalesce",
+    "verify_and_assemble",
 ]
 
 
@@ -341,6 +344,98 @@ def assemble(
     ``verified`` is the batch's ``verify_batch`` result when the caller has
     it already. ``max_segments`` caps a super-packet's segments (Linux has
     no cap for TCP beyond the size; UDP is capped at 64 regardless).
+
+    A batch of mostly one TCP layout takes the column path (``gro_rows``);
+    whatever that path declines takes ``assemble_scalar``. Same result.
+    """
+    _, units = _assemble(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=verified,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+    return units
+
+
+def verify_and_assemble(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool = True,
+    udp: bool = True,
+    max_size: int = GRO_MAX_SIZE,
+    max_segments: int | None = None,
+    max_flows: int = MAX_GRO_SKBS,
+) -> tuple[VerifyResult, list[Assembled]]:
+    """``verify_batch(frames)`` and ``assemble(frames, verified=...)`` in one pass.
+
+    The column path lays the batch out once for both, so the checksums cost
+    one pass over the bytes; the ``VerifyResult`` equals ``verify_batch``'s.
+    """
+    return _assemble(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=None,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+
+
+def _assemble(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool,
+    udp: bool,
+    verified: VerifyResult | None,
+    max_size: int,
+    max_segments: int | None,
+    max_flows: int,
+) -> tuple[VerifyResult, list[Assembled]]:
+    prepared = gro_rows.prepare(frames) if tcp else None
+    if prepared is not None:
+        if verified is None:
+            verified = gro_rows.verify(prepared)
+        units = gro_rows.assemble_prepared(
+            prepared,
+            verified,
+            udp=udp,
+            max_size=max_size,
+            max_segments=max_segments,
+            max_flows=max_flows,
+        )
+        if units is not None:
+            return verified, units
+    if verified is None:
+        verified = verify_batch(frames)
+    units = assemble_scalar(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=verified,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+    return verified, units
+
+
+def assemble_scalar(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool = True,
+    udp: bool = True,
+    verified: VerifyResult | None = None,
+    max_size: int = GRO_MAX_SIZE,
+    max_segments: int | None = None,
+    max_flows: int = MAX_GRO_SKBS,
+) -> list[Assembled]:
+    """``assemble`` one frame at a time, every rule in the kernel's order.
+
+    The exact path for any batch, and the one the column path is tested against.
     """
     if verified is None:
         verified = verify_batch(frames)
