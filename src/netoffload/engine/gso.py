@@ -26,6 +26,7 @@ of one matrix, and the payload sums of equal-size segments one pass.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -40,6 +41,7 @@ from netoffload.engine.checksum import (
     request_valid,
 )
 from netoffload.engine.dissect import IPPROTO_TCP, IPV4_DF, Dissection
+from netoffload.engine.gso_batch import SegmentBatch, segment_batch
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import (
     ChecksumRequest,
@@ -52,6 +54,8 @@ from netoffload.offload.virtio import GSO_ECN, VirtioFlags, VirtioNetHdr
 from netoffload.wire.checksum import add16, ones_sum, pseudo_header_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+
+__all__ = ["GsoError", "SegmentBatch", "plan_batch", "segment", "segment_batch", "segment_request"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -95,6 +99,19 @@ def segment(frame: Buffer, hdr: VirtioNetHdr) -> list[bytes]:
     except VnetHdrRejected as exc:
         raise GsoError(exc.reason, str(exc)) from None
     return _run(frame, plan, fixed_id=False)
+
+
+def plan_batch(
+    frames: Sequence[Buffer], hdrs: Sequence[VirtioNetHdr]
+) -> list[VnetPlan | DropReason]:
+    """``plan_vnet_hdr`` of every input for ``segment_batch``: a refusal is its reason."""
+    plans: list[VnetPlan | DropReason] = []
+    for frame, hdr in zip(frames, hdrs, strict=True):
+        try:
+            plans.append(plan_vnet_hdr(hdr, frame))
+        except VnetHdrRejected as exc:
+            plans.append(exc.reason)
+    return plans
 
 
 def segment_request(frame: Buffer, request: TxRequest) -> list[bytes]:
