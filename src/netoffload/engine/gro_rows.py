@@ -36,6 +36,7 @@ engine. Both give the same answer for every input; the tests hold them to it.
 from __future__ import annotations
 
 import functools
+import operator
 import random
 import struct
 from collections.abc import Sequence
@@ -88,6 +89,7 @@ _FAILED = np.uint8(ChecksumStatus.FAILED)
 assert int(ChecksumStatus.FAILED) - 1 == VERIFIED
 _TCP_MAY_END_MERGED = TCP_FIN | TCP_PSH
 _U16 = struct.Struct("!H")
+_KEY = operator.itemgetter(0)
 # Flow-hash weights: below 2**32, so a 255-weighted sum over 64 key bytes stays exact.
 _HASH_WEIGHTS = [random.Random(0x6E6F).randrange(1, 1 << 32) for _ in range(256)]
 
@@ -231,6 +233,7 @@ class Prepared:
     head: ByteMatrix  # (n, layout.width) header bytes, zero padded
     fits: BoolArray  # rows of the layout whose IP length is the frame length
     flush: BoolArray  # rows of the layout the IP layer flushes (length differs, reserved bit)
+    any_flush: bool
     # Set by ``verify``: its result, and the fitting rows whose checksums are good.
     verified: VerifyResult | None = None
     good: BoolArray | None = None
@@ -253,8 +256,8 @@ def prepare(frames: Sequence[Buffer]) -> Prepared | None:
         values, counts = np.unique(lens, return_counts=True)
         top = int(np.argmax(counts))
         length = int(values[top])
-        members = np.flatnonzero(lens == length)
-        stragglers = np.flatnonzero(lens != length).tolist()
+        members = (lens == length).nonzero()[0]
+        stragglers = (lens != length).nonzero()[0].tolist()
         part = [frames[i] for i in members.tolist()]
     layout = None
     for candidate in part[:3]:
@@ -266,7 +269,7 @@ def prepare(frames: Sequence[Buffer]) -> Prepared | None:
     m = rows.matrix(part, length)
     width = layout.width
     if members is None and length >= width:
-        head = np.ascontiguousarray(m[:, :width])
+        head = m[:, :width]  # a view: the rows are read, never written
     else:
         head = np.zeros((n, width), np.uint8)
         k = min(width, length)
@@ -289,7 +292,10 @@ def prepare(frames: Sequence[Buffer]) -> Prepared | None:
         plain &= cols[:, _DF] < 2  # the reserved bit flushes too
     fits = shaped & plain
     flush = shaped & ~plain
-    return Prepared(frames, lens, m, length, members, stragglers, layout, cols, head, fits, flush)
+    return Prepared(
+        frames, lens, m, length, members, stragglers, layout, cols, head, fits, flush,
+        bool(np.count_nonzero(flush)),
+    )  # fmt: skip
 
 
 def verify(p: Prepared) -> VerifyResult:
@@ -320,8 +326,8 @@ def verify(p: Prepared) -> VerifyResult:
         fits[p.members] = p.fits[p.members]
         good = np.zeros(n, bool)
         good[p.members] = fits[p.members] & ok
-    if not fits.all():
-        rest = np.flatnonzero(~fits)
+    if np.count_nonzero(fits) < len(fits):
+        rest = (~fits).nonzero()[0]
         other = verify_batch([p.frames[i] for i in rest.tolist()])
         hdr[rest], l4[rest] = other.ipv4_header, other.l4
         # A straggler of the layout is checked in general, and good as ever.
@@ -370,12 +376,12 @@ def assemble_prepared(
         if lay.version == 4:
             good &= hdr_status == VERIFIED
     early: list[Assembled] = []
-    if good.all():
+    if np.count_nonzero(good) == n:
         flow_rows = _arange(n)
     else:
         # Rows the IP layer flushes skip the L4 check; IPv4 still needs a good header.
         flush = p.flush if lay.version == 6 else p.flush & (hdr_status == VERIFIED)
-        odd = np.flatnonzero(~(p.fits | flush))
+        odd = (~(p.fits | flush)).nonzero()[0]
         if len(odd):
             hs, ls = hdr_status.tolist(), l4_status.tolist()
             for i in odd.tolist():
@@ -384,8 +390,8 @@ def assemble_prepared(
                     return None  # it reaches a flow: the scalar engine's business
                 early.append(seen)
         # Fitting rows with a bad checksum are passed up at once, unvalidated.
-        early += [Assembled(frames[i], i) for i in np.flatnonzero(p.fits & ~good).tolist()]
-        flow_rows = np.flatnonzero(good | flush)
+        early += [Assembled(frames[i], i) for i in (p.fits & ~good).nonzero()[0].tolist()]
+        flow_rows = (good | flush).nonzero()[0]
     out = _Out()
     if len(flow_rows) and not _runs(p, flow_rows, out, max_size, max_segments):
         return None
@@ -407,15 +413,23 @@ def _runs(
     """Cut the flow rows into chunks (held packets) and lone rows; False to decline."""
     lay = p.layout
     n = len(p.frames)
-    order = np.argsort(p.cols[flow_rows, _HASH], kind="stable")
-    r = flow_rows[order]
+    everything = len(flow_rows) == n
+    hashes = p.cols[:, _HASH] if everything else p.cols[flow_rows, _HASH]
+    if _grouped(hashes):
+        # Each flow's rows back to back (a burst each): flow order is arrival order.
+        r = flow_rows
+        c = p.cols if everything else p.cols[r]
+        head = p.head if everything else p.head[r]
+    else:
+        r = flow_rows[hashes.argsort(kind="stable")]
+        c = p.cols[r]
+        head = p.head[r]
     m = len(r)
-    c = p.cols[r]
     flags = c[:, _FLAGS]
     ends = (flags & TCP_ENDS) != 0
     code = ends * _END
-    flushed = p.flush[r]
-    if flushed.any():
+    flushed = p.flush[r] if p.any_flush else None
+    if flushed is not None:
         code += flushed * _FLUSH
         ends |= flushed  # never held: like an end flag, nothing merges into it
     if p.lens is None:
@@ -424,7 +438,7 @@ def _runs(
     else:
         pay_rows = p.lens[r] - lay.hdr_end
     if m > 1:
-        hv = p.head[r].view("<u8")
+        hv = head.view("<u8")
         x = hv[1:] ^ hv[:-1]
         static_ne = (x & lay.static).any(axis=1)
         dc = c[1:] - c[:-1]
@@ -432,19 +446,22 @@ def _runs(
         if pay_rows is None:
             # One length: every segment is as long as the one before; none is short.
             c0 = ~static_ne & (((dc[:, _SEQ] - size0) & 0xFFFFFFFF) == 0) & (flags[1:] < TCP_CWR)
-            c0 &= ~flushed[1:]
+            if flushed is not None:
+                c0 &= ~flushed[1:]
             if size0 < 1:
                 c0[:] = False
         else:
             before, now = pay_rows[:-1], pay_rows[1:]
             c0 = ~static_ne & (((dc[:, _SEQ] - before) & 0xFFFFFFFF) == 0)
-            c0 &= (now >= 1) & (now <= before) & (flags[1:] < TCP_CWR) & ~flushed[1:]
+            c0 &= (now >= 1) & (now <= before) & (flags[1:] < TCP_CWR)
+            if flushed is not None:
+                c0 &= ~flushed[1:]
             short = c0 & (now < before)
             code[1:] += short * _SHORT
         same_hash = dc[:, _HASH] == 0
-        if (same_hash & static_ne).any():
-            amb = np.flatnonzero(same_hash & static_ne)
-            if (x[amb] & lay.key).any():
+        if np.count_nonzero(same_hash & static_ne):
+            amb = (same_hash & static_ne).nonzero()[0]
+            if np.count_nonzero(x[amb] & lay.key):
                 return False  # two flows share a hash
         if lay.version == 4:
             idd = dc[:, _IDENT] & 0xFFFF
@@ -452,14 +469,18 @@ def _runs(
             c0 &= (idd == 1) | (same_id & (c[1:, _DF] == 1))
             # A flow's ID mode (incrementing or fixed) is decided by its second packet.
             fixed = c0 & same_id
-            if m > 2 and fixed.any() and (c0[1:] & c0[:-1] & (fixed[1:] != fixed[:-1])).any():
+            if (
+                m > 2
+                and np.count_nonzero(fixed)
+                and (c0[1:] & c0[:-1] & (fixed[1:] != fixed[:-1])).any()
+            ):
                 return False
             code[1:] += fixed * _SAME_ID
         code[1:] += c0 + ~same_hash * _NEW_FLOW
         brk = ~c0 | ends[:-1]  # does not merge, or the row before ends its packet
         if pay_rows is not None:
             brk[1:] |= short[:-1]
-        starts = [0, *(np.flatnonzero(brk) + 1).tolist(), m]
+        starts = [0, *(brk.nonzero()[0] + 1).tolist(), m]
     else:
         starts = [0, 1]
     code[0] |= _NEW_FLOW
@@ -552,6 +573,15 @@ def _runs(
     return True
 
 
+def _grouped(hashes: IntArray) -> bool:
+    """Whether every flow's rows come back to back (no hash starts twice)."""
+    change = (hashes[1:] != hashes[:-1]).nonzero()[0]
+    if len(change) > 64:
+        return False  # a sort costs less than a look at every start
+    starts = [int(hashes[0]), *hashes[change + 1].tolist()]
+    return len(set(starts)) == len(starts)
+
+
 @functools.lru_cache(maxsize=8)
 def _arange(n: int) -> IntArray:
     index = np.arange(n, dtype=np.int64)
@@ -602,18 +632,19 @@ def _build(p: Prepared, out: _Out, early: list[Assembled]) -> list[Assembled]:
             chunks.append((key, a, b))
     if chunks:
         keyed += _super_packets(p, out, chunks)
-    keyed.sort(key=_first)
+    keyed.sort(key=_KEY)
     return [u for _, u in keyed]
-
-
-def _first(item: tuple[int, Assembled]) -> int:
-    return item[0]
 
 
 def _super_packets(
     p: Prepared, out: _Out, chunks: list[tuple[int, int, int]]
 ) -> list[tuple[int, Assembled]]:
     """Build the super-packets: the patched first header, then the payloads.
+
+    The header patch is ``complete_head``'s, with the fields taken from the
+    columns: IP length (the IPv4 header checksum updated as csum_replace2
+    does, RFC 1624), TCP flags ``|=`` the last segment's FIN/PSH, and the TCP
+    checksum field set to the pseudo-header sum for the new length.
 
     Each super-packet is its own bytes (at most 64 KiB: malloc reuses those,
     while one buffer for the whole batch would be fresh pages on every call).
@@ -622,18 +653,35 @@ def _super_packets(
     last one) is joined as it is.
     """
     frames, lay = p.frames, p.layout
-    hdr_end = lay.hdr_end
+    l3, l4, hdr_end, width, v4 = lay.l3, lay.l4, lay.hdr_end, lay.width, lay.version == 4
     size0 = p.length - hdr_end
-    rows_, pay = out.rows, out.pay
+    rows_, pay, flags, code = out.rows, out.pay, out.flags, out.code
     matrix_row: list[int] | None = None
     if p.members is not None:
         where = np.full(len(frames), -1, np.int64)
         where[p.members] = np.arange(len(p.members))
         matrix_row = where.tolist()
-    heads = _heads(p, out, chunks, [hdr_end + sum(pay[a : b + 1]) for _, a, b in chunks])
+    first = [rows_[a] for _, a, _ in chunks]
+    fields = p.cols[first].tolist()
+    table = p.head.tobytes()
     body = p.matrix[:, hdr_end:]
     result: list[tuple[int, Assembled]] = []
-    for (key, a, b), head in zip(chunks, heads, strict=True):
+    for (key, a, b), row, col in zip(chunks, first, fields, strict=True):
+        size = hdr_end + sum(pay[a : b + 1])
+        head = bytearray(table[row * width : row * width + hdr_end])
+        if v4:
+            total = size - l3
+            _U16.pack_into(head, l3 + 2, total)
+            # RFC 1624 eqn. 3 in one fold: ~(~HC + ~m + m').
+            s = (~col[_IP_CHECK] & 0xFFFF) + (~col[_IP_LEN] & 0xFFFF) + total
+            s = (s & 0xFFFF) + (s >> 16)
+            _U16.pack_into(head, l3 + 10, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
+        else:
+            _U16.pack_into(head, l3 + 4, size - l3 - 40)
+        head[l4 + 13] |= flags[b] & _TCP_MAY_END_MERGED
+        # pseudo_header_sum: never 0 here (the protocol is not); a multiple of 0xFFFF is 0xFFFF.
+        pseudo = (col[_ADDR] + IPPROTO_TCP + size - l4) % 0xFFFF
+        _U16.pack_into(head, l4 + 16, pseudo or 0xFFFF)
         parts: list[Buffer] = [head]
         # Rows taken whole from the matrix: the full-size ones (all but a short last).
         whole = 0 if size0 < 1 or pay[a] != size0 else b - a + (pay[b] == size0)
@@ -647,58 +695,12 @@ def _super_packets(
             else:
                 parts.append(body[taken].data)
         parts += [memoryview(frames[i])[hdr_end:] for i in rows_[a + whole : b + 1]]
-        result.append((key, _unit(p, out, b"".join(parts), a, b)))
+        # ECN from the first segment's CWR; the flow's IP ID mode from its second.
+        seg = _request(
+            lay.kind, pay[a], hdr_end, bool(flags[a] & TCP_CWR), bool(code[a + 1] & _SAME_ID)
+        )
+        unit = Assembled(
+            b"".join(parts), row, b - a + 1, lay.version, IPPROTO_TCP, True, seg, lay.csum
+        )
+        result.append((key, unit))
     return result
-
-
-def _heads(
-    p: Prepared, out: _Out, chunks: list[tuple[int, int, int]], sizes: list[int]
-) -> list[bytearray]:
-    """The first segments' headers patched for their super-packets (``complete_head``).
-
-    IP length (the IPv4 header checksum updated as csum_replace2 does, RFC
-    1624), TCP flags ``|=`` the last segment's FIN/PSH, and the TCP checksum
-    field set to the pseudo-header sum for the new length. The fields come
-    from the columns: no header is parsed again.
-    """
-    lay = p.layout
-    l3, l4, hdr_end, width = lay.l3, lay.l4, lay.hdr_end, lay.width
-    first = [out.rows[a] for _, a, _ in chunks]
-    fields = p.cols[first][:, [_IP_LEN, _IP_CHECK, _ADDR]].tolist()
-    table = p.head.tobytes()
-    heads = []
-    for (_, _, b), row, (old_total, check, addr), size in zip(
-        chunks, first, fields, sizes, strict=True
-    ):
-        head = bytearray(table[row * width : row * width + hdr_end])
-        if lay.version == 4:
-            total = size - l3
-            _U16.pack_into(head, l3 + 2, total)
-            s = _add16(_add16(~check & 0xFFFF, ~old_total & 0xFFFF), total)
-            _U16.pack_into(head, l3 + 10, ~s & 0xFFFF)
-        else:
-            _U16.pack_into(head, l3 + 4, size - l3 - 40)
-        head[l4 + 13] |= out.flags[b] & _TCP_MAY_END_MERGED
-        l4_len = size - l4
-        # pseudo_header_sum: never 0 here (the protocol is not); a multiple of 0xFFFF is 0xFFFF.
-        pseudo = (addr % 0xFFFF + IPPROTO_TCP + (l4_len >> 16) + (l4_len & 0xFFFF)) % 0xFFFF
-        _U16.pack_into(head, l4 + 16, pseudo or 0xFFFF)
-        heads.append(head)
-    return heads
-
-
-def _add16(a: int, b: int) -> int:
-    """``wire.checksum.add16``."""
-    s = a + b
-    s = (s & 0xFFFF) + (s >> 16)
-    return (s & 0xFFFF) + (s >> 16)
-
-
-def _unit(p: Prepared, out: _Out, data: Buffer, a: int, b: int) -> Assembled:
-    """The record of the super-packet of positions ``[a, b]``."""
-    lay = p.layout
-    ecn = bool(out.flags[a] & TCP_CWR)
-    # The flow's IP ID mode, decided by its second segment (uniform along a run).
-    fixed = bool(out.code[a + 1] & _SAME_ID)
-    seg = _request(lay.kind, out.pay[a], lay.hdr_end, ecn, fixed)
-    return Assembled(data, out.rows[a], b - a + 1, lay.version, IPPROTO_TCP, True, seg, lay.csum)

@@ -372,8 +372,8 @@ def _fill_group(
     else:
         rows = np.concatenate([np.arange(s, s + c) for s, c in zip(starts, counts, strict=True)])
     count_a = np.array(counts, np.int64)
-    inp = np.repeat(np.arange(k), count_a)
-    local0 = np.cumsum(count_a) - count_a
+    inp = np.arange(k).repeat(count_a)
+    local0 = count_a.cumsum() - count_a
     size_a = np.array(group.sizes, np.int64)
     lens = np.array([len(src) for src in group.frames], np.int64)
     last = local0 + count_a - 1
@@ -384,7 +384,7 @@ def _fill_group(
     # Rows not back to back (inputs of other groups between) are filled apart.
     block = matrix[rows]
     headers = np.frombuffer(b"".join(group.headers), np.uint8).reshape(k, hdr_end)
-    block[:, h : h + hdr_end] = np.repeat(headers, count_a, axis=0)
+    block[:, h : h + hdr_end] = headers.repeat(count_a, axis=0)
     body = h + hdr_end
     # One size for all: one pass over every row for the payload sums (a short last
     # segment is summed apart); otherwise each packet's pieces while they are in cache.
