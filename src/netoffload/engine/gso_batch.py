@@ -390,6 +390,7 @@ def _fill_group(
     # segment is summed apart); otherwise each packet's pieces while they are in cache.
     one_size = group.sizes.count(group.sizes[0]) == k
     sums = np.empty(rows_total, np.int64)
+    tails: list[tuple[int, npt.NDArray[np.uint8]]] = []
     places = zip(local0.tolist(), counts, group.frames, group.sizes, strict=True)
     for at, count, src, size in places:
         full = (len(src) - hdr_end) // size
@@ -402,14 +403,11 @@ def _fill_group(
         if full < count:
             tail = src[hdr_end + full * size :]
             block[at + full, body : body + len(tail)] = tail
+            tails.append((at + full, tail))
     if one_size:
         sums[:] = rowsum.le_sum(block, body, body + group.sizes[0]) * 256
-    for at, count, src, size in zip(
-        local0.tolist(), counts, group.frames, group.sizes, strict=True
-    ):
-        full = (len(src) - hdr_end) // size
-        if full < count:
-            sums[at + full] = ones_sum(src[hdr_end + full * size :].data)
+    for at, tail in tails:  # (the pass above summed whatever followed them in their rows)
+        sums[at] = ones_sum(tail.data)
     index = np.arange(rows_total, dtype=np.int64) - local0[inp]
     r = _Rows(block, h, inp, index, plen, local0, last, sums)
     if group.protocol == IPPROTO_TCP:
