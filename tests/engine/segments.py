@@ -42,6 +42,7 @@ class Seg:
 
     kind: str = "tcp4"
     flow: int = 0  # added to the source port
+    dport: int = 5201
     seq: int = 1000
     size: int = 1000  # payload bytes
     ip_id: int = 1
@@ -77,7 +78,7 @@ def build(seg: Seg) -> bytes:
             options = (TcpNoOperation(), TcpNoOperation(), TcpTimestamps(seg.timestamp, 7))
         tcp = TcpRepr(
             40000 + seg.flow,
-            5201,
+            seg.dport,
             seg.seq & 0xFFFFFFFF,
             seg.ack,
             TcpFlags(seg.flags),
@@ -87,7 +88,7 @@ def build(seg: Seg) -> bytes:
         l4 = tcp.to_bytes(payload, src=src, dst=dst)
         proto = 6
     else:
-        l4 = UdpRepr(4000 + seg.flow, 4001).to_bytes(payload, src=src, dst=dst)
+        l4 = UdpRepr(4000 + seg.flow, seg.dport).to_bytes(payload, src=src, dst=dst)
         proto = 17
     if v6:
         ext = b""
