@@ -17,10 +17,11 @@ matrix, and no frame needs Python of its own:
    header sum, the L4 checksum's header part, a flow hash, seq, IP ID, flags,
    DF and the IP length: integers below 2**53, so exact. With the row sums of
    the matrix that is also the checksum verification.
-4. Flows. Rows are sorted (stably) by flow hash and each is compared with the
-   row before it in its flow: every header byte that must repeat (a masked
-   XOR), seq continuity, the IP ID rule, sizes and flags. A hash collision is
-   caught by an exact compare of the key bytes.
+4. Flows. Rows are put in flow order by a flow hash (already so when each
+   flow's rows come back to back; else a stable sort), and each is compared
+   with the row before it in its flow: every header byte that must repeat (a
+   masked XOR), seq continuity, the IP ID rule, sizes and flags. A hash
+   collision is caught by an exact compare of the key bytes.
 5. Runs of rows that merge pairwise are cut into super-packets by integer
    arithmetic, one Python step per run (size and segment limits, the end
    flags, a short segment), and every output gets the key of the event that
@@ -58,7 +59,6 @@ from netoffload.engine.dissect import (
     TCP_CSUM_OFFSET,
     TCP_HLEN,
     VLAN_HLEN,
-    Dissection,
 )
 from netoffload.engine.gro_base import (
     TCP_CWR,
@@ -91,7 +91,8 @@ _TCP_MAY_END_MERGED = TCP_FIN | TCP_PSH
 _U16 = struct.Struct("!H")
 _KEY = operator.itemgetter(0)
 # Flow-hash weights: below 2**32, so a 255-weighted sum over 64 key bytes stays exact.
-_HASH_WEIGHTS = [random.Random(0x6E6F).randrange(1, 1 << 32) for _ in range(256)]
+_RANDOM = random.Random(0x6E6F)
+_HASH_WEIGHTS = [_RANDOM.randrange(1, 1 << 32) for _ in range(256)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,6 @@ class _Layout:
     key: WordMatrix  # the flow key's bits
     weights: npt.NDArray[np.float64]  # (width, _COLUMNS)
     ip_len_base: int  # IP length field of a fitting row = frame length - this
-    dissection: Dissection  # the template's, for the super-packet header patch
     csum: ChecksumRequest
     kind: GsoType
 
@@ -182,14 +182,13 @@ def _layout(l3: int, version: int, tpid: int, doff: int) -> _Layout:
             w[b, _HASH] = float(_HASH_WEIGHTS[b])
     w[l4 + 4 : l4 + 8, _SEQ] = 2.0**24, 2.0**16, 2.0**8, 1.0
     w[l4 + 13, _FLAGS] = 1.0
-    d = Dissection(l3, version, l4, IPPROTO_TCP, 0, hdr_end, doff * 4, False, False)
 
     def words(a: npt.NDArray[np.uint8]) -> WordMatrix:
         return a.view("<u8").reshape(1, -1)
 
     return _Layout(
         version, l3, l4, hdr_end, width, words(check), words(expect), words(static),
-        words(key), w, ip_len_base, d, ChecksumRequest(l4, TCP_CSUM_OFFSET), kind,
+        words(key), w, ip_len_base, ChecksumRequest(l4, TCP_CSUM_OFFSET), kind,
     )  # fmt: skip
 
 
