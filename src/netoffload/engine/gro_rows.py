@@ -1,65 +1,41 @@
 """Vectorised TCP GRO: the scalar engine's decisions for a whole batch, as column operations.
 
-A receive batch is mostly full-size segments of a few flows, each flow in
-order and usually back to back (a TSO burst of the peer). Such frames share
-one header layout, so every field GRO compares is a column of a header
-matrix, and no frame needs Python of its own:
+The batch is laid out by ``tcp_rows`` (a header matrix of the frames of one
+TCP layout, their fields as columns, their checksums verified). Then:
 
-1. Rows. The frames of the most common length are the rows of one matrix;
-   the others ("stragglers", such as the short last segment of a burst) only
-   have their headers copied, one by one.
-2. Layout. A template from a TCP frame fixes every offset: Ethernet with at
-   most one VLAN tag, IPv4 without options or IPv6 without extension headers,
-   TCP with the template's data offset. One masked compare finds the rows of
-   that layout whose IP length is their frame length and that carry no
-   fragment or reserved bits ("fitting" rows).
-3. Columns. One float64 product of the header bytes gives, per row, the IPv4
-   header sum, the L4 checksum's header part, a flow hash, seq, IP ID, flags,
-   DF and the IP length: integers below 2**53, so exact. With the row sums of
-   the matrix that is also the checksum verification.
-4. Flows. Rows are put in flow order by a flow hash (already so when each
+1. Flows. Rows are put in flow order by a flow hash (already so when each
    flow's rows come back to back; else a stable sort), and each is compared
    with the row before it in its flow: every header byte that must repeat (a
    masked XOR), seq continuity, the IP ID rule, sizes and flags. A hash
    collision is caught by an exact compare of the key bytes.
-5. Runs of rows that merge pairwise are cut into super-packets by integer
+2. Runs of rows that merge pairwise are cut into super-packets by integer
    arithmetic, one Python step per run (size and segment limits, the end
-   flags, a short segment), and every output gets the key of the event that
-   completes it, so the output order is the scalar engine's.
+   flags, a short segment, a frame the IP layer flushes), and every output
+   gets the key of the event that completes it, so the output order is the
+   scalar engine's.
+3. Each super-packet is built once: its first header patched from the
+   columns, then its payloads, out of the matrix in one strided copy.
 
-Whatever this does not model — a frame of another layout that reaches a flow
-(UDP to coalesce, IP options are fine: they are passed up alone), a full flow
-table, IP IDs switching between incrementing and fixed, consecutive short
-segments — declines the batch (``None``): the caller then runs the scalar
-engine. Both give the same answer for every input; the tests hold them to it.
+Frames of other layouts that are passed up at once (IP options, a bad
+checksum, UDP when UDP is not coalesced, non-IP) keep their place. Whatever
+else this does not model — a frame of another layout that reaches a flow
+(UDP to coalesce, IPv6 extension headers, other TCP options in a flow), a
+full flow table, IP IDs switching between incrementing and fixed, a short
+segment that could take another — declines the batch (``None``): the caller
+then runs the scalar engine. Both give the same answer for every input; the
+tests hold them to it, and to the kernel.
 """
 
 from __future__ import annotations
 
 import functools
 import operator
-import random
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
 
 import numpy as np
-import numpy.typing as npt
 
-from netoffload.engine import rows
 from netoffload.engine.checksum import VerifyResult, verify_batch
-from netoffload.engine.dissect import (
-    ETH_HLEN,
-    ETH_P_8021AD,
-    ETH_P_8021Q,
-    ETH_P_IP,
-    ETH_P_IPV6,
-    IPPROTO_TCP,
-    TCP_CSUM_OFFSET,
-    TCP_HLEN,
-    VLAN_HLEN,
-)
+from netoffload.engine.dissect import ETH_HLEN, IPPROTO_TCP
 from netoffload.engine.gro_base import (
     TCP_CWR,
     TCP_ENDS,
@@ -67,270 +43,48 @@ from netoffload.engine.gro_base import (
     TCP_PSH,
     VERIFIED,
     Assembled,
+    Buffer,
     Seen,
     look,
 )
-from netoffload.offload.extension import ChecksumRequest, ChecksumStatus, GsoType
+from netoffload.engine.tcp_rows import (
+    ADDR,
+    DF,
+    FLAGS,
+    HASH,
+    IDENT,
+    IP_CHECK,
+    IP_LEN,
+    MIN_FRAMES,
+    SEQ,
+    IntArray,
+    Prepared,
+    good_flushed,
+    prepare,
+    verify_fitting,
+)
+from netoffload.offload.extension import GsoType
 from netoffload.offload.extension import SegmentationRequest as _SegReq
 
-Buffer: TypeAlias = bytes | bytearray | memoryview
-IntArray: TypeAlias = npt.NDArray[np.int64]
-BoolArray: TypeAlias = npt.NDArray[np.bool_]
-ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
-WordMatrix: TypeAlias = npt.NDArray[np.uint64]
+__all__ = ["MIN_FRAMES", "Prepared", "assemble_prepared", "prepare", "verify"]
 
-#: Below this many frames the scalar engine is as fast as the column set-up.
-MIN_FRAMES = 16
-
-# Columns of the per-row product of header bytes and weights.
-_IP_SUM, _PREFIX, _HASH, _SEQ, _IDENT, _FLAGS, _DF, _IP_LEN, _IP_CHECK, _ADDR = range(10)
-_COLUMNS = 10
-_FAILED = np.uint8(ChecksumStatus.FAILED)
-assert int(ChecksumStatus.FAILED) - 1 == VERIFIED
 _TCP_MAY_END_MERGED = TCP_FIN | TCP_PSH
 _U16 = struct.Struct("!H")
 _KEY = operator.itemgetter(0)
-# Flow-hash weights: below 2**32, so a 255-weighted sum over 64 key bytes stays exact.
-_RANDOM = random.Random(0x6E6F)
-_HASH_WEIGHTS = [_RANDOM.randrange(1, 1 << 32) for _ in range(256)]
-
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    """Offsets, masks and weights of one header layout (made once per layout)."""
-
-    version: int
-    l3: int
-    l4: int
-    hdr_end: int
-    width: int  # header bytes kept per row: hdr_end rounded up to whole 8-byte words
-    check: WordMatrix  # (1, width/8) bits a fitting row must have ...
-    expect: WordMatrix  # ... equal to these
-    static: WordMatrix  # bits a merged segment must repeat
-    key: WordMatrix  # the flow key's bits
-    weights: npt.NDArray[np.float64]  # (width, _COLUMNS)
-    ip_len_base: int  # IP length field of a fitting row = frame length - this
-    csum: ChecksumRequest
-    kind: GsoType
-
-
-def _le_weights(w: npt.NDArray[np.float64], column: int, begin: int, end: int) -> None:
-    # Little-endian 16-bit words (RFC 1071 2(B)); offsets here are all even.
-    for b in range(begin, end):
-        w[b, column] = 1.0 if b % 2 == 0 else 256.0
-
-
-@functools.lru_cache(maxsize=64)
-def _layout(l3: int, version: int, tpid: int, doff: int) -> _Layout:
-    l4 = l3 + (20 if version == 4 else 40)
-    hdr_end = l4 + doff * 4
-    width = -(-hdr_end // 8) * 8
-    check = np.zeros(width, np.uint8)
-    expect = np.zeros(width, np.uint8)
-    static = np.zeros(width, np.uint8)
-    key = np.zeros(width, np.uint8)
-
-    def must(at: int, value: int, mask: int = 0xFF) -> None:
-        check[at], expect[at] = mask, value & mask
-
-    # EtherType(s): the outer one, and behind one VLAN tag the inner one.
-    ethertype = ETH_P_IP if version == 4 else ETH_P_IPV6
-    for at, value in ((12, tpid), (16, ethertype)) if tpid else ((12, ethertype),):
-        must(at, value >> 8)
-        must(at + 1, value)
-    static[:hdr_end] = 0xFF
-    key[:l3] = 0xFF
-    key[l4 : l4 + 4] = 0xFF  # ports
-    w = np.zeros((width, _COLUMNS), np.float64)
-    if version == 4:
-        must(l3, 0x45)
-        must(l3 + 6, 0, 0x3F)  # no MF, no fragment offset (DF and the reserved bit are columns)
-        must(l3 + 7, 0)
-        must(l3 + 9, IPPROTO_TCP)
-        static[[l3 + 2, l3 + 3, l3 + 4, l3 + 5, l3 + 10, l3 + 11]] = 0  # length, ID, checksum
-        key[l3 + 12 : l3 + 20] = 0xFF
-        _le_weights(w, _IP_SUM, l3, l4)
-        _le_weights(w, _PREFIX, 0, l3 + 12)
-        w[[l3 + 4, l3 + 5], _IDENT] = 256.0, 1.0
-        w[l3 + 6, _DF] = 1.0 / 64  # 0x40 (DF) and 0x80 (reserved): the byte's only bits here
-        w[[l3 + 2, l3 + 3], _IP_LEN] = 256.0, 1.0
-        w[[l3 + 10, l3 + 11], _IP_CHECK] = 256.0, 1.0
-        w[l3 + 12 : l3 + 20, _ADDR] = np.tile([256.0, 1.0], 4)  # big-endian words
-        ip_len_base = l3
-        kind = GsoType.TCPV4
-    else:
-        must(l3, 0x60, 0xF0)
-        must(l3 + 6, IPPROTO_TCP)
-        static[[l3 + 4, l3 + 5]] = 0  # payload length
-        key[l3] = 0xF0  # version and flow label; the traffic class is compared, not keyed
-        key[l3 + 1] = 0x0F
-        key[l3 + 2 : l3 + 4] = 0xFF
-        key[l3 + 6] = 0xFF
-        key[l3 + 8 : l4] = 0xFF
-        _le_weights(w, _PREFIX, 0, l3 + 8)
-        w[[l3 + 4, l3 + 5], _IP_LEN] = 256.0, 1.0
-        w[l3 + 8 : l3 + 40, _ADDR] = np.tile([256.0, 1.0], 16)
-        ip_len_base = l3 + 40
-        kind = GsoType.TCPV6
-    must(l4 + 12, doff << 4, 0xF0)
-    static[l4 + 4 : l4 + 8] = 0  # seq
-    static[l4 + 13] = 0xFF & ~(TCP_CWR | TCP_FIN | TCP_PSH)  # flags that may differ
-    static[l4 + 16 : l4 + 20] = 0  # checksum, urgent pointer
-    for b in range(hdr_end):
-        # Whole key bytes only: a partly keyed byte (IPv6 flow label) is left to the exact check.
-        if key[b] == 0xFF:
-            w[b, _HASH] = float(_HASH_WEIGHTS[b])
-    w[l4 + 4 : l4 + 8, _SEQ] = 2.0**24, 2.0**16, 2.0**8, 1.0
-    w[l4 + 13, _FLAGS] = 1.0
-
-    def words(a: npt.NDArray[np.uint8]) -> WordMatrix:
-        return a.view("<u8").reshape(1, -1)
-
-    return _Layout(
-        version, l3, l4, hdr_end, width, words(check), words(expect), words(static),
-        words(key), w, ip_len_base, ChecksumRequest(l4, TCP_CSUM_OFFSET), kind,
-    )  # fmt: skip
-
-
-def _layout_of(frame: Buffer) -> _Layout | None:
-    """The layout ``frame``'s first bytes announce, if the columns model it.
-
-    Only a candidate: every row, this one included, is then held to the
-    layout's template (``fits``), which checks what ``dissect`` would.
-    """
-    n = len(frame)
-    if n < ETH_HLEN + VLAN_HLEN:
-        return None
-    tpid, l3 = 0, ETH_HLEN
-    ethertype = (frame[12] << 8) | frame[13]
-    if ethertype in (ETH_P_8021Q, ETH_P_8021AD):
-        tpid, l3 = ethertype, ETH_HLEN + VLAN_HLEN
-        ethertype = (frame[16] << 8) | frame[17]
-    if ethertype == ETH_P_IP:
-        version, l4 = 4, l3 + 20
-    elif ethertype == ETH_P_IPV6:
-        version, l4 = 6, l3 + 40
-    else:
-        return None
-    if n < l4 + TCP_HLEN or frame[l4 + 12] >> 4 < 5:
-        return None
-    return _layout(l3, version, tpid, frame[l4 + 12] >> 4)
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A batch laid out for the column path (see the module docstring)."""
-
-    frames: Sequence[Buffer]
-    lens: IntArray | None  # every frame's length; None: all are ``length`` long
-    matrix: ByteMatrix  # the frames of length ``length``, one per row
-    length: int
-    members: IntArray | None  # frame index of each matrix row; None: row i is frame i
-    stragglers: list[int]  # frames outside the matrix
-    layout: _Layout
-    cols: IntArray  # (n, _COLUMNS)
-    head: ByteMatrix  # (n, layout.width) header bytes, zero padded
-    fits: BoolArray  # rows of the layout whose IP length is the frame length
-    flush: BoolArray  # rows of the layout the IP layer flushes (length differs, reserved bit)
-    any_flush: bool
-    # Set by ``verify``: its result, and the fitting rows whose checksums are good.
-    verified: VerifyResult | None = None
-    good: BoolArray | None = None
-
-
-def prepare(frames: Sequence[Buffer]) -> Prepared | None:
-    """Lay ``frames`` out as columns, or ``None`` when the batch is not worth it."""
-    n = len(frames)
-    if n < MIN_FRAMES:
-        return None
-    sizes = list(map(len, frames))
-    length = sizes[0]
-    lens: IntArray | None = None
-    members: IntArray | None = None
-    stragglers: list[int] = []
-    if sizes.count(length) == n:
-        part: Sequence[Buffer] = frames
-    else:
-        lens = np.array(sizes, np.int64)
-        values, counts = np.unique(lens, return_counts=True)
-        top = int(np.argmax(counts))
-        length = int(values[top])
-        members = (lens == length).nonzero()[0]
-        stragglers = (lens != length).nonzero()[0].tolist()
-        part = [frames[i] for i in members.tolist()]
-    layout = None
-    for candidate in part[:3]:
-        layout = _layout_of(candidate)
-        if layout is not None:
-            break
-    if layout is None or (lens is None and length < layout.hdr_end):
-        return None
-    m = rows.matrix(part, length)
-    width = layout.width
-    if members is None and length >= width:
-        head = m[:, :width]  # a view: the rows are read, never written
-    else:
-        head = np.zeros((n, width), np.uint8)
-        k = min(width, length)
-        if members is None:
-            head[:, :k] = m[:, :k]
-        else:
-            head[members, :k] = m[:, :k]
-        for i in stragglers:
-            frame = frames[i]
-            k = min(width, len(frame))
-            head[i, :k] = np.frombuffer(frame, np.uint8, k)
-    cols = (head.astype(np.float64) @ layout.weights).astype(np.int64)
-    shaped = ~((head.view("<u8") ^ layout.expect) & layout.check).any(axis=1)
-    if lens is None:
-        plain = cols[:, _IP_LEN] == length - layout.ip_len_base
-    else:
-        shaped &= lens >= layout.hdr_end
-        plain = cols[:, _IP_LEN] == lens - layout.ip_len_base
-    if layout.version == 4:
-        plain &= cols[:, _DF] < 2  # the reserved bit flushes too
-    fits = shaped & plain
-    flush = shaped & ~plain
-    return Prepared(
-        frames, lens, m, length, members, stragglers, layout, cols, head, fits, flush,
-        bool(np.count_nonzero(flush)),
-    )  # fmt: skip
 
 
 def verify(p: Prepared) -> VerifyResult:
-    """``verify_batch`` of the batch: fitting matrix rows from the columns, the rest in general."""
-    lay = p.layout
-    total = rows.le_sum(p.matrix, 0, p.length)
-    cols = p.cols if p.members is None else p.cols[p.members]
-    # The L4 sum is the row's sum less the header words before L4 (addresses kept),
-    # plus protocol and L4 length: big-endian values counted in a little-endian sum.
-    pseudo = ((IPPROTO_TCP + p.length - lay.l4) * 256) % 0xFFFF
-    ok = (total - cols[:, _PREFIX] + pseudo) % 0xFFFF == 0
-    l4_rows = _FAILED - ok.view(np.uint8)  # FAILED - True is VERIFIED
-    if lay.version == 4:
-        hdr_ok = cols[:, _IP_SUM] % 0xFFFF == 0
-        hdr_rows = _FAILED - hdr_ok.view(np.uint8)
-        ok &= hdr_ok
-    else:
-        hdr_rows = np.zeros(len(ok), np.uint8)
-    if p.members is None:
-        hdr, l4, fits = hdr_rows, l4_rows, p.fits
-        good = fits & ok
-    else:
-        n = len(p.frames)
-        hdr = np.zeros(n, np.uint8)
-        l4 = np.zeros(n, np.uint8)
-        hdr[p.members], l4[p.members] = hdr_rows, l4_rows
-        fits = np.zeros(n, bool)
-        fits[p.members] = p.fits[p.members]
-        good = np.zeros(n, bool)
-        good[p.members] = fits[p.members] & ok
-    if np.count_nonzero(fits) < len(fits):
-        rest = (~fits).nonzero()[0]
+    """``verify_batch`` of the batch (the columns for fitting rows, the rest in general).
+
+    Also keeps, for ``assemble_prepared``, which fitting rows have good checksums.
+    """
+    hdr, l4, checked, good = verify_fitting(p)
+    if np.count_nonzero(checked) < len(checked):
+        rest = (~checked).nonzero()[0]
         other = verify_batch([p.frames[i] for i in rest.tolist()])
         hdr[rest], l4[rest] = other.ipv4_header, other.l4
         # A straggler of the layout is checked in general, and good as ever.
-        good |= p.fits & (l4 == VERIFIED) & ((hdr == VERIFIED) | (lay.version == 6))
+        good |= p.fits & (l4 == VERIFIED) & ((hdr == VERIFIED) | (p.layout.version == 6))
     p.verified = VerifyResult(hdr, l4)
     p.good = good
     return p.verified
@@ -379,7 +133,7 @@ def assemble_prepared(
         flow_rows = _arange(n)
     else:
         # Rows the IP layer flushes skip the L4 check; IPv4 still needs a good header.
-        flush = p.flush if lay.version == 6 else p.flush & (hdr_status == VERIFIED)
+        flush = good_flushed(p, hdr_status)
         odd = (~(p.fits | flush)).nonzero()[0]
         if len(odd):
             hs, ls = hdr_status.tolist(), l4_status.tolist()
@@ -413,7 +167,7 @@ def _runs(
     lay = p.layout
     n = len(p.frames)
     everything = len(flow_rows) == n
-    hashes = p.cols[:, _HASH] if everything else p.cols[flow_rows, _HASH]
+    hashes = p.cols[:, HASH] if everything else p.cols[flow_rows, HASH]
     if _grouped(hashes):
         # Each flow's rows back to back (a burst each): flow order is arrival order.
         r = flow_rows
@@ -424,7 +178,7 @@ def _runs(
         c = p.cols[r]
         head = p.head[r]
     m = len(r)
-    flags = c[:, _FLAGS]
+    flags = c[:, FLAGS]
     ends = (flags & TCP_ENDS) != 0
     code = ends * _END
     flushed = p.flush[r] if p.any_flush else None
@@ -444,28 +198,28 @@ def _runs(
         # c0[j - 1]: row j would merge into the packet held when row j - 1 was the last.
         if pay_rows is None:
             # One length: every segment is as long as the one before; none is short.
-            c0 = ~static_ne & (((dc[:, _SEQ] - size0) & 0xFFFFFFFF) == 0) & (flags[1:] < TCP_CWR)
+            c0 = ~static_ne & (((dc[:, SEQ] - size0) & 0xFFFFFFFF) == 0) & (flags[1:] < TCP_CWR)
             if flushed is not None:
                 c0 &= ~flushed[1:]
             if size0 < 1:
                 c0[:] = False
         else:
             before, now = pay_rows[:-1], pay_rows[1:]
-            c0 = ~static_ne & (((dc[:, _SEQ] - before) & 0xFFFFFFFF) == 0)
+            c0 = ~static_ne & (((dc[:, SEQ] - before) & 0xFFFFFFFF) == 0)
             c0 &= (now >= 1) & (now <= before) & (flags[1:] < TCP_CWR)
             if flushed is not None:
                 c0 &= ~flushed[1:]
             short = c0 & (now < before)
             code[1:] += short * _SHORT
-        same_hash = dc[:, _HASH] == 0
+        same_hash = dc[:, HASH] == 0
         if np.count_nonzero(same_hash & static_ne):
             amb = (same_hash & static_ne).nonzero()[0]
             if np.count_nonzero(x[amb] & lay.key):
                 return False  # two flows share a hash
         if lay.version == 4:
-            idd = dc[:, _IDENT] & 0xFFFF
+            idd = dc[:, IDENT] & 0xFFFF
             same_id = idd == 0
-            c0 &= (idd == 1) | (same_id & (c[1:, _DF] == 1))
+            c0 &= (idd == 1) | (same_id & (c[1:, DF] == 1))
             # A flow's ID mode (incrementing or fixed) is decided by its second packet.
             fixed = c0 & same_id
             if (
@@ -672,14 +426,14 @@ def _super_packets(
             total = size - l3
             _U16.pack_into(head, l3 + 2, total)
             # RFC 1624 eqn. 3 in one fold: ~(~HC + ~m + m').
-            s = (~col[_IP_CHECK] & 0xFFFF) + (~col[_IP_LEN] & 0xFFFF) + total
+            s = (~col[IP_CHECK] & 0xFFFF) + (~col[IP_LEN] & 0xFFFF) + total
             s = (s & 0xFFFF) + (s >> 16)
             _U16.pack_into(head, l3 + 10, ~((s & 0xFFFF) + (s >> 16)) & 0xFFFF)
         else:
             _U16.pack_into(head, l3 + 4, size - l3 - 40)
         head[l4 + 13] |= flags[b] & _TCP_MAY_END_MERGED
         # pseudo_header_sum: never 0 here (the protocol is not); a multiple of 0xFFFF is 0xFFFF.
-        pseudo = (col[_ADDR] + IPPROTO_TCP + size - l4) % 0xFFFF
+        pseudo = (col[ADDR] + IPPROTO_TCP + size - l4) % 0xFFFF
         _U16.pack_into(head, l4 + 16, pseudo or 0xFFFF)
         parts: list[Buffer] = [head]
         # Rows taken whole from the matrix: the full-size ones (all but a short last).
