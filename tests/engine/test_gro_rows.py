@@ -9,7 +9,6 @@ them: data, index, segment count, flags, requests, and order.
 from __future__ import annotations
 
 import dataclasses
-import random
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from netoffload.engine.gro import (
     verify_and_assemble,
 )
 from netoffload.engine.gso import segment
+from tests.engine.batches import receive_batches
 from tests.engine.gro_reference import reference_assemble
 from tests.engine.segments import Seg, build
 
@@ -222,111 +222,12 @@ def test_a_flow_table_overflow_is_left_to_the_scalar_engine() -> None:
 
 # -- anything at all --------------------------------------------------------------------
 
+
 # Tweaks a frame of a flow may get. The common ones keep the batch's layout; the
 # rare ones (a frame the column path hands to the scalar engine) break it.
-_TWEAKS = [
-    "gap", "psh", "fin", "syn", "rst", "urg", "cwr", "ece", "ack", "window", "timestamp",
-    "ttl", "tos", "nodf", "id_jump", "short", "long", "empty", "corrupt", "ipopts", "pad",
-    "cut",
-]  # fmt: skip
-# What the column path may hand to the scalar engine: another layout in a flow, an IP
-# ID repeated in an incrementing flow, a short segment after a short one, a ninth flow
-# (a frame with another VLAN id or flow label is a flow of its own).
-_IRREGULAR = ["hbh", "id_same", "add_vlan", "add_timestamp", "flowlabel", "vlan"]
-_FLAG = {"psh": 0x18, "fin": 0x11, "syn": 0x12, "rst": 0x14, "urg": 0x30, "cwr": 0x90, "ece": 0x50}
-
-
-@st.composite
-def _flow(draw: st.DrawFn, number: int, layout: dict[str, Any], regular: bool) -> list[Seg]:
-    kind = layout["kind"]
-    size = draw(st.sampled_from([1448, 1448, 1000, 200, 1]))
-    count = draw(st.integers(1, 40))
-    fixed = kind == "tcp4" and draw(st.booleans())
-    seq = draw(st.integers(0, 0xFFFFFFFF))
-    ip_id = draw(st.integers(0, 0xFFFF))
-    rate = draw(st.sampled_from([0, 0.02, 0.1, 0.4]))
-    rnd = draw(st.randoms(use_true_random=False))
-    segs: list[Seg] = []
-    for i in range(count):
-        base = Seg(flow=number, seq=seq, size=size, ip_id=ip_id if fixed else ip_id + i, **layout)
-        if rnd.random() < rate:
-            tweak = rnd.choice(_TWEAKS if regular or rnd.random() < 0.8 else _IRREGULAR)
-            if not (regular and tweak in ("short", "empty") and segs and segs[-1].size < size):
-                base = _tweak(base, tweak, rnd)
-        segs.append(base)
-        seq = (seq + base.size) & 0xFFFFFFFF
-    return segs
-
-
-def _tweak(s: Seg, tweak: str, rnd: random.Random) -> Seg:
-    r = dataclasses.replace
-    if tweak in _FLAG:
-        return r(s, flags=_FLAG[tweak])
-    changes: dict[str, Any] = {
-        "gap": {"seq": s.seq + rnd.choice([1, 1448, -1])},
-        "ack": {"ack": 2},
-        "window": {"window": 100},
-        "timestamp": {"timestamp": None if s.timestamp is None else 99},
-        "add_timestamp": {"timestamp": 99 if s.timestamp is None else None},
-        "ttl": {"ttl": 63},
-        "tos": {"tos": 4},
-        "nodf": {"df": False},
-        "id_jump": {"ip_id": s.ip_id + rnd.choice([2, 0x8000])},
-        "id_same": {"ip_id": s.ip_id - 1},
-        "short": {"size": rnd.randrange(0, max(1, s.size))},
-        "long": {"size": s.size + rnd.choice([1, 100])},
-        "empty": {"size": 0},
-        "corrupt": {"corrupt": True},
-        "pad": {"pad": rnd.choice([1, 2, 6])},
-        "cut": {"cut": rnd.choice([1, 10, s.size + 10])},
-        "ipopts": {"ip_options": True},
-        "flowlabel": {"flow_label": 1},
-        "vlan": {"vlan": None if s.vlan is None else 9},
-        "add_vlan": {"vlan": 9 if s.vlan is None else None},
-        "hbh": {"hop_by_hop": True},
-    }
-    return r(s, **changes[tweak])
-
-
-_LAYOUT = st.fixed_dictionaries(
-    {
-        "kind": st.sampled_from(["tcp4", "tcp4", "tcp4", "tcp6"]),
-        "timestamp": st.sampled_from([None, 5]),
-        "vlan": st.sampled_from([None, None, 3]),
-    }
-)
-
-
-@st.composite
-def _batch(draw: st.DrawFn, *, regular: bool = False) -> list[Seg]:
-    """Flows of one layout (as a receive batch mostly is), now and then one of another.
-
-    A ``regular`` batch is one the column path decides itself: one layout, at
-    most eight flows, and none of the ``_IRREGULAR`` tweaks.
-    """
-    layout = draw(_LAYOUT)
-    flows = [draw(_flow(n, layout, regular)) for n in range(draw(st.integers(1, 8)))]
-    if not regular and draw(st.integers(0, 3)) == 0:
-        other = draw(_LAYOUT | st.sampled_from([{"kind": "udp4"}, {"kind": "udp6"}]))
-        flows.append(draw(_flow(len(flows), other, regular)))
-    order = draw(st.sampled_from(["runs", "round robin", "random"]))
-    if order == "runs":
-        return [s for f in flows for s in f]
-    if order == "round robin":
-        return [f[i] for i in range(max(map(len, flows))) for f in flows if i < len(f)]
-    rnd = draw(st.randoms(use_true_random=False))
-    cursors = [0] * len(flows)
-    out = []
-    while any(c < len(f) for c, f in zip(cursors, flows, strict=True)):
-        k = rnd.choice([j for j, f in enumerate(flows) if cursors[j] < len(f)])
-        out.append(flows[k][cursors[k]])
-        cursors[k] += 1
-    return out
-
-
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    batch=_batch(regular=True),
+    batch=receive_batches(regular=True),
     views=st.booleans(),
     max_segments=st.sampled_from([None, None, None, 1, 2, 3, 17]),
     max_size=st.sampled_from([65536, 65536, 5000, 20000]),
@@ -343,7 +244,7 @@ def test_regular_batches_take_the_column_path_and_equal_the_scalar_engine(
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    batch=_batch(),
+    batch=receive_batches(),
     views=st.booleans(),
     tcp=st.sampled_from([True, True, True, False]),
     udp=st.booleans(),
