@@ -125,39 +125,45 @@ class SegmentBatch:
         """Contiguous spans holding every frame with its 4-byte prefix, in input order.
 
         After ``write_length_prefixes``: the spans, sent back to back, are the
-        batch in the cable's framing. Full-width rows run into the next row, so
-        a super-packet of equal segments is one span (a short last one ends it).
+        batch in the cable's framing. With a headroom of exactly 4, a row whose
+        segment fills it runs into the next row's prefix, so a super-packet of
+        equal segments is one span (a short last segment ends it) and a batch
+        is a handful of spans; with more headroom each frame is a span.
         """
-        if self.headroom < 4:
+        h = self.headroom
+        if h < 4:
             raise ValueError("wire chunks need a headroom of at least 4 bytes")
+        out: list[memoryview] = []
+        row = 0  # the first row not yet in a span
+        for i in sorted(self.whole):
+            out += self._spans(row, self.first[i])
+            out.append(memoryview(self.whole[i])[h - 4 :])
+            row = self.first[i]
+        out += self._spans(row, self.rows)
+        return out
+
+    def _spans(self, begin: int, end: int) -> list[memoryview]:
+        """The prefixed frames of rows ``[begin, end)`` as few contiguous spans."""
+        if begin >= end:
+            return []
         h = self.headroom
         stride = self.matrix.shape[1]
         flat = self.matrix.reshape(-1).data
-        lengths = self.lengths.tolist()
-        full = stride - h
-        out: list[memoryview] = []
-        start = end = -1  # the open span in the matrix
-        for i in range(len(self)):
-            single = self.whole.get(i)
-            if single is not None:
-                if start >= 0:
-                    out.append(flat[start:end])
-                    start = -1
-                out.append(memoryview(single)[h - 4 :])
-                continue
-            for r in range(self.first[i], self.first[i + 1]):
-                begin = r * stride + h - 4
-                if start < 0 or begin != end:
-                    if start >= 0:
-                        out.append(flat[start:end])
-                    start = begin
-                end = r * stride + h + lengths[r]
-                if lengths[r] != full or h != 4:
-                    out.append(flat[start:end])
-                    start = -1
-        if start >= 0:
-            out.append(flat[start:end])
-        return out
+        lengths = self.lengths[begin:end]
+        if h == 4:
+            # A span ends at a row whose segment leaves padding after it, and at the end.
+            last = ((lengths != stride - h).nonzero()[0] + begin).tolist()
+            if not last or last[-1] != end - 1:
+                last.append(end - 1)
+        else:
+            last = list(range(begin, end))
+        ends = self.lengths[last].tolist()
+        spans = []
+        first = begin
+        for r, n in zip(last, ends, strict=True):
+            spans.append(flat[first * stride + h - 4 : r * stride + h + n])
+            first = r + 1
+        return spans
 
 
 @functools.lru_cache(maxsize=64)
