@@ -93,14 +93,17 @@ _LAYOUT = st.fixed_dictionaries(
 def receive_batches(draw: st.DrawFn, *, regular: bool = False) -> list[Seg]:
     """Flows of one layout (as a receive batch mostly is), now and then one of another.
 
-    A ``regular`` batch is one the column path decides itself: one layout, at
+    A ``regular`` batch is one the column path decides itself: TCP only, at
     most eight flows, and none of the ``_IRREGULAR`` tweaks.
     """
     layout = draw(_LAYOUT)
-    flows = [draw(_flow(n, layout, regular)) for n in range(draw(st.integers(1, 8)))]
-    if not regular and draw(st.integers(0, 3)) == 0:
-        other = draw(_LAYOUT | st.sampled_from([{"kind": "udp4"}, {"kind": "udp6"}]))
-        flows.append(draw(_flow(len(flows), other, regular)))
+    count = draw(st.integers(1, 8))
+    flows = [draw(_flow(n, layout, regular)) for n in range(count)]
+    if draw(st.integers(0, 3)) == 0 and not (regular and count == 8):
+        kinds = (
+            _LAYOUT if regular else _LAYOUT | st.sampled_from([{"kind": "udp4"}, {"kind": "udp6"}])
+        )
+        flows.append(draw(_flow(len(flows), draw(kinds), regular)))
     order = draw(st.sampled_from(["runs", "round robin", "random"]))
     if order == "runs":
         return [s for f in flows for s in f]

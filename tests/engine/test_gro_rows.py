@@ -212,6 +212,23 @@ def test_layouts(shape: dict[str, Any]) -> None:
     _check(frames)
 
 
+def test_flows_of_several_layouts_are_each_taken_by_their_own() -> None:
+    flows = [
+        flow(12, flow=1),
+        flow(12, flow=2, kind="tcp6"),
+        flow(12, flow=3, timestamp=5),
+        flow(12, flow=4, vlan=7),
+        flow(12, flow=5, kind="tcp6", timestamp=5),
+    ]
+    for frames in (runs(flows[:4]), round_robin(flows[:4]), round_robin(flows[1:])):
+        assert _column_path_takes(frames)
+        out = _check(frames)
+        assert sorted(u.segments for u in out) == [12] * 4
+    # Five layouts are one too many.
+    assert not _column_path_takes(round_robin(flows))
+    _check(round_robin(flows))
+
+
 def test_a_flow_table_overflow_is_left_to_the_scalar_engine() -> None:
     frames = round_robin([flow(3, flow=f) for f in range(10)])
     assert not _column_path_takes(frames)

@@ -44,7 +44,6 @@ from netoffload.engine.gro_base import (
     VERIFIED,
     Assembled,
     Buffer,
-    Seen,
     look,
 )
 from netoffload.engine.tcp_rows import (
@@ -57,16 +56,20 @@ from netoffload.engine.tcp_rows import (
     IP_LEN,
     MIN_FRAMES,
     SEQ,
+    BoolArray,
+    ByteArray,
     IntArray,
     Prepared,
     good_flushed,
+    layout_of,
     prepare,
+    relayout,
     verify_fitting,
 )
 from netoffload.offload.extension import GsoType
 from netoffload.offload.extension import SegmentationRequest as _SegReq
 
-__all__ = ["MIN_FRAMES", "Prepared", "assemble_prepared", "prepare", "verify"]
+__all__ = ["MAX_LAYOUTS", "MIN_FRAMES", "Prepared", "assemble_prepared", "prepare", "verify"]
 
 _TCP_MAY_END_MERGED = TCP_FIN | TCP_PSH
 _U16 = struct.Struct("!H")
@@ -118,39 +121,102 @@ def assemble_prepared(
     max_segments: int | None,
     max_flows: int,
 ) -> list[Assembled] | None:
-    """TCP GRO of a prepared batch, or ``None`` where the scalar engine must decide."""
-    frames, lay = p.frames, p.layout
+    """TCP GRO of a prepared batch, or ``None`` where the scalar engine must decide.
+
+    Frames of up to ``MAX_LAYOUTS`` TCP layouts are taken (IPv4 and IPv6
+    flows, say, or flows with and without timestamps), each layout's flows by
+    themselves: flows of two layouts never share a key, as long as no flow
+    hash is found in both.
+    """
+    frames = p.frames
     n = len(frames)
     hdr_status, l4_status = verified.ipv4_header, verified.l4
     if verified is p.verified and p.good is not None:
         good = p.good
     else:
-        good = p.fits & (l4_status == VERIFIED)
-        if lay.version == 4:
-            good &= hdr_status == VERIFIED
-    early: list[Assembled] = []
-    if np.count_nonzero(good) == n:
-        flow_rows = _arange(n)
+        good = _good(p, hdr_status, l4_status)
+    keyed: list[tuple[int, Assembled]] = []
+    if np.count_nonzero(good) == n:  # one layout, every checksum right: the usual batch
+        classes = [(p, good, _arange(n))]
     else:
-        # Rows the IP layer flushes skip the L4 check; IPv4 still needs a good header.
-        flush = good_flushed(p, hdr_status)
-        odd = (~(p.fits | flush)).nonzero()[0]
-        if len(odd):
-            hs, ls = hdr_status.tolist(), l4_status.tolist()
-            for i in odd.tolist():
-                seen = look(frames[i], i, hs[i], ls[i], tcp=True, udp=udp)
-                if isinstance(seen, Seen):
-                    return None  # it reaches a flow: the scalar engine's business
-                early.append(seen)
-        # Fitting rows with a bad checksum are passed up at once, unvalidated.
-        early += [Assembled(frames[i], i) for i in (p.fits & ~good).nonzero()[0].tolist()]
-        flow_rows = (good | flush).nonzero()[0]
-    out = _Out()
-    if len(flow_rows) and not _runs(p, flow_rows, out, max_size, max_segments):
-        return None
-    if len(out.holds) > max_flows and _overflows(out.holds, max_flows):
+        found = _layouts(p, good, verified, udp)
+        if found is None:
+            return None
+        classes, keyed = found
+    holds: list[tuple[int, int]] = []
+    seen_hashes: dict[tuple[int, int], set[int]] = {}
+    for q, _, flow_rows in classes:
+        if not len(flow_rows):
+            continue
+        if len(classes) > 1:
+            # Two layouts with the same key bytes (another TCP option, say) could be one flow.
+            shape = (q.layout.l3, q.layout.version)
+            hashes = set(q.cols[flow_rows, HASH].tolist())
+            if hashes & seen_hashes.setdefault(shape, set()):
+                return None
+            seen_hashes[shape] |= hashes
+        out = _Out()
+        if not _runs(q, flow_rows, out, max_size, max_segments):
+            return None
+        holds += out.holds
+        keyed += _build(q, out)
+    if len(holds) > max_flows and _overflows(holds, max_flows):
         return None  # a flow would be evicted from the GRO list
-    return _build(p, out, early)
+    keyed.sort(key=_KEY)
+    return [u for _, u in keyed]
+
+
+#: Kinds of TCP frame (header layouts) one batch may mix on the column path.
+MAX_LAYOUTS = 4
+
+
+def _good(p: Prepared, hdr_status: ByteArray, l4_status: ByteArray) -> BoolArray:
+    """Fitting rows whose checksums are right (as the statuses say)."""
+    good: BoolArray = p.fits & (l4_status == VERIFIED)
+    if p.layout.version == 4:
+        good &= hdr_status == VERIFIED
+    return good
+
+
+def _layouts(
+    p: Prepared, good: BoolArray, verified: VerifyResult, udp: bool
+) -> tuple[list[tuple[Prepared, BoolArray, IntArray]], list[tuple[int, Assembled]]] | None:
+    """Each layout's (rows, good rows, flow rows), and what is passed up alone; ``None`` to decline.
+
+    A frame outside every layout so far that reaches a flow brings its own
+    layout in; one of another kind (UDP to coalesce, IPv6 extension headers)
+    declines the batch.
+    """
+    frames = p.frames
+    hdr_status, l4_status = verified.ipv4_header, verified.l4
+    found = [(p, good)]
+    claimed = p.fits | p.flush
+    passed: dict[int, Assembled] = {}
+    hs, ls = hdr_status.tolist(), l4_status.tolist()
+    for i in (~claimed).nonzero()[0].tolist():
+        if claimed[i]:
+            continue  # a layout found since took it
+        seen = look(frames[i], i, hs[i], ls[i], tcp=True, udp=udp)
+        if isinstance(seen, Assembled):
+            passed[i] = seen
+            continue
+        layout = layout_of(frames[i])
+        q = relayout(p, layout) if layout is not None and len(found) < MAX_LAYOUTS else None
+        if q is None or not (q.fits[i] or q.flush[i]):
+            return None  # it reaches a flow: the scalar engine's business
+        found.append((q, _good(q, hdr_status, l4_status)))
+        claimed |= q.fits | q.flush
+    # A frame a layout took later is that layout's to pass up (it says the same).
+    keyed = [(2 * i + 1, a) for i, a in passed.items() if not claimed[i]]
+    classes = []
+    for q, q_good in found:
+        # Rows the IP layer flushes skip the L4 check; IPv4 still needs a good header.
+        flush = good_flushed(q, hdr_status)
+        # Rows of the layout with a bad checksum (or IPv4 header) go up at once, unvalidated.
+        bad = (q.fits & ~q_good) | (q.flush & ~flush)
+        keyed += [(2 * i + 1, Assembled(frames[i], i)) for i in bad.nonzero()[0].tolist()]
+        classes.append((q, q_good, (q_good | flush).nonzero()[0]))
+    return classes, keyed
 
 
 # Bits of a flow row's code: it would merge into the packet held after the row
@@ -368,10 +434,10 @@ def _request(kind: GsoType, size: int, hdr_len: int, ecn: bool, fixed_id: bool) 
     return seg
 
 
-def _build(p: Prepared, out: _Out, early: list[Assembled]) -> list[Assembled]:
-    """Every output in the order of its completing event."""
+def _build(p: Prepared, out: _Out) -> list[tuple[int, Assembled]]:
+    """Every output of one layout's flows, with the key of its completing event."""
     frames, lay = p.frames, p.layout
-    keyed: list[tuple[int, Assembled]] = [(2 * u.index + 1, u) for u in early]
+    keyed: list[tuple[int, Assembled]] = []
     chunks: list[tuple[int, int, int]] = []
     rows_ = out.rows
     for key, kind, a, b in out.events:
@@ -385,8 +451,7 @@ def _build(p: Prepared, out: _Out, early: list[Assembled]) -> list[Assembled]:
             chunks.append((key, a, b))
     if chunks:
         keyed += _super_packets(p, out, chunks)
-    keyed.sort(key=_KEY)
-    return [u for _, u in keyed]
+    return keyed
 
 
 def _super_packets(

@@ -244,6 +244,38 @@ def prepare(frames: Sequence[Buffer]) -> Prepared | None:
     if layout is None or (lens is None and length < layout.hdr_end):
         return None
     m = rows.matrix(part, length)
+    return _columns(
+        frames, layout, lens=lens, m=m, length=length, members=members, stragglers=stragglers
+    )
+
+
+def relayout(p: Prepared, layout: Layout) -> Prepared | None:
+    """The same batch (the same matrix) under another layout: a second kind of TCP frame."""
+    if p.lens is None and p.length < layout.hdr_end:
+        return None  # no frame is long enough for its headers
+    return _columns(
+        p.frames,
+        layout,
+        lens=p.lens,
+        m=p.matrix,
+        length=p.length,
+        members=p.members,
+        stragglers=p.stragglers,
+    )
+
+
+def _columns(
+    frames: Sequence[Buffer],
+    layout: Layout,
+    *,
+    lens: IntArray | None,
+    m: ByteMatrix,
+    length: int,
+    members: IntArray | None,
+    stragglers: list[int],
+) -> Prepared:
+    """The header matrix, its columns, and which rows are of ``layout``."""
+    n = len(frames)
     width = layout.width
     if members is None and length >= width:
         head = m[:, :width]  # a view: the rows are read, never written
