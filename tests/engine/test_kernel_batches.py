@@ -50,6 +50,7 @@ def _cases() -> dict[str, list[bytes]]:
         "tcp4-bursts": _bursts([a, b, c]),
         "tcp4-interleaved": _round_robin([a, b, c]),
         "tcp6-interleaved": _round_robin(v6),
+        "tcp4-and-tcp6": _round_robin([_flow(5001, 9), v6[1]]),
     }
 
 
