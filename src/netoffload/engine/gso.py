@@ -21,6 +21,8 @@ Sources: ``inet_gso_segment`` (net/ipv4/af_inet.c), ``ipv6_gso_segment``
 
 Per-segment fields are NumPy columns: the headers of all segments are the rows
 of one matrix, and the payload sums of equal-size segments one pass.
+``segment_batch`` (``gso_batch``) does the same for a whole batch of
+super-packets in one matrix; ``segment`` stays the faster way to cut one.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
 WordMatrix: TypeAlias = npt.NDArray[np.uint64]
 
 #: Below this many frames the per-frame paths are as fast as the column set-up.
-MIN_FRAMES = 16
+MIN_FRAMES = 8
 
 # Columns of the per-row product of header bytes and weights.
 IP_SUM, PREFIX, HASH, SEQ, IDENT, FLAGS, DF, IP_LEN, IP_CHECK, ADDR = range(10)
