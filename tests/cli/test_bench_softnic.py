@@ -16,11 +16,17 @@ def test_bench_softnic_quick_json() -> None:
     for key in (
         "segments_per_s",
         "coalesced_frames_per_s",
+        "coalesced_interleaved_frames_per_s",
         "checksum_gbytes_per_s",
         "host_cpu_ratio_off_over_on",
     ):
         assert data[key] > 0, key
     assert data["bytes_verified"] == data["bytes_sent"]
+    # The batch shapes the rates are measured on.
+    assert data["segment_batch_super_packets"] == 16 and data["segment_mss"] == 1448
+    assert data["segments_per_batch"] == 16 * 45
+    assert data["coalesce_batch_frames"] == 128 and data["coalesce_flows"] == 8
+    assert data["coalesce_frame_bytes"] == 1514
 
 
 def test_bench_softnic_table() -> None:

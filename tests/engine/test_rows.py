@@ -1,4 +1,4 @@
-"""The matrix paths (equal-length batches) against the general path, frame by frame.
+"""The matrix paths (equal-length batches, TCP columns) against the general path, frame by frame.
 
 A batch of one frame never reaches the matrix path, so ``f([x])`` is the
 general path's answer for ``x``.
@@ -6,14 +6,19 @@ general path's answer for ``x``.
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import itertools
+
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet6 import IPv6ExtHdrHopByHop
 
+from netoffload.engine import tcp_rows
 from netoffload.engine.checksum import FillJob, fill_batch, verify_batch
 from netoffload.engine.rows import MIN_ROWS
 from netoffload.offload.extension import ChecksumRequest
+from tests.engine.batches import receive_batches
 from tests.engine.builders import as_partial, tcp4, tcp6, udp4, udp6
+from tests.engine.segments import Seg, build
 
 OPTS = [("NOP", None), ("NOP", None), ("Timestamp", (7, 9))]
 
@@ -91,3 +96,31 @@ def test_fill_matrix_path_equals_general_path(
             frame[at % len(frame)] ^= mask
         jobs.append(FillJob(bytes(frame), ChecksumRequest(start, offset)))
     assert fill_batch(jobs) == [fill_batch([job])[0] for job in jobs]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(receive_batches(), st.booleans())
+def test_verify_tcp_columns_equal_general_path(batch: list[Seg], views: bool) -> None:
+    """A TCP batch is verified from its header columns: frame by frame as alone."""
+    frames = [build(s) for s in batch]
+    if views:
+        buf = memoryview(b"".join(frames))
+        at = [0, *itertools.accumulate(map(len, frames))]
+        frames_or_views: list[bytes | memoryview] = [buf[a:b] for a, b in itertools.pairwise(at)]
+    else:
+        frames_or_views = list(frames)
+    result = verify_batch(frames_or_views)
+    assert [result.status(i) for i in range(len(frames))] == [
+        verify_batch([f]).status(0) for f in frames
+    ]
+
+
+def test_verify_tcp_columns_take_a_tcp_batch() -> None:
+    frames = [build(Seg(seq=1000 + 1448 * i, size=1448, ip_id=i)) for i in range(20)]
+    frames[3] = build(Seg(seq=1000 + 1448 * 3, size=1448, ip_id=3, corrupt=True))
+    prepared = tcp_rows.prepare(frames)
+    assert prepared is not None and prepared.fits.all()
+    hdr, l4, checked, good = tcp_rows.verify_fitting(prepared)
+    assert checked.all() and good.tolist() == [i != 3 for i in range(20)]
+    assert hdr.tolist() == [1] * 20 and l4.tolist() == [2 if i == 3 else 1 for i in range(20)]
+    assert verify_batch(frames).status(3) == verify_batch([frames[3]]).status(0)

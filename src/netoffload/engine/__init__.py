@@ -10,8 +10,21 @@ from netoffload.engine.checksum import (
     verify_batch,
 )
 from netoffload.engine.dissect import DissectError, Dissection, dissect
-from netoffload.engine.gro import GRO_MAX_SIZE, Assembled, assemble, coalesce
-from netoffload.engine.gso import GsoError, segment, segment_request
+from netoffload.engine.gro import (
+    GRO_MAX_SIZE,
+    Assembled,
+    assemble,
+    coalesce,
+    verify_and_assemble,
+)
+from netoffload.engine.gso import (
+    GsoError,
+    SegmentBatch,
+    plan_batch,
+    segment,
+    segment_batch,
+    segment_request,
+)
 from netoffload.engine.pipeline import RxOutcome, TxOutcome, receive, transmit
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, check_vnet_hdr, plan_vnet_hdr
 
@@ -23,6 +36,7 @@ __all__ = [
     "FillJob",
     "GsoError",
     "RxOutcome",
+    "SegmentBatch",
     "TxOutcome",
     "VerifyResult",
     "VnetHdrRejected",
@@ -35,10 +49,13 @@ __all__ = [
     "fill_ipv4_header",
     "fill_partial",
     "ipv4_header_checksum",
+    "plan_batch",
     "plan_vnet_hdr",
     "receive",
     "segment",
+    "segment_batch",
     "segment_request",
     "transmit",
+    "verify_and_assemble",
     "verify_batch",
 ]

@@ -25,7 +25,7 @@ from typing import TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from netoffload.engine import rows
+from netoffload.engine import rows, tcp_rows
 from netoffload.engine.dissect import (
     ETH_P_8021AD,
     ETH_P_8021Q,
@@ -381,15 +381,33 @@ def verify_batch(frames: Sequence[Buffer]) -> VerifyResult:
     fragments or other protocols are NOT_CHECKED. The UDP span is the UDP
     length, as Linux trims a datagram to it.
 
-    Frames of one length (at least ``rows.MIN_ROWS`` of them) are verified as
-    the rows of one matrix; the rest, and rows of layouts the matrix path
-    leaves alone, take the general path. Both give the same answer.
+    A batch of mostly one TCP layout is verified from its header columns and
+    row sums (``tcp_rows``); frames of one length (at least ``rows.MIN_ROWS``
+    of them) as the rows of one matrix; the rest, and rows of layouts the
+    matrix paths leave alone, take the general path. All give the same answer.
     """
+    n = len(frames)
+    if n >= tcp_rows.MIN_FRAMES:
+        prepared = tcp_rows.prepare(frames)
+        if prepared is not None:
+            hdr_status, l4_status, checked, _ = tcp_rows.verify_fitting(prepared)
+            if np.count_nonzero(checked) < n:
+                rest = (~checked).nonzero()[0]
+                hs, ls = _verify_rows_or_general([frames[i] for i in rest.tolist()])
+                hdr_status[rest], l4_status[rest] = hs, ls
+            return VerifyResult(hdr_status, l4_status)
+    return VerifyResult(*_verify_rows_or_general(frames))
+
+
+def _verify_rows_or_general(
+    frames: Sequence[Buffer],
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """``verify_batch`` by length groups (``rows.verify_rows``) and the general path."""
     n = len(frames)
     hdr_status = np.zeros(n, dtype=np.uint8)
     l4_status = np.zeros(n, dtype=np.uint8)
     if n == 0:
-        return VerifyResult(hdr_status, l4_status)
+        return hdr_status, l4_status
     pending = np.ones(n, dtype=bool)
     for idx, length in _length_groups(list(map(len, frames))):
         part = list(frames) if idx is None else [frames[i] for i in idx.tolist()]
@@ -405,7 +423,7 @@ def verify_batch(frames: Sequence[Buffer]) -> VerifyResult:
     elif len(rest):
         hs, ls = _verify_general([frames[i] for i in rest.tolist()])
         hdr_status[rest], l4_status[rest] = hs, ls
-    return VerifyResult(hdr_status, l4_status)
+    return hdr_status, l4_status
 
 
 def _length_groups(lengths: list[int]) -> list[tuple[IntArray | None, int]]:

@@ -46,82 +46,43 @@ Sources: ``dev_gro_receive``/``gro_list_prepare`` (net/core/gro.c),
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
+from netoffload.engine import gro_rows
 from netoffload.engine.checksum import VerifyResult, verify_batch
-from netoffload.engine.dissect import (
-    IPPROTO_TCP,
-    IPPROTO_UDP,
-    TCP_CSUM_OFFSET,
-    UDP_CSUM_OFFSET,
-    DissectError,
-    Dissection,
-    dissect,
+from netoffload.engine.dissect import IPPROTO_TCP, Dissection
+from netoffload.engine.gro_base import (
+    ETH_HLEN,
+    GRO_MAX_SIZE,
+    MAX_GRO_SKBS,
+    TCP_CWR,
+    TCP_ENDS,
+    TCP_FIN,
+    TCP_FLAGS_MAY_DIFFER,
+    TCP_PSH,
+    UDP_GRO_CNT_MAX,
+    Assembled,
+    Seen,
+    complete_head,
+    look,
 )
-from netoffload.offload.extension import (
-    ChecksumRequest,
-    ChecksumStatus,
-    GsoType,
-    SegmentationRequest,
-)
-from netoffload.offload.virtio import GSO_ECN, VirtioFlags, VirtioNetHdr
-from netoffload.wire.checksum import pseudo_header_sum, update16
+from netoffload.offload.extension import ChecksumRequest, GsoType, SegmentationRequest
+from netoffload.offload.virtio import VirtioNetHdr
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
-GRO_MAX_SIZE = 65536  # GRO_LEGACY_MAX_SIZE: dev->gro_max_size / gro_ipv4_max_size default
-MAX_GRO_SKBS = 8  # flows held per bucket; a device without an RX hash uses one bucket
-UDP_GRO_CNT_MAX = 64
-ETH_HLEN = 14
-
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_TCP_FIN = 0x01
-_TCP_SYN = 0x02
-_TCP_RST = 0x04
-_TCP_PSH = 0x08
-_TCP_URG = 0x20
-_TCP_CWR = 0x80
-_ENDS = _TCP_URG | _TCP_PSH | _TCP_RST | _TCP_SYN | _TCP_FIN
-# TCP flags that may differ between merged segments.
-_FLAGS_MAY_DIFFER = _TCP_CWR | _TCP_FIN | _TCP_PSH
-_VERIFIED = int(ChecksumStatus.VERIFIED)
-
-
-@dataclass(frozen=True, slots=True)
-class Assembled:
-    """One frame GRO passes up: a super-packet or an input frame unchanged.
-
-    ``index`` is the input index of its first frame; ``validated`` says GRO
-    checked the L4 checksum of an unmerged frame (Linux CHECKSUM_UNNECESSARY).
-    """
-
-    data: Buffer
-    index: int
-    segments: int = 1
-    version: int = 0
-    protocol: int = 0
-    validated: bool = False
-    assembled: SegmentationRequest | None = None
-    checksum_partial: ChecksumRequest | None = None
-
-    def vnet_hdr(self) -> VirtioNetHdr:
-        """The header Linux writes in front of this frame on a TAP read."""
-        if self.assembled is None or self.checksum_partial is None:
-            flags = VirtioFlags.DATA_VALID if self.validated else VirtioFlags.NONE
-            return VirtioNetHdr(flags=int(flags))
-        seg = self.assembled
-        return VirtioNetHdr(
-            flags=int(VirtioFlags.NEEDS_CSUM),
-            gso_type=int(seg.gso_type) | (GSO_ECN if seg.ecn else 0),
-            hdr_len=seg.hdr_len,
-            gso_size=seg.size,
-            csum_start=self.checksum_partial.start,
-            csum_offset=self.checksum_partial.offset,
-        )
+__all__ = [
+    "GRO_MAX_SIZE",
+    "MAX_GRO_SKBS",
+    "UDP_GRO_CNT_MAX",
+    "Assembled",
+    "assemble",
+    "assemble_scalar",
+    "coalesce",
+    "verify_and_assemble",
+]
 
 
 @dataclass(slots=True)
@@ -238,59 +199,14 @@ class _Gro:
     # -- one frame -----------------------------------------------------------
     def receive(self, frame: Buffer, i: int) -> None:
         """IP-layer checks, checksum validation, header pull, then the flow's merge rules."""
-        try:
-            d = dissect(frame)
-            pulled = True
-        except DissectError:
-            # Only the L4 header is bad: the IP-layer checks still decide DATA_VALID.
-            try:
-                d = dissect(frame, l4=False)
-            except DissectError:
-                self.alone(frame, i)
-                return
-            pulled = False
-        n = len(frame)
-        l3, l4 = d.l3, d.l4
-        # Every header byte read below lies before the payload: one small bytes copy.
-        h = frame[: d.payload] if isinstance(frame, bytes) else bytes(frame[: d.payload])
-        if d.version == 4:
-            if h[l3] != 0x45 or d.fragment or self.hdr_status[i] != _VERIFIED:
-                self.alone(frame, i)
-                return
-            flush = d.ip_end != n or bool(h[l3 + 6] & 0x80)
+        seen = look(frame, i, self.hdr_status[i], self.l4_status[i], tcp=self.tcp, udp=self.udp)
+        if isinstance(seen, Seen):
+            if seen.d.protocol == IPPROTO_TCP:
+                self._tcp(frame, seen.h, i, seen.d, key=seen.key, flush=seen.flush)
+            else:
+                self._udp(frame, seen.h, i, seen.d, key=seen.key, flush=seen.flush)
         else:
-            flush = d.ip_end != n
-        proto = d.protocol
-        if d.fragment or not (
-            (proto == IPPROTO_TCP and self.tcp) or (proto == IPPROTO_UDP and self.udp)
-        ):
-            self.alone(frame, i)
-            return
-        validated = False
-        if not flush:
-            udp_zero = proto == IPPROTO_UDP and n - l4 >= 8 and _be16(frame, l4 + 6) == 0
-            if self.l4_status[i] != _VERIFIED and not udp_zero:
-                self.alone(frame, i)
-                return
-            validated = True
-        if not pulled:
-            self.alone(frame, i, validated)
-            return
-        if proto == IPPROTO_UDP:
-            ulen = _be16(h, l4 + 4)
-            if _be16(h, l4 + 6) == 0 or ulen <= 8 or ulen != n - l4:
-                self.alone(frame, i, validated)
-                return
-        key: tuple[object, ...]
-        if d.version == 4:
-            key = (h[:l3], 4, proto, h[l3 + 12 : l3 + 20], h[l4 : l4 + 4])
-        else:
-            word = int.from_bytes(h[l3 : l3 + 4], "big")
-            key = (h[:l3], word & 0xF00FFFFF, h[l3 + 6 : l3 + 7], h[l3 + 8 : l4], h[l4 : l4 + 4])
-        if proto == IPPROTO_TCP:
-            self._tcp(frame, h, i, d, key=key, flush=flush)
-        else:
-            self._udp(frame, h, i, d, key=key, flush=flush)
+            self.out.append(seen)
 
     def _network_flush(self, h: bytes, d: Dissection, p: _Held) -> bool:
         """``inet_gro_flush`` / ``ipv6_gro_flush``; may decide the flow is fixed-ID."""
@@ -314,7 +230,7 @@ class _Gro:
         flags = h[l4 + 13]
         p = self.held.get(key)
         if p is None:
-            if flush or length < 1 or flags & _ENDS:
+            if flush or length < 1 or flags & TCP_ENDS:
                 self.alone(frame, i, not flush)
             else:
                 self.hold(key, frame, h, i, d)
@@ -323,8 +239,8 @@ class _Gro:
         # Cheap tests first. The IPv4 ID test comes last: it may mark the flow
         # fixed-ID, which only matters once this packet merges.
         if (
-            flags & _TCP_CWR
-            or (flags ^ p.flags) & ~_FLAGS_MAY_DIFFER
+            flags & TCP_CWR
+            or (flags ^ p.flags) & ~TCP_FLAGS_MAY_DIFFER
             or flush
             or not 1 <= length <= p.gso_size
             or p.p_len + length >= self.max_size
@@ -334,7 +250,7 @@ class _Gro:
             or (d.version == 4 and _id_flush(p, ident, net[2]))
         ):
             self.complete(key)
-            if flush or flags & _ENDS:
+            if flush or flags & TCP_ENDS:
                 self.alone(frame, i, not flush)
             else:
                 self.hold(key, frame, h, i, d)
@@ -343,8 +259,8 @@ class _Gro:
         p.count += 1
         p.payload_total += length
         p.p_len += length
-        p.merged_flags |= flags & (_TCP_FIN | _TCP_PSH)
-        if length < p.gso_size or flags & _ENDS or self._full(p, 0xFFFF):
+        p.merged_flags |= flags & (TCP_FIN | TCP_PSH)
+        if length < p.gso_size or flags & TCP_ENDS or self._full(p, 0xFFFF):
             self.complete(key)
 
     def _udp(
@@ -402,32 +318,14 @@ def _complete(p: _Held) -> Assembled:
     # then copy every payload once.
     first = memoryview(p.first)
     head = bytearray(first[: d.payload])
-    size = d.payload + p.payload_total
-    l3, l4 = d.l3, d.l4
-    l4_len = size - l4
-    if d.version == 4:
-        (old_total,) = _U16.unpack_from(head, l3 + 2)
-        (check,) = _U16.unpack_from(head, l3 + 10)
-        new_total = size - l3
-        _U16.pack_into(head, l3 + 2, new_total)
-        _U16.pack_into(head, l3 + 10, update16(check, old_total, new_total))
-        src, dst = bytes(head[l3 + 12 : l3 + 16]), bytes(head[l3 + 16 : l3 + 20])
-    else:
-        _U16.pack_into(head, l3 + 4, size - l3 - 40)
-        src, dst = bytes(head[l3 + 8 : l3 + 24]), bytes(head[l3 + 24 : l3 + 40])
+    l4, offset, ecn = complete_head(head, d, d.payload + p.payload_total, p.merged_flags)
     if d.protocol == IPPROTO_TCP:
-        head[l4 + 13] |= p.merged_flags
-        _U16.pack_into(head, l4 + 16, pseudo_header_sum(src, dst, IPPROTO_TCP, l4_len))
         kind = GsoType.TCPV4 if d.version == 4 else GsoType.TCPV6
-        ecn = bool(head[l4 + 13] & _TCP_CWR)
-        csum = ChecksumRequest(l4, TCP_CSUM_OFFSET)
     else:
-        _U16.pack_into(head, l4 + 4, l4_len)
-        _U16.pack_into(head, l4 + UDP_CSUM_OFFSET, pseudo_header_sum(src, dst, IPPROTO_UDP, l4_len))
-        kind, ecn = GsoType.UDP_L4, False
-        csum = ChecksumRequest(l4, UDP_CSUM_OFFSET)
+        kind = GsoType.UDP_L4
     data = b"".join([head, first[d.payload :], *p.payloads])
     seg = SegmentationRequest(kind, p.gso_size, d.payload, ecn, p.fixed_id and d.version == 4)
+    csum = ChecksumRequest(l4, offset)
     return Assembled(data, p.index, p.count, d.version, d.protocol, True, seg, csum)
 
 
@@ -446,6 +344,98 @@ def assemble(
     ``verified`` is the batch's ``verify_batch`` result when the caller has
     it already. ``max_segments`` caps a super-packet's segments (Linux has
     no cap for TCP beyond the size; UDP is capped at 64 regardless).
+
+    A batch of mostly one TCP layout takes the column path (``gro_rows``);
+    whatever that path declines takes ``assemble_scalar``. Same result.
+    """
+    _, units = _assemble(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=verified,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+    return units
+
+
+def verify_and_assemble(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool = True,
+    udp: bool = True,
+    max_size: int = GRO_MAX_SIZE,
+    max_segments: int | None = None,
+    max_flows: int = MAX_GRO_SKBS,
+) -> tuple[VerifyResult, list[Assembled]]:
+    """``verify_batch(frames)`` and ``assemble(frames, verified=...)`` in one pass.
+
+    The column path lays the batch out once for both, so the checksums cost
+    one pass over the bytes; the ``VerifyResult`` equals ``verify_batch``'s.
+    """
+    return _assemble(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=None,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+
+
+def _assemble(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool,
+    udp: bool,
+    verified: VerifyResult | None,
+    max_size: int,
+    max_segments: int | None,
+    max_flows: int,
+) -> tuple[VerifyResult, list[Assembled]]:
+    prepared = gro_rows.prepare(frames) if tcp else None
+    if prepared is not None:
+        if verified is None:
+            verified = gro_rows.verify(prepared)
+        units = gro_rows.assemble_prepared(
+            prepared,
+            verified,
+            udp=udp,
+            max_size=max_size,
+            max_segments=max_segments,
+            max_flows=max_flows,
+        )
+        if units is not None:
+            return verified, units
+    if verified is None:
+        verified = verify_batch(frames)
+    units = assemble_scalar(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        verified=verified,
+        max_size=max_size,
+        max_segments=max_segments,
+        max_flows=max_flows,
+    )
+    return verified, units
+
+
+def assemble_scalar(
+    frames: Sequence[Buffer],
+    *,
+    tcp: bool = True,
+    udp: bool = True,
+    verified: VerifyResult | None = None,
+    max_size: int = GRO_MAX_SIZE,
+    max_segments: int | None = None,
+    max_flows: int = MAX_GRO_SKBS,
+) -> list[Assembled]:
+    """``assemble`` one frame at a time, every rule in the kernel's order.
+
+    The exact path for any batch, and the one the column path is tested against.
     """
     if verified is None:
         verified = verify_batch(frames)

@@ -21,11 +21,14 @@ Sources: ``inet_gso_segment`` (net/ipv4/af_inet.c), ``ipv6_gso_segment``
 
 Per-segment fields are NumPy columns: the headers of all segments are the rows
 of one matrix, and the payload sums of equal-size segments one pass.
+``segment_batch`` (``gso_batch``) does the same for a whole batch of
+super-packets in one matrix; ``segment`` stays the faster way to cut one.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -40,6 +43,7 @@ from netoffload.engine.checksum import (
     request_valid,
 )
 from netoffload.engine.dissect import IPPROTO_TCP, IPV4_DF, Dissection
+from netoffload.engine.gso_batch import SegmentBatch, segment_batch
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import (
     ChecksumRequest,
@@ -51,6 +55,8 @@ from netoffload.offload.virtio import VirtioNetHdr, vnet_fields
 from netoffload.wire.checksum import add16, ones_sum, pseudo_header_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+
+__all__ = ["GsoError", "SegmentBatch", "plan_batch", "segment", "segment_batch", "segment_request"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -94,6 +100,19 @@ def segment(frame: Buffer, hdr: VirtioNetHdr) -> list[bytes]:
     except VnetHdrRejected as exc:
         raise GsoError(exc.reason, str(exc)) from None
     return _run(frame, plan, fixed_id=False)
+
+
+def plan_batch(
+    frames: Sequence[Buffer], hdrs: Sequence[VirtioNetHdr]
+) -> list[VnetPlan | DropReason]:
+    """``plan_vnet_hdr`` of every input for ``segment_batch``: a refusal is its reason."""
+    plans: list[VnetPlan | DropReason] = []
+    for frame, hdr in zip(frames, hdrs, strict=True):
+        try:
+            plans.append(plan_vnet_hdr(hdr, frame))
+        except VnetHdrRejected as exc:
+            plans.append(exc.reason)
+    return plans
 
 
 def segment_request(frame: Buffer, request: TxRequest) -> list[bytes]:
