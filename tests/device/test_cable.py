@@ -146,3 +146,43 @@ def test_peer_closed_counts_as_loss() -> None:
 def test_bad_probability_is_refused() -> None:
     with pytest.raises(ValueError):
         Impairments(loss=1.5)
+
+
+def _framed(frames: list[bytes], split: bool) -> list[bytes]:
+    """Frames in the cable's framing: one span, or a prefix and a frame each."""
+    if split:
+        return [c for f in frames for c in (len(f).to_bytes(4, "little"), f)]
+    return [b"".join(len(f).to_bytes(4, "little") + f for f in frames)]
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_framed_spans_arrive_as_their_frames(split: bool) -> None:
+    frames = [bytes([i]) * (60 + i) for i in range(20)]
+    with Cable(Impairments(mtu=1500)) as cable:
+        cable.a.send_framed(_framed(frames, split), [len(f) for f in frames])
+        assert cable.a.drain()
+        got = [bytes(f) for f in cable.b.recv_batch(100, timeout_s=1.0)]
+        assert got == frames
+        assert cable.a.counters["sent_frames"] == 20
+
+
+def test_framed_frames_over_the_mtu_are_dropped_one_by_one() -> None:
+    frames = [b"\x01" * 1514, b"\x02" * 1515, b"\x03" * 100]
+    with Cable(Impairments(mtu=1500)) as cable:
+        cable.a.send_framed(_framed(frames, False), [len(f) for f in frames])
+        assert cable.a.drain()
+        got = [bytes(f) for f in cable.b.recv_batch(100, timeout_s=1.0)]
+        assert got == [frames[0], frames[2]]
+        assert cable.a.counters["mtu_exceeded"] == 1
+
+
+def test_framed_frames_are_impaired_like_any_other() -> None:
+    frames = [bytes([i]) * 200 for i in range(200)]
+    impaired = Impairments(loss=0.2, mtu=None)
+    with Cable(impaired, seed=5) as one, Cable(impaired, seed=5) as two:
+        one.a.send_framed(_framed(frames, False), [len(f) for f in frames])
+        two.a.send_batch(frames)
+        assert one.a.drain() and two.a.drain()
+        got_one = [bytes(f) for f in one.b.recv_batch(500, timeout_s=1.0)]
+        got_two = [bytes(f) for f in two.b.recv_batch(500, timeout_s=1.0)]
+        assert got_one == got_two and 100 < len(got_one) < 200

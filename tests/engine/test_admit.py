@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from netoffload.engine.admit import Limits, Refusal
+from netoffload.engine.pipeline import transmit
 from netoffload.offload import (
     ChecksumCaps,
     ChecksumFlags,
     IpVersions,
+    Packet,
     Selection,
     Task,
     TcpSegmentationCaps,
@@ -126,9 +128,16 @@ def test_the_hosts_choice_is_its_own_reason() -> None:
 
 
 def test_unparsable_frames_are_left_to_the_engine() -> None:
-    limits = _limits(ChecksumCaps(tx=ALL_TX), TcpSegmentationCaps())
-    verdict = limits.admit(b"\x00" * 40, _tso(b"", 4))
+    # A record with a limit that needs the frame read: it cannot be, so no device takes it.
+    v4_only = _limits(ChecksumCaps(tx=ALL_TX), TcpSegmentationCaps(versions=IpVersions.IPV4))
+    verdict = v4_only.admit(b"\x00" * 40, _tso(b"", 4))
     assert verdict.refused == ((Task.TCP_SEGMENTATION, Refusal.UNPARSABLE),)
+    # A record no 40-byte frame can exceed: admitted unread; the engine gives the reason.
+    wide = _limits(ChecksumCaps(tx=ALL_TX), TcpSegmentationCaps())
+    verdict = wide.admit(b"\x00" * 40, _tso(b"", 4))
+    assert not verdict.refused and Task.TCP_SEGMENTATION in verdict.tasks
+    out = transmit([Packet(b"\x00" * 40, verdict.request)], verdict.tasks)
+    assert out.drops and not out.packets
 
 
 def test_unlimited_is_the_hosts_engine() -> None:

@@ -24,7 +24,7 @@ import select
 import socket
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -159,6 +159,29 @@ class CableEnd:
             self._emit_all(frames)
         else:
             for frame in frames:
+                self._impair(frame, now_ns)
+        self.flush(now_ns)
+
+    def send_framed(
+        self, chunks: Sequence[Buffer], lengths: Sequence[int], now_ns: int = 0
+    ) -> None:
+        """Queue frames already in this cable's framing (each behind its 4-byte little-endian
+        length), as contiguous spans; ``lengths`` are the frames' own lengths.
+
+        When only an MTU can drop a frame and none is over it, the spans go out as
+        they are: no object per frame. Otherwise every frame is taken out and
+        impaired one by one, as ``send_batch`` does.
+        """
+        mtu = self.impairments.mtu
+        limit = sys.maxsize if mtu is None else mtu + ETHERNET_HEADER
+        if self._simple and not self.peer_closed and (not lengths or max(lengths) <= limit):
+            self._out.extend(chunks)
+            self._out_bytes += sum(map(len, chunks))
+            if lengths:
+                self.counters["sent_frames"] += len(lengths)
+                self.counters["sent_bytes"] += sum(lengths)
+        else:
+            for frame in _unframe(chunks):
                 self._impair(frame, now_ns)
         self.flush(now_ns)
 
@@ -386,6 +409,27 @@ class CableEnd:
         if not self.closed:
             self.closed = True
             self._sock.close()
+
+
+def _unframe(chunks: Sequence[Buffer]) -> Iterator[memoryview]:
+    """The frames held in length-prefixed spans (a prefix and its frame may be separate)."""
+    pending = 0
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        pos = 0
+        while pos < len(view):
+            if pending:
+                yield view[pos : pos + pending]
+                pos += pending
+                pending = 0
+                continue
+            (size,) = _LEN.unpack_from(view, pos)
+            pos += _LEN.size
+            if pos + size <= len(view):
+                yield view[pos : pos + size]
+                pos += size
+            else:
+                pending = size  # the frame is the next chunk
 
 
 def _requeue_unsent(out: collections.deque[Buffer], chunk: Sequence[Buffer], sent: int) -> None:

@@ -114,6 +114,17 @@ _CSUM_FLAG = {
 }
 
 
+def _cannot_exceed(limits: _SegLimits, seg: SegmentationRequest, length: int) -> bool:
+    """True when no ``length``-byte frame asking ``seg`` lies outside ``limits``."""
+    if limits.versions & _BOTH != _BOTH or (seg.ecn and not limits.versions & IpVersions.ECN):
+        return False
+    return (
+        length - ETH_HLEN <= limits.max_size_bytes
+        and -(-length // seg.size) <= limits.max_segments
+        and limits.min_segments <= 2
+    )
+
+
 def ip_version(frame: Buffer) -> int:
     """4 or 6 from the frame's EtherType (VLAN tags skipped), 0 when it is neither."""
     if len(frame) < ETH_HLEN:
@@ -287,6 +298,10 @@ class Limits:
         limits = (
             self.tcp_segmentation if seg.task is Task.TCP_SEGMENTATION else self.udp_segmentation
         )
+        if limits is not None and _cannot_exceed(limits, seg, len(frame)):
+            # No frame this long can lie outside the record: nothing to parse. Whether it
+            # is GSO at all, the device's own header rules decide, as they would here.
+            return ip_version(frame)
         # The engine's own header rules decide whether this is a GSO packet at all, so that
         # the answer here and what segmentation later does can never disagree.
         try:

@@ -104,6 +104,30 @@ class SegmentBatch:
             for r, n in zip(range(a, b), self.lengths[a:b].tolist(), strict=True)
         ]
 
+    def frame_lengths(self, i: int) -> list[int]:
+        """The lengths of input ``i``'s frames (empty for an error)."""
+        single = self.whole.get(i)
+        if single is not None:
+            return [len(single) - self.headroom]
+        lengths: list[int] = self.lengths[self.first[i] : self.first[i + 1]].tolist()
+        return lengths
+
+    def wire_chunks_of(self, begin: int, end: int) -> list[memoryview]:
+        """``wire_chunks`` for inputs ``[begin, end)`` only (errors give nothing)."""
+        h = self.headroom
+        if h < 4:
+            raise ValueError("wire chunks need a headroom of at least 4 bytes")
+        out: list[memoryview] = []
+        row = self.first[begin]
+        for i in range(begin, end):
+            single = self.whole.get(i)
+            if single is not None:
+                out += self._spans(row, self.first[i])
+                out.append(memoryview(single)[h - 4 :])
+                row = self.first[i]
+        out += self._spans(row, self.first[end])
+        return out
+
     def all_segments(self) -> list[memoryview]:
         """Every frame of the batch in input order."""
         return [s for i in range(len(self)) for s in self.segments(i)]

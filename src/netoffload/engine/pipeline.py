@@ -24,7 +24,6 @@ itself, never the rest of its batch.
 
 from __future__ import annotations
 
-import struct
 from collections import Counter
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field, replace
@@ -33,12 +32,18 @@ from typing import TypeAlias
 import numpy as np
 
 from netoffload.engine.admit import Limits
-from netoffload.engine.checksum import FillJob, VerifyResult, fill_batch, verify_batch
+from netoffload.engine.checksum import VerifyResult, verify_batch
 from netoffload.engine.dissect import IPPROTO_TCP, IPPROTO_UDP, DissectError, dissect
-from netoffload.engine.gro import GRO_MAX_SIZE, Assembled, assemble
-from netoffload.engine.gso import GsoError, segment_request
+from netoffload.engine.gro import GRO_MAX_SIZE, Assembled, assemble, verify_and_assemble
+from netoffload.engine.txpath import (
+    FRAMING_BYTES,
+    FramedOutcome,
+    TxOutcome,
+    transmit,
+    transmit_framed,
+)
 from netoffload.offload.caps import ChecksumFlags, IpVersions
-from netoffload.offload.extension import NO_INFO, NO_REQUEST, ChecksumStatus, RxInfo, TxRequest
+from netoffload.offload.extension import NO_INFO, NO_REQUEST, ChecksumStatus, RxInfo
 from netoffload.offload.packet import Packet
 from netoffload.offload.stats import DropReason
 from netoffload.offload.task import Task
@@ -46,20 +51,15 @@ from netoffload.offload.task import Task
 Buffer: TypeAlias = bytes | bytearray | memoryview
 TaskSet: TypeAlias = frozenset[Task] | Set[Task]
 
-
-@dataclass(slots=True)
-class TxOutcome:
-    """Result of ``transmit``.
-
-    ``sources[k]`` is the index of the input packet that ``packets[k]`` came
-    from (a segmented packet gives several); every input index appears either
-    in ``sources`` or in ``drops``, never both.
-    """
-
-    packets: list[Packet]  # ready frames; each .tx holds the RESIDUAL request
-    drops: list[tuple[int, DropReason]]  # (index of the input packet, reason)
-    tasks: Counter[Task] = field(default_factory=Counter)  # input packets each task was done for
-    sources: list[int] = field(default_factory=list)
+__all__ = [
+    "FRAMING_BYTES",
+    "FramedOutcome",
+    "RxOutcome",
+    "TxOutcome",
+    "receive",
+    "transmit",
+    "transmit_framed",
+]
 
 
 @dataclass(slots=True)
@@ -82,94 +82,6 @@ _NOT_CHECKED = int(ChecksumStatus.NOT_CHECKED)
 _VERIFIED = int(ChecksumStatus.VERIFIED)
 
 
-def _checksum_done(req: TxRequest, cache: dict[TxRequest, TxRequest]) -> TxRequest:
-    """``req`` without its checksum parts; one ``replace`` per distinct request of a batch."""
-    try:
-        return cache[req]
-    except KeyError:
-        residual = cache[req] = replace(req, checksum=None, ipv4_header_checksum=False)
-        return residual
-
-
-def transmit(packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet]) -> TxOutcome:
-    """Do the allowed requested tasks of every packet; see the module docstring.
-
-    ``tasks`` is one set for the whole batch, or a sequence with one set per packet.
-    """
-    n = len(packets)
-    per_packet: Sequence[TaskSet] | None = None
-    batch_tasks: TaskSet = frozenset()
-    if isinstance(tasks, Set):
-        batch_tasks = tasks
-    else:
-        per_packet = tasks
-    slots: list[list[Packet] | None] = [None] * n
-    drops: list[tuple[int, DropReason]] = []
-    done: Counter[Task] = Counter()
-    fills: list[int] = []
-    jobs: list[FillJob] = []
-    for i, packet in enumerate(packets):
-        allowed = batch_tasks if per_packet is None else per_packet[i]
-        req = packet.tx
-        seg = req.segmentation
-        wants_csum = req.checksum is not None or req.ipv4_header_checksum
-        if seg is not None and seg.task in allowed:
-            try:
-                frames = segment_request(packet.data, req)
-            except GsoError as exc:
-                drops.append((i, exc.reason))
-                continue
-            except (ValueError, IndexError, struct.error, OverflowError):
-                drops.append((i, DropReason.MALFORMED_FRAME))
-                continue
-            residual = replace(req, checksum=None, ipv4_header_checksum=False, segmentation=None)
-            slots[i] = [Packet(f, residual, packet.rx) for f in frames]
-            done[seg.task] += 1
-            if wants_csum:
-                done[Task.CHECKSUM] += 1
-        elif seg is None and wants_csum and Task.CHECKSUM in allowed:
-            fills.append(i)
-            jobs.append(FillJob(packet.data, req.checksum, req.ipv4_header_checksum))
-        else:
-            slots[i] = [packet]
-    if jobs:
-        residuals: dict[TxRequest, TxRequest] = {}
-        filled = 0
-        for i, result in zip(fills, _fill_each(jobs), strict=True):
-            if isinstance(result, DropReason):
-                drops.append((i, result))
-                continue
-            packet = packets[i]
-            slots[i] = [Packet(result, _checksum_done(packet.tx, residuals), packet.rx)]
-            filled += 1
-        if filled:
-            done[Task.CHECKSUM] += filled
-    drops.sort()
-    out: list[Packet] = []
-    sources: list[int] = []
-    for i, slot in enumerate(slots):
-        if slot is not None:
-            out += slot
-            sources += [i] * len(slot)
-    return TxOutcome(out, drops, done, sources)
-
-
-def _fill_each(jobs: list[FillJob]) -> list[bytes | DropReason]:
-    """``fill_batch``, and should the batch path fail on some input, each job on its own,
-    so that one bad job costs only itself."""
-    try:
-        return fill_batch(jobs)
-    except (ValueError, IndexError, struct.error, OverflowError):
-        pass
-    out: list[bytes | DropReason] = []
-    for job in jobs:
-        try:
-            out += fill_batch([job])
-        except (ValueError, IndexError, struct.error, OverflowError):
-            out.append(DropReason.MALFORMED_FRAME)
-    return out
-
-
 def receive(
     frames: Sequence[Buffer],
     tasks: TaskSet | Limits,
@@ -190,6 +102,11 @@ def receive(
     n = len(frames)
     if not n:
         return RxOutcome([], [], done, [])
+    full = _FULL_RX if checksum else ChecksumFlags.NONE
+    if (tcp or udp) and infos is None and limits.rx_checksum & _FULL_RX == full:
+        fast = _receive_assembled(frames, limits, tcp=tcp, udp=udp, checksum=checksum)
+        if fast is not None:
+            return fast
     raw = verify_batch(frames) if (checksum or tcp or udp) else None
     reported: VerifyResult | None = None
     if raw is not None and checksum:
@@ -238,6 +155,35 @@ def receive(
     return RxOutcome(packets, [], done, sources)
 
 
+def _receive_assembled(
+    frames: Sequence[Buffer], limits: Limits, *, tcp: bool, udp: bool, checksum: bool
+) -> RxOutcome | None:
+    """Verify and assemble in one pass over the bytes, when nothing is masked or merged in
+    (every checksum and both IP versions, no device verdicts): the common case."""
+    both = IpVersions.IPV4 | IpVersions.IPV6
+    caps = [c for c in (limits.tcp_assembly, limits.udp_assembly) if c is not None]
+    if any(c.versions & both != both for c in caps):
+        return None
+    verified, units = verify_and_assemble(
+        frames,
+        tcp=tcp,
+        udp=udp,
+        max_size=min([GRO_MAX_SIZE, *(c.max_size_bytes for c in caps)]),
+        max_segments=min(c.max_segments for c in caps),
+    )
+    reported = verified if checksum else None
+    packets = [_rx_packet(u, reported, checksum) for u in units]
+    done: Counter[Task] = Counter()
+    if checksum:
+        done[Task.CHECKSUM] = len(frames)
+    for u in units:
+        if u.segments > 1:
+            done[Task.TCP_ASSEMBLY if u.protocol == IPPROTO_TCP else Task.UDP_ASSEMBLY] += (
+                u.segments
+            )
+    return RxOutcome(packets, [], done, [u.index for u in units])
+
+
 _FULL_RX = (
     ChecksumFlags.IPV4_HEADER
     | ChecksumFlags.TCP_IPV4
@@ -279,11 +225,20 @@ def _with_device_verdicts(verified: VerifyResult, infos: Sequence[RxInfo]) -> Ve
     A device's VERIFIED stands even where this pass would say otherwise: a
     local sender's partial checksum holds only the pseudo-header sum.
     """
+    unchecked = ChecksumStatus.NOT_CHECKED
+    given = [
+        i
+        for i, info in enumerate(infos)
+        if info.l4 is not unchecked or info.ipv4_header is not unchecked
+    ]
+    if not given:
+        return verified
     hdr, l4 = verified.ipv4_header.copy(), verified.l4.copy()
-    for i, info in enumerate(infos):
-        if info.l4 is not ChecksumStatus.NOT_CHECKED:
+    for i in given:
+        info = infos[i]
+        if info.l4 is not unchecked:
             l4[i] = int(info.l4)
-        if info.ipv4_header is not ChecksumStatus.NOT_CHECKED:
+        if info.ipv4_header is not unchecked:
             hdr[i] = int(info.ipv4_header)
     return VerifyResult(hdr, l4)
 
@@ -313,19 +268,33 @@ def _assembly_view(
     return VerifyResult(verified.ipv4_header, l4)
 
 
+_MERGED: dict[tuple[RxInfo, RxInfo], RxInfo] = {}
+_MERGED_LIMIT = 4096
+
+
 def _merge(packet: Packet, device: RxInfo) -> Packet:
-    """``packet`` with the device's findings kept under what this pass added."""
-    if device is NO_INFO:
+    """``packet`` with the device's findings kept under what this pass added.
+
+    A flow's packets repeat a handful of (device, host) pairs: each merge is
+    worked out once.
+    """
+    if device is NO_INFO or device == NO_INFO:
         return packet
     mine = packet.rx
-    info = replace(
-        device,
-        ipv4_header=mine.ipv4_header,
-        l4=mine.l4,
-        checksum_partial=mine.checksum_partial or device.checksum_partial,
-        assembled=mine.assembled or device.assembled,
-        segments=max(mine.segments, device.segments),
-    )
+    key = (mine, device)
+    info = _MERGED.get(key)
+    if info is None:
+        info = replace(
+            device,
+            ipv4_header=mine.ipv4_header,
+            l4=mine.l4,
+            checksum_partial=mine.checksum_partial or device.checksum_partial,
+            assembled=mine.assembled or device.assembled,
+            segments=max(mine.segments, device.segments),
+        )
+        if len(_MERGED) >= _MERGED_LIMIT:
+            _MERGED.clear()
+        _MERGED[key] = info
     return Packet(packet.data, packet.tx, info)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netoffload.offload.caps import DigestAlgorithm
 from netoffload.offload.errors import RequestError
@@ -121,6 +121,8 @@ class TxRequest:
     sa_handle: int | None = None
     digest: DigestRequest | None = None
     launch_time_ns: int | None = None
+    # Asked for on every packet on every hot path: computed once, when the request is made.
+    _tasks: frozenset[Task] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         for name, kind in (
@@ -137,6 +139,7 @@ class TxRequest:
             _check_int("security association handle", self.sa_handle, 0, U32_MAX)
         if self.launch_time_ns is not None:
             _check_int("launch time", self.launch_time_ns, 0, U64_MAX)
+        object.__setattr__(self, "_tasks", self._compute_tasks())
 
     # -- builders: what a stack asks for, from the offsets it already knows -----------
     @classmethod
@@ -181,6 +184,9 @@ class TxRequest:
 
     def tasks(self) -> frozenset[Task]:
         """The tasks this request needs a device (or the host fallback) to perform."""
+        return self._tasks
+
+    def _compute_tasks(self) -> frozenset[Task]:
         out: set[Task] = set()
         if self.checksum is not None or self.ipv4_header_checksum:
             out.add(Task.CHECKSUM)

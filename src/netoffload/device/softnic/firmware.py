@@ -173,13 +173,13 @@ class Firmware:
             base = pool + slot * slot_bytes + offset
             packets.append(Packet(mem[base : base + length], request))
         self.tx.publish_consumer(tail + count)
-        frames = self._run_transmit(packets)
-        stats.tx_frames += len(frames)
+        chunks, lengths = self._run_transmit(packets)
+        stats.tx_frames += len(lengths)
         if self.cable is not None:
-            # send_batch copies whatever the socket does not take at once, so the
-            # slots may go back to the host right after it.
+            # The cable copies whatever the socket does not take at once, so the slots may
+            # go back to the host right after it.
             now = time.monotonic_ns()
-            self.cable.send_batch(frames, now)
+            self.cable.send_framed(chunks, lengths, now)
             # A frame held back for reordering is overtaken within its batch at most.
             self.cable.release(now)
             self.cable.flush()
@@ -187,9 +187,11 @@ class Firmware:
         os.eventfd_write(self.completion_bell, 1)
         return True
 
-    def _run_transmit(self, packets: Sequence[Packet]) -> list[Any]:
-        """Admit, then run the engine; the frames for the cable. Counts every packet once:
-        sent (``tx_packets``) or dropped with its reason."""
+    def _run_transmit(self, packets: Sequence[Packet]) -> tuple[list[Any], list[int]]:
+        """Admit, then run the engine; the framed chunks for the cable and the frame lengths.
+
+        Counts every packet once: sent (``tx_packets``) or dropped with its reason.
+        """
         stats = self.stats
         limits = self.limits
         admitted: list[Packet] = []
@@ -213,28 +215,20 @@ class Firmware:
             admitted.append(packet)
             allowed.append(verdict.tasks)
         try:
-            outcome = pipeline.transmit(admitted, allowed)
+            outcome = pipeline.transmit_framed(admitted, allowed)
         except Exception:  # an engine bug must cost the batch, not the NIC
             stats.drop(DropReason.MALFORMED_FRAME, len(admitted))
-            return []
+            return [], []
         for _, reason in outcome.drops:
             stats.drop(reason)
         for task, n in outcome.tasks.items():
             stats.task_done(task, n)
-        frames = []
-        last = -1
-        for packet, source in zip(outcome.packets, outcome.sources, strict=True):
-            if packet.tx.tasks():
-                # Admission said yes and the engine did not: never put a half-done frame out.
-                if source != last:
-                    stats.drop(DropReason.TASK_NOT_ENABLED)
-            else:
-                frames.append(packet.data)
-                if source != last:
-                    stats.tx_packets += 1
-                    stats.tx_bytes += len(admitted[source].data)
-            last = source
-        return frames
+        # Admission said yes and the engine did not: never put a half-done frame out.
+        if outcome.residual:
+            stats.drop(DropReason.TASK_NOT_ENABLED, len(outcome.residual))
+        stats.tx_packets += len(outcome.sent)
+        stats.tx_bytes += sum(len(admitted[i].data) for i in outcome.sent)
+        return outcome.chunks, outcome.lengths
 
     # -- receive ----------------------------------------------------------------------
     def _receive_batch(self) -> bool:

@@ -200,6 +200,9 @@ class SoftNic(Device):
         self._tx_free: list[int] = list(range(g.tx_slots - 1, -1, -1))
         self._lent: set[int] = set()
         self._rx_held: set[int] = set()
+        # Received views by identity: release finds a packet's slot without an address
+        # computation (a view is alive, so its id is unique, while the caller holds it).
+        self._rx_views: dict[int, int] = {}
         self._fill.push(list(range(g.tx_slots, g.slots)))
         self._ring(self._nic_bell)
         self._encode_tx = Memo(layout.encode_tx_ext)
@@ -564,10 +567,13 @@ class SoftNic(Device):
         held = self._rx_held
         decode = self._decode_rx
         pool, slot_bytes = self._pool, g.slot_bytes
+        views = self._rx_views
         for slot, offset, length, ext in ring.read(tail, count):
             base = pool + slot * slot_bytes + offset
-            out.append(Packet(mem[base : base + length], rx=decode(ext)))
+            view = mem[base : base + length]
+            out.append(Packet(view, rx=decode(ext)))
             held.add(slot)
+            views[id(view)] = slot
         ring.publish_consumer(tail + count)
         if ring.available():
             self._ring(self._rx_bell)  # more is waiting: keep fileno() readable
@@ -578,16 +584,21 @@ class SoftNic(Device):
         held = self._rx_held
         if not held:
             return
+        views = self._rx_views
         if packets is None:
             back = list(held)
             held.clear()
+            views.clear()
         else:
             back = []
             for packet in packets:
-                where = self._slot_of(packet.data)
-                if where is not None and where[0] in held:
-                    held.discard(where[0])
-                    back.append(where[0])
+                slot = views.pop(id(packet.data), None)
+                if slot is None:
+                    where = self._slot_of(packet.data)
+                    slot = None if where is None else where[0]
+                if slot is not None and slot in held:
+                    held.discard(slot)
+                    back.append(slot)
         if back and not self._res.closed:
             self._fill.push(back)
             self._ring(self._nic_bell)
