@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.progress import NO_PROGRESS, Progress
 from netoffload.wire.checksum import internet_checksum, ones_sum_rows
 
 SMALL_BYTES = 1460
@@ -95,8 +96,9 @@ def _measure(
     return nbytes * iterations / elapsed, iterations
 
 
-def run(quick: bool) -> dict[str, object]:
+def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     """Measure and return the JSON result (GB/s figures are 10**9 bytes per second)."""
+    progress.stage("checksum", 5)
     # Many short repetitions: on a shared VM the best short window is the one
     # least disturbed by other processes.
     budget_ns = 3_000_000 if quick else 10_000_000
@@ -115,18 +117,23 @@ def run(quick: bool) -> dict[str, object]:
         ours_small, it_ours_small = _measure(
             lambda: internet_checksum(small), SMALL_BYTES, budget_ns, repetitions
         )
+        progress.update(1)
         ours_large, it_ours_large = _measure(
             lambda: internet_checksum(large), LARGE_BYTES, budget_ns, repetitions
         )
+        progress.update(2)
         pure_small, it_pure_small = _measure(
             lambda: pure_python_checksum(small), SMALL_BYTES, budget_ns, repetitions
         )
+        progress.update(3)
         pure_large, it_pure_large = _measure(
             lambda: pure_python_checksum(large), LARGE_BYTES, budget_ns, repetitions
         )
+        progress.update(4)
         batch_rate, it_batch = _measure(
             lambda: ones_sum_rows(batch), SMALL_BYTES * BATCH_FRAMES, budget_ns, repetitions
         )
+        progress.update(5)
 
     return {
         "gbytes_per_s_1460": ours_small,

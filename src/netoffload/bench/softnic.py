@@ -40,6 +40,7 @@ from netoffload.offload import (
     TxRequest,
     VirtioNetHdr,
 )
+from netoffload.progress import NO_PROGRESS, Progress
 from netoffload.wire import (
     EthernetRepr,
     Ipv4Repr,
@@ -145,7 +146,7 @@ def _checksum_frames(count: int) -> list[bytes]:
     return [bytes(p.data) for p in build_all(BulkFlowGenerator(stream, spec))]
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Measure everything once; the JSON result."""
     seconds = 0.3 if quick else 1.5
     supers = _super_packets(SEGMENT_BATCH)
@@ -184,18 +185,28 @@ def run(quick: bool) -> dict[str, Any]:
         checksum.fill_batch(jobs)
         return batch_bytes
 
+    done = 0
+
+    def rate(work: Callable[[], int]) -> float:
+        nonlocal done
+        value = _rate(work, seconds)
+        done += 1
+        progress.update(done)
+        return value
+
+    progress.stage("engine rates", 5)
     result: dict[str, Any] = {
-        "segments_per_s": _rate(segment_all, seconds),
+        "segments_per_s": rate(segment_all),
         "segment_batch_super_packets": SEGMENT_BATCH,
         "segment_mss": SEGMENT_MSS,
         "segments_per_batch": SEGMENT_BATCH * SEGMENTS_PER_SUPER_PACKET,
-        "coalesced_frames_per_s": _rate(coalesce_runs, seconds),
-        "coalesced_interleaved_frames_per_s": _rate(coalesce_interleaved, seconds),
+        "coalesced_frames_per_s": rate(coalesce_runs),
+        "coalesced_interleaved_frames_per_s": rate(coalesce_interleaved),
         "coalesce_batch_frames": len(in_runs),
         "coalesce_flows": COALESCE_FLOWS,
         "coalesce_frame_bytes": len(in_runs[0]),
-        "checksum_gbytes_per_s": _rate(verify, seconds) / 1e9,
-        "checksum_fill_gbytes_per_s": _rate(fill, seconds) / 1e9,
+        "checksum_gbytes_per_s": rate(verify) / 1e9,
+        "checksum_fill_gbytes_per_s": rate(fill) / 1e9,
         "checksum_frame_bytes": CHECKSUM_FRAME,
         "checksum_batch_frames": len(frames),
     }
@@ -206,9 +217,12 @@ def run(quick: bool) -> dict[str, Any]:
     rng = random.Random(1)
     streams = [(rng.randbytes(total * 3 // 4), TCP_SPEC), (rng.randbytes(total // 4), UDP_SPEC)]
     ons, offs = [], []
-    for _ in range(rounds):
+    progress.stage("SoftNic, offload on and off", 2 * rounds)
+    for k in range(rounds):
         ons.append(run_mode(True, streams).as_json())
+        progress.update(2 * k + 1)
         offs.append(run_mode(False, streams).as_json())
+        progress.update(2 * k + 2)
     on = min(ons, key=lambda r: float(r["host_cpu_s_per_gb"]))
     off = min(offs, key=lambda r: float(r["host_cpu_s_per_gb"]))
     result["rounds"] = rounds

@@ -35,6 +35,7 @@ import select
 import subprocess
 import sys
 import time
+from ipaddress import IPv4Address
 from typing import Any
 
 from rich.console import Console
@@ -43,15 +44,17 @@ from rich.table import Table
 from netoffload.device.base import DeviceError
 from netoffload.device.tap import TapDevice
 from netoffload.netns import Netns
-from netoffload.offload import (
-    ChecksumRequest,
-    GsoType,
-    Packet,
-    SegmentationRequest,
-    Selection,
-    TxRequest,
+from netoffload.offload import Packet, Selection, TxRequest
+from netoffload.progress import NO_PROGRESS, Progress
+from netoffload.wire import (
+    EthernetRepr,
+    EtherType,
+    FlowTemplate,
+    IpProtocol,
+    Ipv4Repr,
+    MacAddress,
+    UdpRepr,
 )
-from netoffload.wire.checksum import internet_checksum, pseudo_header_sum
 
 SEGMENT = 1472  # UDP payload of a 1500-byte IPv4 packet
 SEGMENTS = 44  # 44 x 1472 = 64768 bytes: under the 65507-byte UDP limit
@@ -85,30 +88,30 @@ while time.monotonic() < deadline:
 CREDITS_IN_FLIGHT = 400
 
 
+_TEMPLATE = FlowTemplate(
+    EthernetRepr(MacAddress(FOREIGN_MAC), MacAddress(SRC_MAC), EtherType.IPV4),
+    Ipv4Repr(IPv4Address(TAP_ADDR), IPv4Address(HOST_ADDR), IpProtocol.UDP, 0, dont_frag=True),
+    UdpRepr(40000, 9),
+)
+
+
 def _ipv4_udp(payload_len: int, ident: int, partial: bool) -> bytes:
-    udp_len = 8 + payload_len
-    ip = bytearray(20)
-    ip[0], ip[8], ip[9] = 0x45, 64, 17
-    ip[2:4] = (20 + udp_len).to_bytes(2, "big")
-    ip[4:6] = (ident & 0xFFFF).to_bytes(2, "big")
-    ip[6] = 0x40  # DF
-    ip[12:16], ip[16:20] = TAP_ADDR, HOST_ADDR
-    ip[10:12] = internet_checksum(ip).to_bytes(2, "big")
-    payload = bytes(payload_len)
-    udp = bytearray(8)
-    udp[0:2], udp[2:4] = (40000).to_bytes(2, "big"), (9).to_bytes(2, "big")
-    udp[4:6] = udp_len.to_bytes(2, "big")
-    pseudo = pseudo_header_sum(TAP_ADDR, HOST_ADDR, 17, udp_len)
-    csum = pseudo if partial else (internet_checksum(bytes(udp) + payload, pseudo) or 0xFFFF)
-    udp[6:8] = csum.to_bytes(2, "big")
-    return FOREIGN_MAC + SRC_MAC + b"\x08\x00" + bytes(ip) + bytes(udp) + payload
+    """A UDP/IPv4 frame of zeros from the template; ``partial`` leaves NEEDS_CSUM's seed."""
+    frame = bytearray(L2L3L4 + payload_len)
+    _TEMPLATE.write(frame, payload_len, ident=ident & 0xFFFF)
+    if not partial:
+        _TEMPLATE.finish_checksum(frame, len(frame))
+    return bytes(frame)
 
 
 def _write_batch(on: bool) -> list[Packet]:
     if on:
-        request = TxRequest(
-            checksum=ChecksumRequest(34, 6),
-            segmentation=SegmentationRequest(GsoType.UDP_L4, SEGMENT, L2L3L4),
+        request = TxRequest.segment_l4(
+            l4_offset=_TEMPLATE.layout.l4_offset,
+            protocol=IpProtocol.UDP,
+            ip_version=4,
+            mss=SEGMENT,
+            header_len=L2L3L4,
         )
         frame = _ipv4_udp(SEGMENT * SEGMENTS, 1, partial=True)
         return [Packet(frame, tx=request)] * 16
@@ -217,7 +220,7 @@ def _require_privileges() -> None:
         raise DeviceError("bench tap needs /dev/net/tun")
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
     """Measure write and read Gbit/s with offloads on and off; returns the JSON result."""
     _require_privileges()
     seconds = 0.3 if quick else 1.0
@@ -245,6 +248,8 @@ def run(quick: bool) -> dict[str, Any]:
                 ns.set_link(dev, up=True)
             ns.add_neighbour("nsotapr", "198.18.0.1", FOREIGN_MAC)
             best: dict[str, tuple[float, float]] = {}
+            progress.stage("TAP, offloads off and on", 4 * rounds)
+            done = 0
             for _ in range(rounds):
                 for on in (False, True):
                     label = "on" if on else "off"
@@ -257,6 +262,8 @@ def run(quick: bool) -> dict[str, Any]:
                     ):
                         if measured[0] > best.get(key, (0.0, 0.0))[0]:
                             best[key] = measured
+                        done += 1
+                        progress.update(done)
     for key, (gbit, fps) in best.items():
         direction, label = key.split("_")
         result[f"{direction}_gbit_per_s_{label}"] = round(gbit, 3)

@@ -1,7 +1,8 @@
 """`netoffload bench ...`: each benchmark prints ratios measured side by side in one run.
 
 Every benchmark module ``netoffload.bench.<name>`` exposes
-``run(quick: bool) -> dict[str, object]`` (the JSON result) and
+``run(quick: bool, progress: Progress) -> dict[str, object]`` (the JSON
+result; ``progress`` hears how far it has come) and
 ``render(result, console) -> None`` (the human table).
 """
 
@@ -14,6 +15,7 @@ import click
 from rich.console import Console
 
 from netoffload.device.base import DeviceError
+from netoffload.progress import progress_for
 
 BENCHMARKS = {
     "checksum": "Internet checksum GB/s on 1460-byte and 64 KiB buffers vs plain Python.",
@@ -25,7 +27,8 @@ BENCHMARKS = {
 def _run(name: str, as_json: bool, quick: bool) -> None:
     module = importlib.import_module(f"netoffload.bench.{name}")
     try:
-        result = module.run(quick=quick)
+        with progress_for(as_json) as progress:
+            result = module.run(quick=quick, progress=progress)
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

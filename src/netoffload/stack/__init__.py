@@ -9,10 +9,13 @@ event loop are the only parts that touch a device.
 
 Layout::
 
-    neighbor.py   ARP and IPv6 neighbour discovery: cache, retries, queued packets
-    route.py      routes to an interface and a gateway, longest prefix first
-    fragment.py   IPv4/IPv6 fragmentation and bounded reassembly
-    icmp.py       echo, destination unreachable, packet too big, path MTU cache
-    udp.py        UDP endpoints, UDP_SEGMENT bursts and UDP_GRO splitting
-    tcp/          one TCP connection per object (RFC 9293 and friends), listeners
+    neighbor.py         ARP and IPv6 neighbour discovery: cache, retries, queued packets
+    neighbor_frames.py  ARP / neighbour solicitation and advertisement frames
+    route.py            routes to an interface and a gateway, longest prefix first
+    fragment.py         IPv4/IPv6 fragmentation and bounded reassembly
+    icmp.py             echo replies, errors in and out, rate limits
+    pmtu.py             the path MTU cache
+    ping.py             an echo client (``netoffload ping``)
+    udp.py              UDP endpoints, UDP_SEGMENT bursts and UDP_GRO splitting
+    tcp/                one TCP connection per object (RFC 9293 and friends), listeners
 """

@@ -1,0 +1,5 @@
+"""``python -m netoffload.cli``: the same command as ``netoffload``."""
+
+from netoffload.cli import main
+
+main()
