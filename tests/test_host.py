@@ -189,3 +189,19 @@ def test_receive_leaves_alone_what_the_device_did() -> None:
                 assert packet.rx.assembled is not None
                 assert packet.rx.assembled.gso_type is GsoType.TCPV4
         assert host.stats.tasks == {}
+
+
+def test_received_packets_are_counted_even_when_the_host_does_nothing() -> None:
+    with SoftNic() as nic:
+        assert isinstance(nic, SoftNic) and nic.peer is not None
+        host = HostOffload(nic, rx_tasks=frozenset())
+        frames = [bytes([i]) * 100 for i in range(5)]
+        nic.peer.send_batch(frames)
+        got: list[bytes] = []
+        while len(got) < 5 and nic.wait(5.0):
+            batch = host.recv()
+            got += [bytes(p.data) for p in batch]
+            host.release(batch)
+        assert got == frames
+        assert host.stats.rx_packets == 5 and host.stats.rx_bytes == 500
+        assert host.stats.tasks == {}

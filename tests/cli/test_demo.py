@@ -36,3 +36,16 @@ def test_demo_table() -> None:
     assert "capability chain" in result.output
     assert "host CPU s per GB" in result.output
     assert "arrived intact in both modes" in result.output
+
+
+def test_demo_reports_the_throughput_ratio() -> None:
+    result = CliRunner().invoke(main, ["demo", "--json", "--bytes", str(1024 * 1024)])
+    data = json.loads(result.output)
+    on, off = data["offload_on"]["gbit_per_s"], data["offload_off"]["gbit_per_s"]
+    assert data["throughput_ratio_on_over_off"] == on / off
+
+
+def test_demo_size_is_bounded() -> None:
+    result = CliRunner().invoke(main, ["demo", "--bytes", str(2**31)])
+    assert result.exit_code != 0
+    assert "1073741824" in result.output and "Traceback" not in result.output
