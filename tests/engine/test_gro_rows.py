@@ -288,3 +288,19 @@ def test_every_batch_equals_the_scalar_engine(
         max_flows=max_flows,
         max_size=max_size,
     )
+
+
+def test_nothing_merges_after_a_flushed_frame() -> None:
+    """A frame the IP layer flushes (here: Ethernet padding) is neither merged nor held, so
+    the next segment of its flow starts a packet even when its sequence continues it."""
+    base = Seg(kind="tcp4", flow=0, dport=5201, seq=0, size=1448, ip_id=0, flags=16)
+    batch = [dataclasses.replace(base, flow=f) for f in range(5)]
+    batch += [
+        dataclasses.replace(base, flow=5, pad=1),
+        dataclasses.replace(base, flow=5, seq=1449, ip_id=1),
+        dataclasses.replace(base, flow=5, seq=2897, ip_id=2),
+    ]
+    frames: Frames = [build(s) for s in batch]
+    assert _column_path_takes(frames, udp=False)
+    _check(frames, udp=False)
+    assert [u.segments for u in assemble(frames, udp=False)] == [1, 1, 1, 1, 1, 1, 2]

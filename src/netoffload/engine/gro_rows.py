@@ -266,7 +266,8 @@ def _runs(
             # One length: every segment is as long as the one before; none is short.
             c0 = ~static_ne & (((dc[:, SEQ] - size0) & 0xFFFFFFFF) == 0) & (flags[1:] < TCP_CWR)
             if flushed is not None:
-                c0 &= ~flushed[1:]
+                # A flushed row neither merges nor is held: nothing merges after it either.
+                c0 &= ~(flushed[1:] | flushed[:-1])
             if size0 < 1:
                 c0[:] = False
         else:
@@ -274,7 +275,8 @@ def _runs(
             c0 = ~static_ne & (((dc[:, SEQ] - before) & 0xFFFFFFFF) == 0)
             c0 &= (now >= 1) & (now <= before) & (flags[1:] < TCP_CWR)
             if flushed is not None:
-                c0 &= ~flushed[1:]
+                # A flushed row neither merges nor is held: nothing merges after it either.
+                c0 &= ~(flushed[1:] | flushed[:-1])
             short = c0 & (now < before)
             code[1:] += short * _SHORT
         same_hash = dc[:, HASH] == 0
