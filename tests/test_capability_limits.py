@@ -204,3 +204,20 @@ def test_offered_equals_sent_plus_drops(
     dropped = after.dropped - before.dropped
     assert sent + dropped == handed
     assert nic.tx_free == nic.geometry.tx_slots
+
+
+def test_a_gathered_frame_goes_out_as_one() -> None:
+    """Headers and payload given apart (a stack's send-buffer view) leave as the same bytes,
+    whether the device or the host does the work."""
+    gen = BulkFlowGenerator(os.urandom(1448 * 45 * 2), FlowSpec())
+    whole = build_all(gen)
+    hdr = gen.spec.header_len
+    parts = [Packet(bytes(p.data)[hdr:], p.tx, head=bytes(p.data)[:hdr]) for p in whole]
+    expected = _segments(gen)
+    reference, _, ref_nic = _through(None, whole, expected)
+    ref_nic.close()
+    for caps in (None, [ChecksumCaps(tx=ALL, rx=ALL)]):
+        frames, host, nic = _through(caps, parts, expected)
+        nic.close()
+        assert frames == reference
+        assert host.stats.tx_packets == len(parts)

@@ -117,11 +117,11 @@ class HostOffload:
                 mine.append(_NO_TASKS)
                 queued.append(packet)
                 continue
-            admitted = limits.admit(packet.data, request, allow)
+            admitted = limits.admit(packet.data, request, allow, head=packet.head)
             for task, refusal in admitted.refused:
                 fallbacks[f"{task.label}/{refusal.value}"] += 1
             if admitted.request is not request:
-                packet = Packet(packet.data, admitted.request, packet.rx)
+                packet = Packet(packet.data, admitted.request, packet.rx, packet.head)
             here = admitted.request.tasks() - admitted.tasks
             mine.append(here)
             queued.append(packet)
@@ -139,7 +139,7 @@ class HostOffload:
             self._backlog.extend(queued)
         # Every packet offered is handed on (as one frame or its segments) or dropped here.
         stats.tx_packets += len(handed)
-        stats.tx_bytes += sum(len(packets[i].data) for i in handed)
+        stats.tx_bytes += sum(len(packets[i]) for i in handed)
         return self.push()
 
     def push(self) -> int:

@@ -329,8 +329,9 @@ class PacketDevice(Device):
                 break  # ring full: the caller keeps the rest
             taken += 1
             try:
+                head = packet.head
                 data = packet.data
-                size = len(data)
+                size = len(head) + len(data)
                 request = packet.tx
                 hdr = headers.get(request)
                 if hdr is None:
@@ -347,6 +348,8 @@ class PacketDevice(Device):
             if size < MIN_FRAME:
                 stats.drop(DropReason.MALFORMED_FRAME)
                 continue
+            if head:
+                data = packet.frame()  # the headers are read: a gathered frame is joined
             if hdr.gso_type:
                 plan = plan_vnet_hdr_or_reason(hdr, data)
                 if isinstance(plan, DropReason):

@@ -366,8 +366,10 @@ class TapDevice(Device):
                     sent += 1
                     continue
                 header = made
+            head = packet.head
             try:
-                os.writev(fd, (header, packet.data))
+                # Header, the stack's headers and its payload view: gathered by the kernel.
+                os.writev(fd, (header, head, packet.data) if head else (header, packet.data))
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -380,7 +382,7 @@ class TapDevice(Device):
                 for task in request.tasks():
                     stats.task_done(task)
             stats.tx_packets += 1
-            stats.tx_bytes += len(packet.data)
+            stats.tx_bytes += len(packet)
             sent += 1
         return sent
 

@@ -114,6 +114,30 @@ _CSUM_FLAG = {
 }
 
 
+class _Pieces:
+    """A frame as admission sees it: maybe in two pieces, joined only if it must be read."""
+
+    __slots__ = ("_joined", "frame", "head")
+
+    def __init__(self, head: Buffer, frame: Buffer) -> None:
+        self.head = head
+        self.frame = frame
+        self._joined: Buffer | None = None if head else frame
+
+    def __len__(self) -> int:
+        return len(self.head) + len(self.frame)
+
+    def whole(self) -> Buffer:
+        if self._joined is None:
+            self._joined = b"".join((self.head, self.frame))
+        return self._joined
+
+    def ip_version(self) -> int:
+        # The EtherType (and any VLAN tags) lie in the headers, which come first.
+        first = self.head if len(self.head) >= ETH_HLEN + 8 else self.whole()
+        return ip_version(first)
+
+
 def _cannot_exceed(limits: _SegLimits, seg: SegmentationRequest, length: int) -> bool:
     """True when no ``length``-byte frame asking ``seg`` lies outside ``limits``."""
     if limits.versions & _BOTH != _BOTH or (seg.ecn and not limits.versions & IpVersions.ECN):
@@ -232,14 +256,20 @@ class Limits:
 
     # -- transmit -------------------------------------------------------------------
     def admit(
-        self, frame: Buffer, request: TxRequest, allow: frozenset[Task] | None = None
+        self,
+        frame: Buffer,
+        request: TxRequest,
+        allow: frozenset[Task] | None = None,
+        *,
+        head: Buffer = b"",
     ) -> Admitted:
         """Which of ``request``'s tasks this device does for ``frame``; never raises.
 
         ``allow`` is the host's own choice: an enabled task outside it is
-        refused with ``HOST_CHOICE``.
+        refused with ``HOST_CHOICE``. A frame in two pieces is ``head`` then
+        ``frame``: they are joined only if the frame has to be read.
         """
-        admitted = self._admit(frame, request)
+        admitted = self._admit(_Pieces(head, frame), request)
         if allow is None or admitted.tasks <= allow:
             return admitted
         tasks = set(admitted.tasks)
@@ -256,7 +286,7 @@ class Limits:
             tasks -= SEGMENTATION
         return Admitted(frozenset(tasks), admitted.request, tuple(refused))
 
-    def _admit(self, frame: Buffer, request: TxRequest) -> Admitted:
+    def _admit(self, frame: _Pieces, request: TxRequest) -> Admitted:
         seg = request.segmentation
         wants_csum = request.checksum is not None or request.ipv4_header_checksum
         refused: list[tuple[Task, Refusal]] = []
@@ -292,16 +322,17 @@ class Limits:
         return Admitted(frozenset(tasks), request, tuple(refused))
 
     def _admit_segmentation(
-        self, frame: Buffer, request: TxRequest, seg: SegmentationRequest
+        self, pieces: _Pieces, request: TxRequest, seg: SegmentationRequest
     ) -> Refusal | int | None:
         """The IP version when admitted, ``None`` when the packet is not GSO, else a refusal."""
         limits = (
             self.tcp_segmentation if seg.task is Task.TCP_SEGMENTATION else self.udp_segmentation
         )
-        if limits is not None and _cannot_exceed(limits, seg, len(frame)):
+        if limits is not None and _cannot_exceed(limits, seg, len(pieces)):
             # No frame this long can lie outside the record: nothing to parse. Whether it
             # is GSO at all, the device's own header rules decide, as they would here.
-            return ip_version(frame)
+            return pieces.ip_version()
+        frame = pieces.whole()
         # The engine's own header rules decide whether this is a GSO packet at all, so that
         # the answer here and what segmentation later does can never disagree.
         try:
@@ -333,7 +364,7 @@ class Limits:
             return Refusal.TOO_FEW_SEGMENTS
         return d.version
 
-    def _admit_checksum(self, frame: Buffer, request: TxRequest, version: int) -> Refusal | None:
+    def _admit_checksum(self, frame: _Pieces, request: TxRequest, version: int) -> Refusal | None:
         flags = self.tx_checksum
         if not flags:
             return Refusal.NOT_ENABLED
@@ -350,7 +381,7 @@ class Limits:
         if flags & both == both:
             return None
         if not version:
-            version = ip_version(frame)
+            version = frame.ip_version()
         need = _CSUM_FLAG.get((offset, version))
         if need is None or not flags & need:
             return Refusal.PROTOCOL

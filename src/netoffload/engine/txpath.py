@@ -167,6 +167,7 @@ def transmit(packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet]) -> T
 
     ``tasks`` is one set for the whole batch, or a sequence with one set per packet.
     """
+    packets = _flat(packets)
     work = _classify(packets, tasks)
     _run(packets, work, 0)
     dropped = {i for i, _ in work.drops}
@@ -208,6 +209,7 @@ def transmit_framed(packets: Sequence[Packet], tasks: Sequence[TaskSet]) -> Fram
     A packet whose residual request still names a task is reported in
     ``residual`` and left out (the caller decides; a device drops it).
     """
+    packets = _flat(packets)
     work = _classify(packets, tasks)
     _run(packets, work, FRAMING_BYTES)
     dropped = {i for i, _ in work.drops}
@@ -260,6 +262,13 @@ def transmit_framed(packets: Sequence[Packet], tasks: Sequence[TaskSet]) -> Fram
 
 _FILLED = frozenset({Task.CHECKSUM})
 _FILLED_WHOLE = frozenset({Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
+
+
+def _flat(packets: Sequence[Packet]) -> Sequence[Packet]:
+    """Frames in one piece: the engine works on whole frames (a gathered one is joined)."""
+    if any(p.head for p in packets):
+        return [p.flat() for p in packets]
+    return packets
 
 
 def _checksum_done(req: TxRequest, cache: dict[TxRequest, TxRequest]) -> TxRequest:

@@ -501,14 +501,15 @@ class SoftNic(Device):
         for i in range(room):
             packet = batch[i]
             try:
+                prefix = packet.head
                 data = packet.data
-                size = len(data)
+                size = len(prefix) + len(data)
                 ext = encode_vnet(headers[i]) if headers is not None else encode(packet.tx)
             except Exception:  # not a buffer and a request: the caller's bug, this packet's cost
                 drops.drop(DropReason.BAD_REQUEST)
                 taken += 1
                 continue
-            where = locate(data)
+            where = None if prefix else locate(data)
             if where is not None:
                 slot, offset = where
                 self._lent.discard(slot)
@@ -522,7 +523,13 @@ class SoftNic(Device):
                 slot, offset = self._tx_free.pop(), HEADROOM
                 base = pool + slot * slot_bytes + offset
                 try:
-                    mem[base : base + size] = data
+                    if prefix:
+                        # Gathered into the slot: the NIC's DMA read of both pieces.
+                        split = base + len(prefix)
+                        mem[base:split] = prefix
+                        mem[split : base + size] = data
+                    else:
+                        mem[base : base + size] = data
                 except (TypeError, ValueError):
                     self._tx_free.append(slot)
                     drops.drop(DropReason.BAD_REQUEST)
