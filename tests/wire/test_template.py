@@ -109,3 +109,49 @@ def test_options_keep_the_data_offset() -> None:
     buf = bytearray(template.header_len)
     template.write(buf, 0, seq=5, ack=6, flags=int(TcpFlags.SYN))
     assert Ether(bytes(buf))[TCP].dataofs == 7 and Ether(bytes(buf))[TCP].flags == "S"
+
+
+def test_ecn_codepoint_and_ip_only_templates() -> None:
+    for v6 in (False, True):
+        template = FlowTemplate(None, _ip(v6, IpProtocol.TCP, 0), _tcp(0, 0, TcpFlags.ACK, 0))
+        assert template.layout.l3_offset == 0
+        buf = bytearray(template.header_len + 10)
+        template.write(buf, 10, seq=1, ack=2, flags=int(TcpFlags.ACK), ecn=2)
+        frame = _eth(v6).to_bytes(bytes(buf))
+        pkt = Ether(frame)
+        if v6:
+            assert pkt[IPv6].tc & 3 == 2
+        else:
+            assert pkt[IP].tos & 3 == 2
+            reported = pkt[IP].chksum
+            del pkt[IP].chksum
+            assert Ether(bytes(pkt))[IP].chksum == reported
+
+
+@given(
+    v6=st.booleans(),
+    options=st.sampled_from(
+        [
+            (TcpNoOperation(), TcpNoOperation(), TcpTimestamps(5, 6)),
+            (TcpMss(1460),),
+            (TcpMss(1440), TcpNoOperation(), TcpNoOperation(), TcpTimestamps(1, 2)),
+        ]
+    ),
+    payload=st.binary(max_size=100),
+)
+def test_options_after_an_option_free_template(
+    v6: bool, options: tuple[object, ...], payload: bytes
+) -> None:
+    from netoffload.wire.tcp import options_bytes
+
+    raw = options_bytes(options)  # type: ignore[arg-type]
+    template = FlowTemplate(None, _ip(v6, IpProtocol.TCP, 0), TcpRepr(40000, 5201, 0))
+    buf = bytearray(template.header_len + len(raw) + len(payload))
+    hl = template.write(
+        buf, len(payload), seq=7, ack=8, flags=int(TcpFlags.ACK), window=9, options=raw
+    )
+    buf[hl:] = payload
+    tcp = TcpRepr(40000, 5201, 7, 8, TcpFlags.ACK, 9, options=options)  # type: ignore[arg-type]
+    src, dst = (A6, B6) if v6 else (A4, B4)
+    segment = tcp.to_bytes(payload, src=src, dst=dst, checksum=PARTIAL)
+    assert bytes(buf) == _ip(v6, IpProtocol.TCP, len(segment)).to_bytes(segment)

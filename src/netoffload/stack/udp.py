@@ -267,6 +267,10 @@ class UdpTable:
         self.stats.out_datagrams += 1
         return self._flow(ep, address, port)
 
+    def family(self, endpoint: int) -> int:
+        """The endpoint's IP version (4 or 6)."""
+        return self._get(endpoint).family
+
     def recv(self, endpoint: int) -> Datagram | None:
         """The oldest queued datagram, or ``None``."""
         ep = self._get(endpoint)

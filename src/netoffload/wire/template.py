@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from netoffload.wire.checksum import (
+    Buffer,
     add16,
     internet_checksum,
     ones_sum,
@@ -72,17 +73,22 @@ class FlowTemplate:
     )
 
     def __init__(
-        self, ethernet: EthernetRepr, ip: Ipv4Repr | Ipv6Repr, transport: TcpRepr | UdpRepr
+        self,
+        ethernet: EthernetRepr | None,
+        ip: Ipv4Repr | Ipv6Repr,
+        transport: TcpRepr | UdpRepr,
     ) -> None:
         protocol = IpProtocol.TCP if isinstance(transport, TcpRepr) else IpProtocol.UDP
         ip_protocol = ip.protocol if isinstance(ip, Ipv4Repr) else ip.next_header
         if ip_protocol != protocol:
             raise WireError(f"IP protocol {ip_protocol} does not match a {protocol.name} header")
-        l3 = ethernet.header_len
+        # Without an Ethernet header the template starts at IP: the link adds its own.
+        l3 = 0 if ethernet is None else ethernet.header_len
         l4 = l3 + ip.header_len
         header_len = l4 + transport.header_len
         buf = bytearray(header_len)
-        ethernet.emit(buf)
+        if ethernet is not None:
+            ethernet.emit(buf)
         if isinstance(ip, Ipv4Repr):
             ip.emit(buf, l3)
             version = 4
@@ -124,13 +130,18 @@ class FlowTemplate:
         ack: int | None = None,
         flags: int | None = None,
         window: int | None = None,
+        ecn: int = 0,
+        options: Buffer = b"",
         offset: int = 0,
     ) -> int:
         """Write the headers of a packet carrying ``payload_len`` bytes at ``offset``.
 
         Sets the IP length (and for IPv4 the ``ident`` and header checksum),
-        the UDP length, the given TCP fields, and the L4 checksum field to the
-        pseudo-header sum (CHECKSUM_PARTIAL). Returns the header length; the
+        the ECN field (``ecn``, 0..3, on top of the template's), the UDP
+        length, the given TCP fields, and the L4 checksum field to the
+        pseudo-header sum (CHECKSUM_PARTIAL). TCP ``options`` (already padded
+        to a multiple of 4) follow the template's header, which then must have
+        none, and the data offset counts them. Returns the header length; the
         payload goes right after it.
         """
         lay = self.layout
@@ -138,7 +149,15 @@ class FlowTemplate:
         into[offset:end] = self._header
         l3 = offset + lay.l3_offset
         l4 = offset + lay.l4_offset
-        l4_len = self._data_offset + payload_len
+        data_offset = self._data_offset
+        if options:
+            if lay.protocol != IpProtocol.TCP or len(options) % 4 or data_offset != 20:
+                raise WireError("options go on a TCP template without options, padded to 4")
+            into[end : end + len(options)] = options
+            data_offset += len(options)
+            if flags is None:
+                flags = into[l4 + 13] | (into[l4 + 12] & 0x01) << 8
+        l4_len = data_offset + payload_len
         if lay.ip_version == 4:
             total = l4_len + lay.l4_offset - lay.l3_offset
             if total > 0xFFFF:
@@ -146,18 +165,23 @@ class FlowTemplate:
             _U16.pack_into(into, l3 + 2, total)
             _U16.pack_into(into, l3 + 4, ident)
             s = add16(add16(self._ip_sum, total), ident)
+            if ecn:
+                into[l3 + 1] |= ecn
+                s = add16(s, ecn)  # the TOS byte is the low byte of its header word
             _U16.pack_into(into, l3 + 10, ~s & 0xFFFF)
         else:
             if l4_len > 0xFFFF:
                 raise WireError(f"IPv6 payload of {l4_len} bytes is too long")
             _U16.pack_into(into, l3 + 4, l4_len)
+            if ecn:
+                into[l3 + 1] |= ecn << 4  # traffic class straddles the first two bytes
         if lay.protocol == IpProtocol.TCP:
             if seq is not None or ack is not None:
                 if seq is None or ack is None:
                     raise WireError("give seq and ack together")
                 _TCP_SEQ_ACK.pack_into(into, l4 + 4, seq, ack)
             if flags is not None:
-                word = ((self._data_offset // 4) << 12) | flags
+                word = ((data_offset // 4) << 12) | flags
                 _U16.pack_into(into, l4 + 12, word)
             if window is not None:
                 _U16.pack_into(into, l4 + 14, window)
@@ -165,7 +189,7 @@ class FlowTemplate:
             _U16.pack_into(into, l4 + 4, l4_len)
         pseudo = add16(self._pseudo_base, l4_len)
         _U16.pack_into(into, l4 + lay.csum_offset, pseudo)
-        return lay.header_len
+        return lay.header_len + len(options)
 
     def finish_checksum(
         self, into: bytearray | memoryview, packet_len: int, offset: int = 0

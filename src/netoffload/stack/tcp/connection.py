@@ -100,6 +100,11 @@ class TcpConnection(TimerSide):
         return self._remote
 
     @property
+    def mss_bytes(self) -> int:
+        """The effective send MSS now (peer's option, path MTU, our own limit)."""
+        return self._mss
+
+    @property
     def config(self) -> TcpConfig:
         """The settings the connection was made with."""
         return self._config

@@ -1,0 +1,1 @@
+"""Programs built on the stack: the setup they share, ``nc`` and ``ping``."""
