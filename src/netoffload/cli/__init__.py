@@ -9,6 +9,7 @@ from netoffload.cli.bench import bench
 from netoffload.cli.clean import clean
 from netoffload.cli.demo import demo
 from netoffload.cli.devices import caps, enable
+from netoffload.cli.processes import list_command, stats
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,3 +23,5 @@ main.add_command(clean)
 main.add_command(demo)
 main.add_command(caps)
 main.add_command(enable)
+main.add_command(list_command)
+main.add_command(stats)
