@@ -7,6 +7,7 @@ run directory (``$NETOFFLOAD_RUN_DIR``, ``/run/netoffload``, ...).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -68,12 +69,24 @@ def render_processes(processes: list[ProcessInfo], console: Console) -> None:
     console.print(table)
 
 
+def _timeout_option(default: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.FloatRange(min=0.01),
+        default=default,
+        show_default=True,
+        help="Seconds to wait for an answer.",
+    )
+
+
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per process.")
-def list_command(as_json: bool) -> None:
+@_timeout_option(0.5)
+def list_command(as_json: bool, timeout_s: float) -> None:
     """List running netoffload processes (and stale sockets of dead ones)."""
     try:
-        processes = list_processes()
+        processes = list_processes(timeout_s=timeout_s)
     except ControlError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -125,14 +138,7 @@ def render_stats(title: str, stats: Any, console: Console) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as the process sent them.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.01),
-    default=2.0,
-    show_default=True,
-    help="Seconds to wait for an answer.",
-)
+@_timeout_option(2.0)
 def stats(name: str, as_json: bool, timeout_s: float) -> None:
     """Show the counters of the running process NAME (a name, kind:name, pid or socket path)."""
     try:

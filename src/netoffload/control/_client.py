@@ -68,6 +68,24 @@ def resolve(target: str, directory: str | None = None) -> str:
     return matches[0].path
 
 
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """Connect by ``deadline``; raises ``TimeoutError`` while the server's backlog stays full.
+
+    (AF_UNIX refuses a connection to a full backlog with EAGAIN rather than
+    waiting, whatever the socket's timeout.)
+    """
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.01)
+        else:
+            return
+
+
 def request(
     target: str,
     op: str,
@@ -87,9 +105,8 @@ def request(
     path = resolve(target, directory)
     deadline = time.monotonic() + timeout_s
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-        sock.settimeout(timeout_s)
         try:
-            sock.connect(path)
+            _connect(sock, path, deadline)
         except FileNotFoundError:
             raise ControlError(f"no netoffload process at {path}") from None
         except ConnectionRefusedError:
@@ -227,6 +244,10 @@ def list_processes(directory: str | None = None, timeout_s: float = 0.5) -> list
             except (ConnectionRefusedError, FileNotFoundError):
                 sock.close()
                 found[entry.path] = _stale(entry, "nobody listens on its socket")
+                continue
+            except BlockingIOError:
+                sock.close()
+                found[entry.path] = _silent(entry, "its queue of connections is full")
                 continue
             except OSError as exc:
                 sock.close()

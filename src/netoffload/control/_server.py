@@ -163,7 +163,7 @@ class ControlServer:
             res.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             res.listener.setblocking(False)
             self._bind(res.listener)
-            res.listener.listen(max_clients)
+            res.listener.listen(max(max_clients, 16))
             res.epoll = select.epoll()
             res.epoll.register(res.listener.fileno(), select.EPOLLIN)
         except BaseException:
