@@ -14,6 +14,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from netoffload.cli import main
+from netoffload.cli.processes import flatten, format_uptime
 from netoffload.control import MAX_MESSAGE_BYTES, request
 from tests.control.child import running_child
 
@@ -188,3 +189,21 @@ def test_a_process_that_stops_removes_its_socket() -> None:
         child.proc.terminate()
         assert child.proc.wait(timeout=30) == 0
         assert not os.path.exists(child.path)
+
+
+def test_flatten_and_uptime() -> None:
+    assert flatten({"a": {"b": {"c": 1}}, "l": [1, "x", None], "e": [], "t": True}) == [
+        ("a.b.c", "1"),
+        ("l", "1, x, null"),
+        ("e", "[]"),
+        ("t", "true"),
+    ]
+    assert flatten([{"n": 1}, {"n": 2.5}]) == [("0.n", "1"), ("1.n", "2.5")]
+    assert flatten(42) == [("", "42")]
+    assert [format_uptime(s) for s in (0, 59.9, 61, 3600 * 3 + 420, 86400 * 2 + 3600 * 4)] == [
+        "0s",
+        "59s",
+        "1m 01s",
+        "3h 07m",
+        "2d 04h",
+    ]

@@ -371,3 +371,15 @@ def test_closing_an_attached_server_detaches_it() -> None:
         assert not loop.remove_reader(fd)  # nothing left registered
 
     asyncio.run(main())
+
+
+def test_a_client_silent_past_the_idle_limit_is_dropped_on_the_next_turn() -> None:
+    with ControlServer("testproc", "impatient", idle_timeout_s=0.0) as server:
+        sock = connect(server)
+        for _ in range(1000):
+            server.service()
+            if server.client_count == 0:
+                break
+        assert server.client_count == 0
+        assert sock.recv(16) == b""  # the server hung up
+        sock.close()
