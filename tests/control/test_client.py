@@ -88,8 +88,13 @@ def test_one_line_errors(stats_server: ControlServer) -> None:
 
 
 def test_two_running_processes_with_one_name_are_ambiguous(stats_server: ControlServer) -> None:
-    with ControlServer("other", "counter"), pytest.raises(ControlError, match="give kind:name"):
+    pid = os.getpid()
+    with ControlServer("other", "counter"), pytest.raises(ControlError) as info:
         resolve("counter")
+    assert str(info.value) == (
+        f"2 netoffload processes match 'counter' (other:counter pid {pid}, "
+        f"testproc:counter pid {pid}): give kind:name or a pid"
+    )
     assert request("testproc:counter", "stats")["rx"] == {"packets": 7}
 
 

@@ -59,9 +59,9 @@ def resolve(target: str, directory: str | None = None) -> str:
     if len(matches) > 1:
         live = [e for e in matches if process_alive(e.pid)]
         if len(live) > 1:
-            pids = ", ".join(str(e.pid) for e in live)
+            which = ", ".join(f"{e.kind}:{e.name} pid {e.pid}" for e in live)
             raise ControlError(
-                f"{len(live)} netoffload processes match {target!r} (pids {pids}): "
+                f"{len(live)} netoffload processes match {target!r} ({which}): "
                 "give kind:name or a pid"
             )
         matches = live or matches[:1]

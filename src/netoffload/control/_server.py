@@ -201,7 +201,11 @@ class ControlServer:
     def register(self, op: str, handler: Handler) -> None:
         """Serve ``op`` with ``handler(args) -> result``; an exception becomes an error reply.
 
-        Raises ``ValueError`` for a bad name or one already served.
+        ``args`` is the request's JSON object (``{}`` when it had none); the
+        result must be JSON (strict: no NaN) and fit in a message. Any
+        ``Exception`` is replied as its one-line message; ``KeyboardInterrupt``
+        and ``SystemExit`` reach the owner. Raises ``ValueError`` for a bad name
+        or one already served.
         """
         if not OP_NAME.fullmatch(op):
             raise ValueError(f"bad op name {op!r}: lower-case letters, digits, _ (32 at most)")
