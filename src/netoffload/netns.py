@@ -30,7 +30,6 @@ import subprocess
 import sys
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -40,6 +39,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from netoffload.device.base import DeviceError
+from netoffload.leftovers import CleanReport, Leftover, process_alive
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR: str = pyroute2.netns.NETNS_RUN_DIR
@@ -487,56 +487,10 @@ class Netns:
 # -- leftovers of killed runs -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Leftover:
-    """Something a netoffload process made and may not have removed, and who made it."""
-
-    kind: str
-    name: str
-    creator_pid: int
-    creator_alive: bool
-
-    def as_json(self) -> dict[str, object]:
-        """A plain dict for ``--json`` output."""
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "creator_pid": self.creator_pid,
-            "creator_alive": self.creator_alive,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class CleanReport:
-    """What a clean-up removed (or, in a dry run, would remove), left alone, failed on."""
-
-    removed: tuple[Leftover, ...] = ()
-    kept: tuple[Leftover, ...] = ()
-    failed: tuple[tuple[Leftover, str], ...] = ()
-    dry_run: bool = False
-
-
 def creator_of(name: str) -> int | None:
     """The creating process's id, if ``name`` is a netoffload namespace name."""
     match = NAME.fullmatch(name)
     return int(match["pid"]) if match else None
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, exited but not yet reaped, is not alive).
-
-    A pid reused by an unrelated process reads as alive: clean-up then leaves
-    the namespace alone, the safe mistake (``--all`` removes it).
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    state = stat.rpartition(b")")[2].split()[:1]
-    return state not in ([b"Z"], [b"X"])
 
 
 def leftover_namespaces(netns_dir: str | None = None) -> list[Leftover]:

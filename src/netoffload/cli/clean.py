@@ -1,8 +1,9 @@
 """`netoffload clean`: remove what killed runs left behind.
 
 Each kind of leftover has a clean-up function returning a ``CleanReport``
-(today: network namespaces, from ``netoffload.netns``); this command runs
-them all and prints one line per item removed, then a summary.
+(network namespaces, from ``netoffload.netns``; control sockets, from
+``netoffload.control``); this command runs them all and prints one line per
+item removed, then a summary.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Protocol
 
 import click
 
+from netoffload.control import ControlError, clean_sockets
 from netoffload.device.base import DeviceError
-from netoffload.netns import CleanReport, Leftover, clean_leftovers
+from netoffload.leftovers import CleanReport, Leftover
+from netoffload.netns import clean_leftovers
 
 
 class Cleaner(Protocol):
@@ -23,9 +26,9 @@ class Cleaner(Protocol):
 
 
 #: Every clean-up, in the order it runs.
-CLEANERS: tuple[Cleaner, ...] = (clean_leftovers,)
+CLEANERS: tuple[Cleaner, ...] = (clean_leftovers, clean_sockets)
 
-_NOUNS = {"netns": "network namespace"}
+_NOUNS = {"netns": "network namespace", "socket": "control socket"}
 
 
 def _describe(leftover: Leftover) -> str:
@@ -48,15 +51,16 @@ def _count(n: int) -> str:
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def clean(everything: bool, dry_run: bool, as_json: bool) -> None:
-    """Remove netoffload's network namespaces whose creating process is gone."""
+    """Remove netoffload's namespaces and control sockets whose process is gone."""
     reports: list[CleanReport] = []
+    broken: list[str] = []  # a clean-up that could not run at all; the others still do
     for cleaner in CLEANERS:
         try:
             reports.append(cleaner(everything=everything, dry_run=dry_run))
-        except DeviceError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (DeviceError, ControlError) as exc:
+            broken.append(str(exc))
         except OSError as exc:
-            raise click.ClickException(exc.strerror or str(exc)) from None
+            broken.append(exc.strerror or str(exc))
     removed = [item for r in reports for item in r.removed]
     kept = [item for r in reports for item in r.kept]
     failed = [pair for r in reports for pair in r.failed]
@@ -66,7 +70,8 @@ def clean(everything: bool, dry_run: bool, as_json: bool) -> None:
             "all": everything,
             "removed": [item.as_json() for item in removed],
             "kept": [item.as_json() for item in kept],
-            "errors": [{**item.as_json(), "error": why} for item, why in failed],
+            "errors": [{**item.as_json(), "error": why} for item, why in failed]
+            + [{"error": why} for why in broken],
         }
         click.echo(json.dumps(result, sort_keys=True))
     else:
@@ -76,8 +81,11 @@ def clean(everything: bool, dry_run: bool, as_json: bool) -> None:
         summary = f"{verb} {_count(len(removed))}" if removed or kept else "nothing to clean up"
         if kept:
             summary += f"; left {len(kept)} alone (creator still running; --all removes them)"
-        click.echo(summary)
+        if removed or kept or not broken:
+            click.echo(summary)
     for item, why in failed:
         click.echo(f"Error: cannot remove {_describe(item)}: {why}", err=True)
-    if failed:
+    for why in broken:
+        click.echo(f"Error: {why}", err=True)
+    if failed or broken:
         raise SystemExit(1)

@@ -1,0 +1,20 @@
+"""CLI tests never see the machine's real control sockets: ``$NETOFFLOAD_RUN_DIR`` is private.
+
+(`netoffload clean --all` in a test must not remove the sockets of processes
+someone else is running.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.control.child import private_run_dir
+
+
+@pytest.fixture(autouse=True)
+def run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    with private_run_dir(monkeypatch) as run:
+        yield run
