@@ -14,12 +14,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# ethtool is the oracle for `netoffload caps` on a veth; installed only when root and missing.
+# Debian packages some privileged tests use as independent oracles, installed only when
+# root and missing: ethtool (for `netoffload caps` on a veth), iputils-ping (the kernel's
+# ping answered by our stack), nftables (impairments on the kernel side: no netem here).
+SYSTEM_PACKAGES := ethtool:ethtool ping:iputils-ping nft:nftables
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && ! command -v ethtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
-		(apt-get install -y -qq ethtool >/dev/null 2>&1 || \
-		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq ethtool >/dev/null 2>&1)) || \
-		echo "note: could not install ethtool; the ethtool comparison test will skip"; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		for pair in $(SYSTEM_PACKAGES); do \
+			cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+			command -v $$cmd >/dev/null 2>&1 && continue; \
+			(apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+			 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$pkg >/dev/null 2>&1)) || \
+			echo "note: could not install $$pkg; the tests that need $$cmd will skip"; \
+		done; \
 	fi
 
 demo: $(STAMP)

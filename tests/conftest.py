@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +30,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"privileged test cannot run under CI: {reason}", pytrace=False)
     pytest.skip(f"privileged: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def run_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Tests never see the machine's real control sockets: ``$NETOFFLOAD_RUN_DIR`` is private
+    (``netoffload clean --all`` in a test must not remove anyone else's sockets)."""
+    from tests.control.child import private_run_dir
+
+    with private_run_dir(monkeypatch) as run:
+        yield run

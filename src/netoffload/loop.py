@@ -50,13 +50,13 @@ class StackLoop:
         self.sampler = sampler
         self.clock = clock
         self.stats = LoopStats()
-        self._extra: dict[int, Callable[[], None]] = {}
+        self._extra: dict[int, Callable[[], object]] = {}
         self._poller = select.poll()
         self._devices = stack.filenos()
         for fd in self._devices:
             self._poller.register(fd, select.POLLIN)
 
-    def watch(self, fd: int, on_ready: Callable[[], None], events: int = select.POLLIN) -> None:
+    def watch(self, fd: int, on_ready: Callable[[], object], events: int = select.POLLIN) -> None:
         """Call ``on_ready`` when ``fd`` is ready (a control socket, standard input...)."""
         self._extra[fd] = on_ready
         self._poller.register(fd, events)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+from netoffload.control import ControlServer
 from netoffload.loop import StackLoop
 from netoffload.policy import LoadSampler
 from netoffload.stack._netaddr import IpAddress
@@ -58,6 +59,13 @@ class NcResult:
     datagrams_in: int = 0
     datagrams_out: int = 0
     peer: str = ""
+
+
+def _loop(stack: Stack, sampler: LoadSampler | None, control: ControlServer | None) -> StackLoop:
+    loop = StackLoop(stack, sampler=sampler)
+    if control is not None:
+        loop.watch(control.fileno(), control.service)
+    return loop
 
 
 def _error_for(event: object, what: str) -> NcError | None:
@@ -108,8 +116,9 @@ def run_tcp_client(
     connect_timeout_s: float = 30.0,
     sampler: LoadSampler | None = None,
     on_step: Callable[[], None] | None = None,
+    control: ControlServer | None = None,
 ) -> NcResult:
-    loop = StackLoop(stack, sampler=sampler)
+    loop = _loop(stack, sampler, control)
     what = f"{host} port {port}"
     try:
         handle = stack.tcp_connect(host, port, time.monotonic_ns())
@@ -141,8 +150,9 @@ def run_tcp_server(
     sampler: LoadSampler | None = None,
     on_step: Callable[[], None] | None = None,
     on_listening: Callable[[list[TcpListener]], None] | None = None,
+    control: ControlServer | None = None,
 ) -> NcResult:
-    loop = StackLoop(stack, sampler=sampler)
+    loop = _loop(stack, sampler, control)
     try:
         listeners = stack.tcp_listen(port, address=address)
     except OSError as exc:
@@ -234,9 +244,10 @@ def run_udp(
     stdout: int = 1,
     idle_timeout_s: float = 2.0,
     on_step: Callable[[], None] | None = None,
+    control: ControlServer | None = None,
 ) -> NcResult:
     """UDP: send each read of standard input as a datagram, write out every datagram received."""
-    loop = StackLoop(stack)
+    loop = _loop(stack, None, control)
     version = host.version if host is not None else (4 if stack.addresses(4) else 6)
     try:
         endpoint = stack.udp_open(version)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -12,9 +13,12 @@ import click
 
 from netoffload.apps.nc import NcError, run_tcp_client, run_tcp_server, run_udp
 from netoffload.apps.setup import RunningStack, SetupError, StackOptions, build, parse_address
+from netoffload.control import ControlServer, register_device_ops
+from netoffload.device.base import Device
 from netoffload.loop import StackLoop
 from netoffload.policy import LoadSampler, PolicyMode
 from netoffload.stack.ping import PingError, PingReply, PingTimeout
+from netoffload.stack.stack import Stack
 
 _POLICIES = click.Choice([m.value for m in PolicyMode])
 
@@ -59,6 +63,11 @@ def _stack_options(f: click.decorators.FC) -> click.decorators.FC:
             click.option(
                 "--stats", "show_stats", is_flag=True, help="Print the stack's counters on exit."
             ),
+            click.option(
+                "--name",
+                default=None,
+                help="The name `netoffload list` and `netoffload stats NAME` know it by.",
+            ),
         ]
     ):
         f = option(f)
@@ -66,15 +75,40 @@ def _stack_options(f: click.decorators.FC) -> click.decorators.FC:
 
 
 @contextmanager
-def _running(options: StackOptions) -> Iterator[RunningStack]:
+def _running(options: StackOptions, kind: str, name: str | None) -> Iterator[ControlledStack]:
     try:
         running = build(options)
     except SetupError as exc:
         raise click.ClickException(str(exc)) from None
     try:
-        yield running
+        server = _serve(running, kind, name)
+        try:
+            yield ControlledStack(running.stack, running.device, server)
+        finally:
+            if server is not None:
+                server.close()
     finally:
         running.close()
+
+
+class ControlledStack(RunningStack):
+    """A running stack and the control socket that serves its counters."""
+
+    def __init__(self, stack: Stack, device: Device, server: ControlServer | None) -> None:
+        super().__init__(stack, device)
+        self.server = server
+
+
+def _serve(running: RunningStack, kind: str, name: str | None) -> ControlServer | None:
+    """The process's control socket (`netoffload list`, `stats`, `enable --process`)."""
+    try:
+        server = ControlServer(kind, name or f"{kind}-{os.getpid()}")
+    except (OSError, ValueError) as exc:
+        click.echo(f"note: no control socket ({exc})", err=True)
+        return None
+    server.register("stats", lambda args: running.stack.as_dict())
+    register_device_ops(server, {running.device.name: running.device})
+    return server
 
 
 def _report(running: RunningStack, show: bool) -> None:
@@ -114,6 +148,7 @@ def nc(
     peer_addresses: tuple[str, ...],
     policy: str,
     show_stats: bool,
+    name: str | None,
     target: tuple[str, ...],
 ) -> None:
     """Copy standard input to a TCP or UDP peer and the peer to standard output.
@@ -142,18 +177,31 @@ def nc(
         policy=policy,
     )
     sys.stdout.flush()
-    with _running(options) as running:
+    with _running(options, "nc", name) as running:
         stack = running.stack
         sampler = LoadSampler() if policy == PolicyMode.ADAPTIVE.value else None
+        control = running.server
         try:
             if udp:
-                run_udp(stack, host=host, port=port, listen=listen, idle_timeout_s=idle_timeout)
+                run_udp(
+                    stack,
+                    host=host,
+                    port=port,
+                    listen=listen,
+                    idle_timeout_s=idle_timeout,
+                    control=control,
+                )
             elif listen:
-                run_tcp_server(stack, port, sampler=sampler)
+                run_tcp_server(stack, port, sampler=sampler, control=control)
             else:
                 assert host is not None
                 run_tcp_client(
-                    stack, host, port, connect_timeout_s=connect_timeout, sampler=sampler
+                    stack,
+                    host,
+                    port,
+                    connect_timeout_s=connect_timeout,
+                    sampler=sampler,
+                    control=control,
                 )
         except NcError as exc:
             _report(running, show_stats)
@@ -181,6 +229,7 @@ def ping(
     peer_addresses: tuple[str, ...],
     policy: str,
     show_stats: bool,
+    name: str | None,
     host: str,
 ) -> None:
     """Send ICMP echo requests to HOST through the user-level stack."""
@@ -195,7 +244,7 @@ def ping(
         peer_addresses=peer_addresses,
         policy=policy,
     )
-    with _running(options) as running:
+    with _running(options, "ping", name) as running:
         stack = running.stack
         try:
             client = stack.ping(
@@ -209,6 +258,8 @@ def ping(
             raise click.ClickException(f"{host}: {exc.strerror or exc}") from None
         click.echo(f"PING {destination} from {client.source}: {client.payload_bytes} data bytes")
         loop = StackLoop(stack)
+        if running.server is not None:
+            loop.watch(running.server.fileno(), running.server.service)
 
         def show() -> bool:
             for event in client.take_events():

@@ -1,0 +1,186 @@
+"""The Linux kernel as the peer of our stack, in a private namespace (TAP or veth).
+
+The kernel's side runs in a thread with blocking sockets (they release the
+GIL); our stack runs in the test's thread through a ``StackLoop``. Addresses
+are 198.18.0.0/15 and fd00::/8 only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from netoffload.device.base import Device
+from netoffload.device.packet import PacketDevice
+from netoffload.device.tap import TapDevice
+from netoffload.loop import StackLoop
+from netoffload.netns import Netns
+from netoffload.policy import OffloadPolicy
+from netoffload.stack._netaddr import IpAddress
+from netoffload.stack.stack import Stack
+from netoffload.stack.tcp import TcpConfig
+
+KERNEL = {4: "198.18.0.1", 6: "fd00::1"}
+OURS = {4: "198.18.0.2", 6: "fd00::2"}
+PREFIX = {4: 24, 6: 64}
+
+
+@dataclass
+class Rig:
+    """A namespace, our stack on a device in it, and the kernel's addresses there."""
+
+    ns: Netns
+    device: Device
+    stack: Stack
+    loop: StackLoop
+    version: int
+    kernel_ifname: str
+
+    @property
+    def kernel(self) -> IpAddress:
+        return ip_address(KERNEL[self.version])
+
+    @property
+    def ours(self) -> IpAddress:
+        return ip_address(OURS[self.version])
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET if self.version == 4 else socket.AF_INET6
+
+    def kernel_socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
+        with self.ns.entered():
+            sock = socket.socket(self.family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        return sock
+
+
+@contextmanager
+def rig(
+    kind: str,
+    version: int,
+    *,
+    policy: str = "always",
+    tcp: TcpConfig | None = None,
+    seed: int = 1,
+) -> Iterator[Rig]:
+    """Our stack on a TAP (``kind="tap"``) or on one end of a veth pair through AF_PACKET
+    (``"veth"``), the kernel at the other side; every resource removed afterwards."""
+    with Netns() as ns:
+        if version == 6:
+            ns.enable_ipv6()
+        device: Device
+        if kind == "tap":
+            with ns.entered():
+                device = TapDevice("nsotap0")
+            kernel_ifname = "nsotap0"
+        else:
+            ns.add_veth("nsova", "nsovb")
+            ns.set_link("nsova", up=True)
+            ns.set_link("nsovb", up=True)
+            with ns.entered():
+                device = PacketDevice("nsova", ring_frames=256)
+            kernel_ifname = "nsovb"
+        try:
+            ns.add_address(kernel_ifname, f"{KERNEL[version]}/{PREFIX[version]}")
+            stack = Stack(
+                rng=random.Random(seed), tcp=tcp or TcpConfig(), policy=OffloadPolicy(policy)
+            )
+            stack.add_interface(device, [f"{OURS[version]}/{PREFIX[version]}"])
+            yield Rig(ns, device, stack, StackLoop(stack), version, kernel_ifname)
+        finally:
+            device.close()
+
+
+@dataclass
+class KernelSide:
+    """What the kernel's thread did: bytes received, errors, whether it finished."""
+
+    received: bytearray = field(default_factory=bytearray)
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    port: int = 0
+
+
+def run_in_thread(work: Callable[[KernelSide], None]) -> KernelSide:
+    side = KernelSide()
+
+    def main() -> None:
+        try:
+            work(side)
+        except BaseException as exc:  # reported by the test
+            side.error = exc
+        finally:
+            side.done.set()
+
+    threading.Thread(target=main, daemon=True).start()
+    return side
+
+
+def kernel_server(
+    r: Rig, port: int, *, send: bytes = b"", close_after_send: bool = True
+) -> KernelSide:
+    """A kernel TCP server on ``port``: receives everything, sends ``send`` back."""
+    sock = r.kernel_socket()
+    sock.bind((KERNEL[r.version], port))
+    sock.listen(4)
+    sock.settimeout(60)
+
+    def work(side: KernelSide) -> None:
+        with sock:
+            conn, _ = sock.accept()
+        with conn:
+            conn.settimeout(60)
+            if send:
+                conn.sendall(send)
+                if close_after_send:
+                    conn.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                side.received += chunk
+
+    return run_in_thread(work)
+
+
+def kernel_client(r: Rig, port: int, *, send: bytes = b"") -> KernelSide:
+    """A kernel TCP client to our stack: sends ``send``, shuts down, receives until EOF."""
+    sock = r.kernel_socket()
+    sock.settimeout(60)
+
+    def work(side: KernelSide) -> None:
+        with sock:
+            sock.connect((OURS[r.version], port))
+            if send:
+                sock.sendall(send)
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                side.received += chunk
+
+    return run_in_thread(work)
+
+
+def payload(size: int, seed: int = 7) -> bytes:
+    return random.Random(seed).randbytes(size) if size < 1 << 20 else os.urandom(size)
+
+
+def deadline(seconds: float) -> Callable[[], bool]:
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() > end
+
+
+def address(text: str) -> IpAddress:
+    value = ip_address(text)
+    assert isinstance(value, IPv4Address | IPv6Address)
+    return value
