@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from netoffload.stack.tcp import Closed, TcpConfig, TcpState, TimedOut
 
-from .harness import ACK, MS
+from .harness import ACK, MS, PSH
 from .script import Peer, establish_active
 
 M32 = 0xFFFFFFFF
@@ -219,3 +219,36 @@ def test_rack_waits_a_reordering_window_before_calling_a_hole_lost() -> None:
     peer.fire_timers()
     assert retransmitted(peer.take()) == [(base, base + 1000)]
     assert conn.info().fast_recoveries == 1
+
+
+def test_sack_blocks_ride_a_pure_ack_so_data_segments_stay_mss_sized() -> None:
+    """Out-of-order data in while we send: the data segments carry the timestamps
+    only (every piece the device cuts is then MSS bytes plus the same 32-byte header),
+    and a pure ACK beside them carries the SACK block. A SACK option on the data
+    would make each full segment 12 bytes over the path MTU."""
+    from .script import sack_of
+
+    peer = Peer(mss=1460)
+    conn = establish_active(peer)
+    mss = conn.info().mss_bytes
+    assert mss == 1448
+    # A hole: the peer's first 1000 bytes are lost, the next 1000 arrive.
+    peer.send(peer.segment(ACK | PSH, b"b" * 1000, seq=peer.seq + 1000), advance=False)
+    conn.send(b"x" * (4 * mss))
+    out = peer.take()
+    data = [s for s in out if s.payload]
+    pure = [s for s in out if not s.payload]
+    assert data and all(len(s.options) == 12 and sack_of(s) == () for s in data)
+    assert sum(len(s.payload) for s in data) == 4 * mss
+    assert all(s.mss == mss for s in data)
+    (ack,) = pure
+    assert sack_of(ack) == (((peer.seq + 1000) & M32, (peer.seq + 2000) & M32),)
+    assert ack.ack == peer.seq
+    # The hole is filled: no SACK is due, so nothing goes beside the data.
+    peer.send(peer.segment(ACK | PSH, b"a" * 1000), advance=False)
+    peer.seq = (peer.seq + 2000) & M32
+    peer.tick(MS)
+    conn.send(b"y" * mss)
+    out = peer.take()
+    assert [len(s.payload) for s in out] == [mss]
+    assert out[0].ack == peer.seq and sack_of(out[0]) == ()

@@ -164,16 +164,21 @@ class OutputSide(AckSide):
         ack = self._rcv_nxt & MASK32
         window = self._window_field()
         options = self._ack_options(now_ns)
+        # Data segments carry the timestamps only: every one of them is then exactly
+        # MSS-sized on the wire, which is the grid the scoreboard and the device's
+        # segmentation share. SACK blocks, when due, ride a pure ACK of their own.
+        data_options = options[:12] if self._ts_ok else b""
+        sack_separate = len(options) > len(data_options)
         if state in _SENDING and self._snd_una != self._iss:
-            self._send_data(out, now_ns, max_payload_bytes, ack, window, options)
+            self._send_data(out, now_ns, max_payload_bytes, ack, window, data_options)
         probe = self._probe_pending
         if probe:
             self._probe_pending = PROBE_NONE
             if probe != PROBE_WINDOW or not self._window_probe_data(
-                out, now_ns, ack, window, options
+                out, now_ns, ack, window, data_options
             ):
                 if probe == PROBE_TLP:
-                    self._send_tlp(out, now_ns, ack, window, options)
+                    self._send_tlp(out, now_ns, ack, window, data_options)
                 else:
                     # Linux's probe: an old sequence number, so the peer answers with an ACK.
                     out.append(
@@ -183,6 +188,8 @@ class OutputSide(AckSide):
                         "keepalive_probes" if probe == PROBE_KEEPALIVE else "window_probes"
                     ] += 1
         if len(out) > replies:
+            if sack_separate and any(seg.options is data_options for seg in out[replies:]):
+                out.append(self._seg(self._snd_nxt, ack, self._flags_ack(), window, options))
             self._acked_now()
         elif self._ack_now or self._dupacks_out:
             out.append(self._seg(self._snd_nxt, ack, self._flags_ack(), window, options))
