@@ -64,20 +64,20 @@ class HostOffload:
         self._backlog: collections.deque[Packet] = collections.deque()
         self._selection: Selection | None = None
         self._limits = Limits(_NO_TASKS)
+        self._derived_from: tuple[frozenset[Task] | None, frozenset[Task]] | None = None
+        self._device_tasks = _NO_TASKS
+        self._host_rx = _NO_TASKS
 
     # -- who does what ----------------------------------------------------------------
     def device_limits(self) -> Limits:
         """The device's enabled records as per-packet limits (refreshed when they change)."""
-        selection = self.device.enabled()
-        if selection is not self._selection:
-            self._selection = selection
-            self._limits = Limits.from_records(selection.values())
+        self._refresh()
         return self._limits
 
     def device_tasks(self) -> frozenset[Task]:
         """The tasks left to the device: enabled there, and allowed by the host."""
-        enabled = self.device_limits().tasks
-        return enabled if self.allow is None else enabled & self.allow
+        self._refresh()
+        return self._device_tasks
 
     def host_rx_tasks(self) -> frozenset[Task]:
         """Receive tasks the host may have to finish itself.
@@ -87,10 +87,26 @@ class HostOffload:
         unchecked (a protocol its record does not cover, a kernel that hands
         over a frame as it came), and such a packet is verified here.
         """
-        mine = (self.rx_tasks & ASSEMBLY) - self.device_tasks()
-        if mine or Task.CHECKSUM in self.rx_tasks:
+        self._refresh()
+        return self._host_rx
+
+    def _refresh(self) -> None:
+        """Derive the limits and task sets again when the device's selection, ``allow``
+        or ``rx_tasks`` changed (a cheap check: this runs per batch)."""
+        selection = self.device.enabled()
+        allow, rx_tasks = self.allow, self.rx_tasks
+        if selection is self._selection and (allow, rx_tasks) == self._derived_from:
+            return
+        if selection is not self._selection:
+            self._selection = selection
+            self._limits = Limits.from_records(selection.values())
+        self._derived_from = (allow, rx_tasks)
+        enabled = self._limits.tasks
+        self._device_tasks = enabled if allow is None else enabled & allow
+        mine = (rx_tasks & ASSEMBLY) - self._device_tasks
+        if mine or Task.CHECKSUM in rx_tasks:
             mine |= {Task.CHECKSUM}
-        return mine
+        self._host_rx = frozenset(mine)
 
     # -- transmit ---------------------------------------------------------------------
     @property

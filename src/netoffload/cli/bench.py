@@ -21,20 +21,28 @@ BENCHMARKS = {
     "checksum": "Internet checksum GB/s on 1460-byte and 64 KiB buffers vs plain Python.",
     "softnic": "SoftNic: segmentation, coalescing, checksum rates; host CPU/GB offload on vs off.",
     "tap": "TAP device: Gbit/s written and read with offloads on vs off (needs root).",
+    "tcp": (
+        "Our TCP stack to and from the kernel's over a TAP, offloads on vs off, "
+        "and kernel to kernel over a veth (needs root)."
+    ),
 }
 
 
-def _run(name: str, as_json: bool, quick: bool) -> None:
+def _run(name: str, as_json: bool, quick: bool, plot: str | None = None) -> None:
     module = importlib.import_module(f"netoffload.bench.{name}")
     try:
         with progress_for(as_json) as progress:
             result = module.run(quick=quick, progress=progress)
+        if plot is not None:
+            module.plot(result, plot)
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:
         module.render(result, Console())
+        if plot is not None:
+            click.echo(f"chart written to {plot}")
 
 
 @click.group()
@@ -46,9 +54,16 @@ def _make(name: str, help_text: str) -> click.Command:
     @click.command(name=name, help=help_text)
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
     @click.option("--quick", is_flag=True, help="Fewer iterations (a smoke run).")
-    def command(as_json: bool, quick: bool) -> None:
-        _run(name, as_json, quick)
+    def command(as_json: bool, quick: bool, plot: str | None = None) -> None:
+        _run(name, as_json, quick, plot)
 
+    if hasattr(importlib.import_module(f"netoffload.bench.{name}"), "plot"):
+        command = click.option(
+            "--plot",
+            metavar="FILE.png",
+            default=None,
+            help="Also draw the result as a bar chart (needs the 'plot' extra: matplotlib).",
+        )(command)
     return command
 
 

@@ -93,7 +93,11 @@ class Device(abc.ABC):
 
     @abc.abstractmethod
     def enabled(self) -> Selection:
-        """What is enabled now."""
+        """What is enabled now.
+
+        Called per batch: it must be cheap, and it returns the same object for as
+        long as nothing changed (callers cache what they derive from it by identity).
+        """
 
     @abc.abstractmethod
     def enable(self, selection: Selection) -> Selection:

@@ -27,6 +27,7 @@ import mmap
 import os
 import socket
 import struct
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -90,6 +91,8 @@ TP_STATUS_WRONG_FORMAT = 4
 # struct tpacket2_hdr is 32 bytes; a TX frame's data starts right after it
 # (TPACKET2_HDRLEN - sizeof(struct sockaddr_ll)).
 TX_DATA_OFFSET = 32
+# How long ``enabled()`` trusts what it last read from the interface's features.
+ENABLED_REFRESH_S = 1.0
 VNET_SIZE = VirtioNetHdr.LEGACY_SIZE
 _RX_HDR = struct.Struct("=IIIHH")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net
 _STATUS = struct.Struct("=I")
@@ -165,6 +168,8 @@ class PacketDevice(Device):
         self._ring_frames = ring_frames
         self._frame_bytes = -(-frame_bytes // 16) * 16  # TPACKET_ALIGNMENT
         self._stats = DeviceStats()
+        self._enabled: Selection | None = None
+        self._enabled_at = 0.0
         self._rx = RxDecoder(self._stats, VNET_SIZE)
         self._tx_headers: dict[TxRequest, VirtioNetHdr | DropReason] = {}
         self._validate = kernel_validator()
@@ -187,8 +192,17 @@ class PacketDevice(Device):
         return records_from_features(self.features(), active_only=False)
 
     def enabled(self) -> Selection:
-        active = records_from_features(self.features(), active_only=True)
-        return Selection(r for r in active if isinstance(r, CapabilityRecord))
+        """What the interface's features give now; read again at most every
+        ``ENABLED_REFRESH_S`` (a change made with ``ethtool -K`` meanwhile shows then),
+        and at once after ``enable``."""
+        now = time.monotonic()
+        if self._enabled is None or now - self._enabled_at >= ENABLED_REFRESH_S:
+            active = records_from_features(self.features(), active_only=True)
+            selection = Selection(r for r in active if isinstance(r, CapabilityRecord))
+            if self._enabled is None or selection != self._enabled:
+                self._enabled = selection
+            self._enabled_at = now
+        return self._enabled
 
     def fixed_selection(self) -> Selection:
         """What stays on whatever is asked: the features fixed on on this interface."""
@@ -252,6 +266,7 @@ class PacketDevice(Device):
                 wanted[feature.name] = on
         if wanted:
             set_features(self.name, wanted, self._link_sock)
+        self._enabled = None
         return self.enabled()
 
     # -- rings -------------------------------------------------------------------

@@ -201,6 +201,9 @@ class TapDevice(Device):
         self.name = name
         self._fds = fds
         self._flags = offload_flags
+        self._enabled = Selection(
+            r for r in _records(offload_flags) if isinstance(r, CapabilityRecord)
+        )
         self._stats = DeviceStats()
         self._rx = RxDecoder(self._stats)
         self._tx_headers: dict[TxRequest, bytes] = {NO_REQUEST: _ZERO_HDR}
@@ -245,6 +248,7 @@ class TapDevice(Device):
         if not self._try_offload(flags):
             raise DeviceError(f"{self.name!r}: the kernel refused offload flags {flags:#x}")
         self._flags = flags
+        self._enabled = Selection(r for r in _records(flags) if isinstance(r, CapabilityRecord))
         # Cached transmit headers were checked against the old flags.
         self._tx_headers = {NO_REQUEST: _ZERO_HDR}
 
@@ -257,7 +261,7 @@ class TapDevice(Device):
         return _records(self._offered)
 
     def enabled(self) -> Selection:
-        return Selection(r for r in _records(self._flags) if isinstance(r, CapabilityRecord))
+        return self._enabled
 
     def fixed_selection(self) -> Selection:
         """Transmit checksum and segmentation: the kernel does them for any write."""

@@ -267,11 +267,12 @@ class NeighborCache(Generic[T]):
         when it is ours (RFC 4861 7.2.2, Linux's ``arp_solicit``). A packet
         that cannot even be queued comes back through ``take_failed``.
         """
-        direct = self._group_mac(address)
-        if direct is not None:
-            return direct
+        # The table first: a group address never has an entry, and this is per packet.
         entry = self._table.get(address)
         if entry is None:
+            direct = self._group_mac(address)
+            if direct is not None:
+                return direct
             if self._solicit_source(address, source) is None:
                 self._fail(address, packet, NeighborDrop.NO_SOURCE_ADDRESS)
                 return None
@@ -301,11 +302,10 @@ class NeighborCache(Generic[T]):
 
     def lookup(self, address: IpAddress) -> MacAddress | None:
         """The cached MAC of ``address`` when one is known; changes nothing."""
-        direct = self._group_mac(address)
-        if direct is not None:
-            return direct
         entry = self._table.get(address)
-        return entry.mac if entry is not None and entry.state in _VALID else None
+        if entry is not None:
+            return entry.mac if entry.state in _VALID else None
+        return self._group_mac(address)
 
     def entry(self, address: IpAddress) -> NeighborEntry | None:
         """A snapshot of the entry for ``address``."""
