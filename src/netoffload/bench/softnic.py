@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from netoffload.demo.flow import BulkFlowGenerator, FlowSpec, build_all
-from netoffload.demo.run import TCP_SPEC, UDP_SPEC, run_mode
+from netoffload.demo.rawflow import TCP_SPEC, UDP_SPEC, run_mode
 from netoffload.engine import checksum, gro, gso
 from netoffload.engine.checksum import FillJob
 from netoffload.offload import (

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 
 import click
 from rich.console import Console
 
+from netoffload.control import ControlServer
 from netoffload.device.base import DeviceError
 from netoffload.progress import progress_for
+
+
+@contextlib.contextmanager
+def _control() -> Iterator[ControlServer | None]:
+    """The demo's control socket (`netoffload list`, `netoffload stats demo-PID`), if one
+    can be made here; the demo runs without it otherwise."""
+    try:
+        server = ControlServer("demo", f"demo-{os.getpid()}")
+    except (OSError, ValueError):
+        yield None
+        return
+    with server:
+        yield server
+
 
 # The demo holds the streams and what arrived in memory: about four times this.
 MAX_BYTES = 1 << 30
@@ -24,13 +42,13 @@ MAX_BYTES = 1 << 30
     help="Payload bytes per mode, 64 KiB to 1 GiB (default 96 MiB; a quarter of it as UDP).",
 )
 def demo(as_json: bool, total_bytes: int | None) -> None:
-    """Two SoftNic endpoints on a Cable: a bulk flow with offload on and off."""
+    """Two stacks on two SoftNics: TCP and UDP with offload on and off."""
     from netoffload.demo.render import render
     from netoffload.demo.run import DEFAULT_BYTES, run_demo
 
     try:
-        with progress_for(as_json) as progress:
-            result = run_demo(total_bytes or DEFAULT_BYTES, progress=progress)
+        with _control() as control, progress_for(as_json) as progress:
+            result = run_demo(total_bytes or DEFAULT_BYTES, progress=progress, control=control)
     except DeviceError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:

@@ -41,7 +41,7 @@ def render_capabilities(result: dict[str, Any], console: Console) -> None:
 def render_results(result: dict[str, Any], console: Console) -> None:
     """The side-by-side table and the integrity verdict."""
     on, off = result["offload_on"], result["offload_off"]
-    table = Table(title="bulk flow, nic-a → wire (MTU 1500) → nic-b")
+    table = Table(title="TCP + UDP: stack A → nic-a → wire (MTU 1500) → nic-b → stack B")
     table.add_column("")
     table.add_column("offload on", justify="right")
     table.add_column("offload off", justify="right")
@@ -57,7 +57,10 @@ def render_results(result: dict[str, Any], console: Console) -> None:
     row("host CPU s per GB", "host_cpu_s_per_gb", 3)
     row("host CPU s", "host_cpu_s", 3)
     row("wall time s", "seconds", 3)
-    row("super-packets built", "super_packets", 0)
+    row("super-packets built (TCP + UDP)", "super_packets", 0)
+    for label, side in (("TCP segments A → B", "a"), ("TCP segments B → A (ACKs)", "b")):
+        a, b = on["tcp"][side]["segments_out"], off["tcp"][side]["segments_out"]
+        table.add_row(label, _fmt(a, 0), _fmt(b, 0), f"{b / a:.1f}x" if a else "")
     row("packets host → NIC", "packets_posted", 0)
     row("packets NIC → host", "packets_received", 0)
     table.add_row(
@@ -79,9 +82,10 @@ def render_results(result: dict[str, Any], console: Console) -> None:
             Counter(data["sender_stats"]["tasks"]) + Counter(data["receiver_stats"]["tasks"])
         )
         host_tasks = data["host_stats"]["tasks"]
+        decisions = data["offload_decisions"]
         console.print(
             f"offload {mode}: NIC tasks {tasks or '{}'}; host tasks {host_tasks or '{}'}; "
-            f"drops {drops or 'none'}"
+            f"drops {drops or 'none'}; policy decisions A {decisions['a']}, B {decisions['b']}"
         )
     if result["bytes_verified"] == result["bytes_sent"]:
         console.print(

@@ -1,214 +1,368 @@
-"""The demo's measurement: a bulk flow between two SoftNics, offload on vs off.
+"""The demo: a TCP connection and a UDP stream between two stacks on two SoftNics.
 
-Offload on: the host builds 64 KiB super-packets straight in the sending
-NIC's pool buffers with a checksum + segmentation request; the NIC's
-firmware segments and checksums, the receiving NIC verifies and coalesces.
-Offload off: the same super-packets, but the host segments and checksums
-them in software (the same engine, through ``HostOffload``), the NICs move
-1500-byte frames, and the receiving host verifies checksums in software.
+Two ``Stack``s in this process, each on its own SoftNic, the NICs joined by
+a Cable with a 1500-byte MTU. Stack A connects to stack B and sends a byte
+stream over real TCP (handshake, ACKs, windows, FIN); then it sends a UDP
+stream of 1472-byte datagrams in ``UDP_SEGMENT`` bursts, each datagram
+tagged with its offset in the stream so B can put it back in place.
 
-Host CPU is this process's CPU time only: the firmware processes are the
-NICs' processors. The cable has a 1500-byte MTU, so a super-packet that
-was not segmented could not cross it.
+* **offload on**: both stacks enable every task the stack uses and use the
+  policy ``always``. TCP hands the NIC 64 KiB super-packets to segment and
+  checksum; the receiving NIC verifies and coalesces (GRO), and TCP takes
+  each super-packet whole with one ACK. UDP bursts go as one UDP_L4
+  super-datagram; the receiving NIC coalesces them back.
+* **offload off**: the same stacks with the policy ``never`` and nothing
+  enabled: the host segments and checksums (the same engine, in software),
+  the NICs move 1500-byte frames, and the receiving stack verifies every
+  checksum and runs TCP per segment.
+
+Host CPU is this process's CPU time (both stacks); the NICs' firmware runs
+in processes of its own, the NICs' processors. Every byte that arrives is
+compared with what was sent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import select
+import struct
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
 from typing import Any
 
-from netoffload.demo.flow import BulkFlowGenerator, FlowSink, FlowSpec
+import numpy as np
+
+from netoffload.control import ControlServer
+from netoffload.demo.rawflow import ModeResult
 from netoffload.device.base import DeviceError
 from netoffload.device.cable import Cable, Impairments
 from netoffload.device.softnic import SoftNic
-from netoffload.host import HostOffload
-from netoffload.offload import CapabilityRecord, Selection, Task
+from netoffload.loop import StackLoop
+from netoffload.offload import CapabilityRecord, DeviceStats
+from netoffload.policy import OffloadPolicy
 from netoffload.progress import NO_PROGRESS, Progress
+from netoffload.stack.stack import Stack
+from netoffload.stack.tcp import PeerClosed, Refused, Reset, TcpConfig, TcpState
+from netoffload.stack.tcp_layer import TcpHandle
 
 DEFAULT_BYTES = 96 * 1024 * 1024
-UDP_SHARE = 0.25  # of the bytes, sent as UDP datagrams (UDP_L4 GSO)
-BATCH = 32  # super-packets posted per doorbell
+UDP_SHARE = 0.25  # of the bytes, sent as UDP datagrams
+A_ADDR, B_ADDR = IPv4Address("198.18.0.1"), IPv4Address("198.18.0.2")
+TCP_PORT, UDP_PORT = 5201, 5202
+MSS = 1448  # what TCP with timestamps carries in a 1500-byte packet
+DATAGRAM = 1472  # UDP payload of a 1500-byte IPv4 packet
+TAG = struct.Struct("!Q")  # a datagram's first bytes: its offset in the stream
+DATA_PER_DATAGRAM = DATAGRAM - TAG.size
+DATAGRAMS_PER_BURST = 44  # 44 x 1472 = 64768 bytes: one UDP_SEGMENT super-datagram
+UDP_AHEAD_BYTES = 1 << 20  # datagrams in flight at most (the receiver reads as it goes)
+UDP_RCVBUF_BYTES = 8 << 20
+SEND_CHUNK = 1 << 20
 STALL_S = 10.0
-
-TCP_SPEC = FlowSpec(protocol="tcp", segment_bytes=1448, segments=45)
-UDP_SPEC = FlowSpec(protocol="udp", segment_bytes=1472, segments=44, src_port=40001, dst_port=5202)
+SERVICE_EVERY_NS = 50_000_000  # the control socket, while the transfer runs
 
 
 @dataclass
-class ModeResult:
-    """What one mode measured."""
+class Side:
+    """One end: its NIC, its stack and the loop that drives it."""
 
-    offload: bool
-    bytes_sent: int = 0
-    bytes_verified: int = 0
-    seconds: float = 0.0
-    host_cpu_s: float = 0.0
-    super_packets: int = 0
-    packets_posted: int = 0
-    packets_received: int = 0
-    sender: dict[str, Any] = field(default_factory=dict)
-    receiver: dict[str, Any] = field(default_factory=dict)
-    wire: dict[str, int] = field(default_factory=dict)
-    host: dict[str, Any] = field(default_factory=dict)
-    enabled: list[str] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        gb = self.bytes_sent / 1e9
-        return {
-            "gbit_per_s": self.bytes_sent * 8 / 1e9 / self.seconds if self.seconds else 0.0,
-            "host_cpu_s_per_gb": self.host_cpu_s / gb if gb else 0.0,
-            "seconds": self.seconds,
-            "host_cpu_s": self.host_cpu_s,
-            "bytes_sent": self.bytes_sent,
-            "bytes_verified": self.bytes_verified,
-            "super_packets": self.super_packets,
-            "packets_posted": self.packets_posted,
-            "packets_received": self.packets_received,
-            "sender_stats": self.sender,
-            "receiver_stats": self.receiver,
-            "host_stats": self.host,
-            "wire": self.wire,
-            "enabled": self.enabled,
-        }
+    nic: SoftNic
+    stack: Stack
+    loop: StackLoop
 
 
-def _records(records: list[Any]) -> list[dict[str, Any]]:
-    return [
-        {"task": r.task.label, "params": r.params()}
-        for r in records
-        if isinstance(r, CapabilityRecord)
-    ]
+class Pair:
+    """Two stacks on two SoftNics joined by a cable, driven together from this thread."""
+
+    def __init__(self, a: Side, b: Side, control: ControlServer | None) -> None:
+        self.a, self.b = a, b
+        self.control = control
+        self._fds = a.stack.filenos() + b.stack.filenos()
+        if control is not None:
+            self._fds.append(control.fileno())
+        self._serviced_ns = 0
+
+    def step(self) -> int:
+        """One round of both stacks without waiting; frames that came in."""
+        got = self.a.loop.step(0.0) + self.b.loop.step(0.0)
+        control = self.control
+        if control is not None:
+            now = time.monotonic_ns()
+            if now - self._serviced_ns > SERVICE_EVERY_NS:
+                self._serviced_ns = now
+                control.service()
+        return got
+
+    def wait(self, timeout_s: float) -> None:
+        """Until a NIC or the control socket has something, or a timer is due."""
+        for stack in (self.a.stack, self.b.stack):
+            due = stack.next_timer_ns()
+            if due is not None:
+                timeout_s = min(timeout_s, max(0.0, (due - time.monotonic_ns()) / 1e9))
+        select.select(self._fds, [], [], timeout_s)
 
 
-def _transfer(
-    tx: HostOffload,
-    rx: HostOffload,
-    gen: BulkFlowGenerator,
-    sink: FlowSink,
-    *,
-    offload: bool,
-    result: ModeResult,
-    progress: Progress = NO_PROGRESS,
-    done_before: int = 0,
+@contextlib.contextmanager
+def _pair(offload: bool, control: ControlServer | None) -> Iterator[Pair]:
+    """Both ends on a fresh cable; every NIC and stack gone afterwards."""
+    policy = "always" if offload else "never"
+    with Cable(Impairments(mtu=1500), seed=1) as cable:
+        nic_a = SoftNic(cable=cable.a, name="nic-a")
+        try:
+            nic_b = SoftNic(cable=cable.b, name="nic-b")
+        except BaseException:
+            nic_a.close()
+            raise
+        with nic_a, nic_b:
+            sides = []
+            for seed, (nic, addr) in enumerate(((nic_a, A_ADDR), (nic_b, B_ADDR)), 1):
+                stack = Stack(
+                    rng=random.Random(seed),
+                    policy=OffloadPolicy(policy),
+                    tcp=TcpConfig(send_buffer_bytes=4 << 20, recv_buffer_bytes=4 << 20),
+                )
+                stack.add_interface(nic, [f"{addr}/24"])
+                sides.append(Side(nic, stack, StackLoop(stack)))
+            yield Pair(sides[0], sides[1], control)
+
+
+def _tcp_transfer(
+    pair: Pair, stream: memoryview, sink: memoryview, report: Callable[[int], None]
 ) -> None:
-    """Move ``gen``'s stream through the pair into ``sink``, interleaving sends and
-    receives, never blocking on one NIC while the other needs the host (the receiver
-    pauses the wire when full)."""
-    sender, receiver = tx.device, rx.device
-    assert isinstance(sender, SoftNic) and isinstance(receiver, SoftNic)
-    stream = gen.stream
-    scratch = [bytearray(gen.frame_len(0)) for _ in range(BATCH)]
-    index = 0
-    last_progress = time.monotonic()
-    while sink.bytes_received < len(stream):
-        progressed = False
-        if index < len(gen) and tx.backlog == 0:
-            count = min(BATCH, len(gen) - index)
-            if offload:
-                # Zero copy: the frames are built where the NIC reads them.
-                buffers: list[Any] = sender.tx_buffers(count)
-            else:
-                buffers = scratch[:count]
-            packets = [gen.write(buf, index + k) for k, buf in enumerate(buffers)]
-            if packets:
-                tx.send(packets)
-                index += len(packets)
-                result.super_packets += len(packets)
-                progressed = True
-        elif tx.backlog:
-            progressed = tx.push() > 0
-        got = rx.recv(256)
-        if got:
-            sink.accept(got)
-            progress.update(done_before + sink.bytes_received)
-            rx.release(got)  # copied into the sink: the NIC may reuse those buffers
-            result.packets_received += len(got)
-            progressed = True
-        if progressed:
-            last_progress = time.monotonic()
-            continue
-        if index >= len(gen) and not tx.backlog and time.monotonic() - last_progress > STALL_S:
-            break  # everything was sent; what has not arrived by now is lost
-        if time.monotonic() - last_progress > 3 * STALL_S:
-            raise DeviceError("demo transfer made no progress for 30 s")
-        receiver.wait(0.05)
-    receiver.release()
+    """A connects to B and sends ``stream``; B reads it into ``sink``; both close."""
+    a, b = pair.a.stack, pair.b.stack
+    listeners = b.tcp_listen(TCP_PORT, address=B_ADDR)
+    client = a.tcp_connect(B_ADDR, TCP_PORT, time.monotonic_ns())
+    server: TcpHandle | None = None
+    sent = got = 0
+    shut = peer_closed = False
+    last = time.monotonic()
+    while got < len(stream) or not peer_closed:
+        moved = pair.step()
+        conn = client.conn
+        if server is None:
+            server = b.tcp_accept(listeners)
+        _check(client)
+        if sent < len(stream) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            n = conn.send(stream[sent : sent + SEND_CHUNK])
+            sent += n
+            moved += n
+            if sent == len(stream) and not shut:
+                conn.shutdown_write()
+                shut = True
+        if server is not None:
+            _check(server)
+            while server.conn.readable() and got < len(sink):
+                n = server.conn.recv_into(sink[got:])
+                got += n
+                moved += n
+            event = server.next_event()
+            while event is not None:
+                peer_closed |= isinstance(event, PeerClosed)
+                event = server.next_event()
+            report(got)
+        now = time.monotonic()
+        if moved:
+            last = now
+        elif now - last > STALL_S:
+            raise DeviceError(f"TCP transfer stalled: {got:,} of {len(stream):,} bytes arrived")
+        else:
+            pair.wait(0.002)
+    assert server is not None
+    server.conn.close()
+    # The closing handshake, bounded: both ends reach TIME_WAIT or CLOSED.
+    end = time.monotonic() + 5.0
+    finished = (TcpState.TIME_WAIT, TcpState.CLOSED)
+    while time.monotonic() < end and not (
+        client.conn.state in finished and server.conn.state in finished
+    ):
+        if not pair.step():
+            pair.wait(0.002)
+
+
+def _check(handle: TcpHandle) -> None:
+    for event in list(handle.events):
+        if isinstance(event, Reset | Refused):
+            raise DeviceError(f"TCP connection failed: {type(event).__name__}")
+
+
+def _udp_bursts(stream: memoryview) -> Iterator[tuple[int, list[memoryview]]]:
+    """(stream bytes, datagrams) per burst: each datagram its 8-byte offset, then data."""
+    per_burst = DATA_PER_DATAGRAM * DATAGRAMS_PER_BURST
+    for start in range(0, len(stream), per_burst):
+        size = min(per_burst, len(stream) - start)
+        full, rest = divmod(size, DATA_PER_DATAGRAM)
+        buf = bytearray(full * DATAGRAM + (TAG.size + rest if rest else 0))
+        if full:
+            rows = np.frombuffer(buf, dtype=np.uint8, count=full * DATAGRAM).reshape(full, DATAGRAM)
+            tags = (start + DATA_PER_DATAGRAM * np.arange(full, dtype=np.uint64)).astype(">u8")
+            rows[:, : TAG.size] = tags.view(np.uint8).reshape(full, TAG.size)
+            data = np.frombuffer(
+                stream, dtype=np.uint8, count=full * DATA_PER_DATAGRAM, offset=start
+            )
+            rows[:, TAG.size :] = data.reshape(full, DATA_PER_DATAGRAM)
+        if rest:
+            at = full * DATAGRAM
+            TAG.pack_into(buf, at, start + full * DATA_PER_DATAGRAM)
+            buf[at + TAG.size :] = stream[start + size - rest : start + size]
+        view = memoryview(buf)
+        datagrams = [view[at : at + DATAGRAM] for at in range(0, full * DATAGRAM, DATAGRAM)]
+        if rest:
+            datagrams.append(view[full * DATAGRAM :])
+        yield size, datagrams
+
+
+def _udp_transfer(
+    pair: Pair, stream: memoryview, sink: memoryview, report: Callable[[int], None]
+) -> int:
+    """A sends ``stream`` as tagged datagrams in bursts; B puts each where its tag says.
+
+    The sender keeps at most ``UDP_AHEAD_BYTES`` ahead of what B has read
+    (an application's pacing: UDP itself has none). Returns the bursts sent.
+    """
+    a, b = pair.a.stack, pair.b.stack
+    tx = a.udp_open(4)
+    a.udp_bind(tx, A_ADDR, 0)
+    rx = b.udp_open(4, rcvbuf_bytes=UDP_RCVBUF_BYTES)
+    b.udp_bind(rx, B_ADDR, UDP_PORT)
+    bursts = _udp_bursts(stream)
+    pending = next(bursts, None)
+    sent = got = count = 0
+    last = time.monotonic()
+    unpack = TAG.unpack_from
+    while got < len(stream):
+        moved = pair.step()
+        while pending is not None and sent - got < UDP_AHEAD_BYTES:
+            size, datagrams = pending
+            a.udp_send(tx, datagrams, B_ADDR, UDP_PORT, time.monotonic_ns())
+            sent += size
+            count += 1
+            moved += 1
+            pending = next(bursts, None)
+        datagram = b.udp_recv(rx)
+        while datagram is not None:
+            payload = datagram.payload
+            (offset,) = unpack(payload)
+            n = len(payload) - TAG.size
+            if offset + n <= len(sink):
+                sink[offset : offset + n] = payload[TAG.size :]
+                got += n
+                moved += 1
+            datagram = b.udp_recv(rx)
+        report(got)
+        now = time.monotonic()
+        if moved:
+            last = now
+        elif now - last > STALL_S:
+            break  # datagrams lost; the verification says how much
+        else:
+            pair.wait(0.002)
+    return count
 
 
 def run_mode(
     offload: bool,
-    streams: list[tuple[bytes, FlowSpec]],
-    on_capabilities: Callable[[str, SoftNic], None] | None = None,
+    tcp_stream: bytes,
+    udp_stream: bytes,
+    *,
+    control: ControlServer | None = None,
+    on_pair: Callable[[Pair], None] | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> ModeResult:
-    """One mode on a fresh pair of SoftNics and a fresh 1500-byte-MTU wire."""
+    """One mode on a fresh pair; the application's buffers are made before the clock starts."""
     result = ModeResult(offload)
-    with Cable(Impairments(mtu=1500), seed=1) as cable:
-        sender = SoftNic(cable=cable.a, name="nic-a")
-        try:
-            receiver = SoftNic(cable=cable.b, name="nic-b")
-        except BaseException:
-            sender.close()
-            raise
-        with sender, receiver:
-            if on_capabilities is not None:
-                on_capabilities("nic-a", sender)
-                on_capabilities("nic-b", receiver)
-            for nic in (sender, receiver):
-                nic.enable(Selection.everything(nic.capabilities()) if offload else Selection())
-            result.enabled = [t.label for t in sender.enabled()]
-            tx = HostOffload(sender)
-            rx = HostOffload(receiver, rx_tasks={Task.CHECKSUM})
-            # The application's side is set up before the clocks start and checked after
-            # they stop: generator tables and the zeroed receive buffers are not network work.
-            flows = [(BulkFlowGenerator(stream, spec), FlowSink(spec, len(stream)))
-                     for stream, spec in streams]  # fmt: skip
-            progress.stage(f"offload {'on' if offload else 'off'}", sum(len(s) for s, _ in streams))
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            done = 0
-            for gen, sink in flows:
-                _transfer(
-                    tx, rx, gen, sink, offload=offload, result=result,
-                    progress=progress, done_before=done,
-                )  # fmt: skip
-                done += len(gen.stream)
-            result.seconds = time.perf_counter() - t0
-            result.host_cpu_s = time.process_time() - cpu0
-            for (stream, _), (_, sink) in zip(streams, flows, strict=True):
-                result.bytes_sent += len(stream)
-                result.bytes_verified += sink.verified_bytes(stream)
-            sender.flush()
-            result.sender = sender.stats().as_dict()
-            result.wire = sender.cable_counters()
-            result.receiver = receiver.stats().as_dict()
-            result.packets_posted = tx.stats.tx_frames
-            stats = tx.stats
-            stats.merge(rx.stats)
-            result.host = stats.as_dict()
+    tcp_sink = bytearray(len(tcp_stream))
+    udp_sink = bytearray(len(udp_stream))
+    for buf in (tcp_sink, udp_sink):  # fault the pages in now, not while measuring
+        np.frombuffer(buf, dtype=np.uint8)[::4096] = 0
+    with _pair(offload, control) as pair:
+        if on_pair is not None:
+            on_pair(pair)
+        result.enabled = [t.label for t in pair.a.nic.enabled()]
+        total = len(tcp_stream) + len(udp_stream)
+        progress.stage(f"offload {'on' if offload else 'off'}", total)
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        _tcp_transfer(pair, memoryview(tcp_stream), memoryview(tcp_sink), progress.update)
+        done = len(tcp_stream)
+        bursts = _udp_transfer(
+            pair,
+            memoryview(udp_stream),
+            memoryview(udp_sink),
+            lambda n: progress.update(done + n),
+        )
+        result.seconds = time.perf_counter() - t0
+        result.host_cpu_s = time.process_time() - cpu0
+        result.bytes_sent = total
+        result.bytes_verified = (len(tcp_stream) if tcp_sink == tcp_stream else 0) + (
+            len(udp_stream) if udp_sink == udp_stream else 0
+        )
+        _collect(pair, result, bursts)
     return result
 
 
+def _collect(pair: Pair, result: ModeResult, udp_bursts: int) -> None:
+    a, b = pair.a, pair.b
+    a.nic.flush()
+    result.sender = a.nic.stats().as_dict()
+    result.receiver = b.nic.stats().as_dict()
+    result.wire = a.nic.cable_counters()
+    host = DeviceStats()
+    for side in (a, b):
+        for iface in side.stack.interfaces:
+            host.merge(iface.host.stats)
+    result.host = host.as_dict()
+    result.packets_posted = host.tx_frames
+    result.packets_received = host.rx_packets
+    tcp_a = a.stack.tcp.as_dict()
+    result.super_packets = int(tcp_a["super_packets_out"]) + udp_bursts  # type: ignore[call-overload]
+    result.extra = {
+        "offload_decisions": {
+            "a": dict(a.stack.policy.decisions),
+            "b": dict(b.stack.policy.decisions),
+        },
+        "tcp": {"a": tcp_a, "b": b.stack.tcp.as_dict()},
+        "udp": {"a": a.stack.udp.stats.as_dict(), "b": b.stack.udp.stats.as_dict()},
+    }
+
+
 def run_demo(
-    total_bytes: int = DEFAULT_BYTES, seed: int = 1, progress: Progress = NO_PROGRESS
+    total_bytes: int = DEFAULT_BYTES,
+    seed: int = 1,
+    progress: Progress = NO_PROGRESS,
+    control: ControlServer | None = None,
 ) -> dict[str, Any]:
     """Both modes over the same streams; the JSON-ready result."""
-    rng = random.Random(seed)
+    rng = np.random.default_rng(seed)  # random.randbytes stops at 256 MiB
     udp_bytes = int(total_bytes * UDP_SHARE)
-    streams = [
-        (rng.randbytes(total_bytes - udp_bytes), TCP_SPEC),
-        (rng.randbytes(udp_bytes), UDP_SPEC),
-    ]
+    tcp_stream = rng.bytes(total_bytes - udp_bytes)
+    udp_stream = rng.bytes(udp_bytes)
     caps: dict[str, Any] = {}
+    current: dict[str, Any] = {"mode": "starting", "pair": None}
+    if control is not None:
+        control.register("stats", lambda args: _live_stats(current))
 
-    def record_caps(name: str, nic: SoftNic) -> None:
-        chain = nic.capability_chain()
-        caps[name] = {"chain_hex": chain.hex(), "records": _records(nic.capabilities())}
+    def record_caps(pair: Pair) -> None:
+        current["pair"] = pair
+        for side in (pair.a, pair.b):
+            chain = side.nic.capability_chain()
+            caps[side.nic.name] = {
+                "chain_hex": chain.hex(),
+                "records": _records(side.nic.capabilities()),
+            }
 
-    on = run_mode(True, streams, record_caps, progress)
-    off = run_mode(False, streams, progress=progress)
+    def watch(pair: Pair) -> None:
+        current["pair"] = pair
+
+    current["mode"] = "offload on"
+    on = run_mode(
+        True, tcp_stream, udp_stream, control=control, on_pair=record_caps, progress=progress
+    )
+    current["mode"] = "offload off"
+    off = run_mode(False, tcp_stream, udp_stream, control=control, on_pair=watch, progress=progress)
+    current.update(mode="done", pair=None)
     on_j, off_j = on.as_json(), off.as_json()
     return {
         "bytes_sent": on.bytes_sent + off.bytes_sent,
@@ -220,10 +374,26 @@ def run_demo(
         "capabilities": caps,
         "enabled": {"offload_on": on.enabled, "offload_off": off.enabled},
         "flows": {
-            "tcp": {"bytes": len(streams[0][0]), "mss": TCP_SPEC.segment_bytes},
-            "udp": {"bytes": len(streams[1][0]), "gso_size": UDP_SPEC.segment_bytes},
+            "tcp": {"bytes": len(tcp_stream), "mss": MSS},
+            "udp": {"bytes": len(udp_stream), "gso_size": DATAGRAM},
         },
     }
+
+
+def _live_stats(current: dict[str, Any]) -> dict[str, Any]:
+    pair = current["pair"]
+    out: dict[str, Any] = {"mode": current["mode"], "pid": os.getpid()}
+    if pair is not None:
+        out["stacks"] = {"a": pair.a.stack.as_dict(), "b": pair.b.stack.as_dict()}
+    return out
+
+
+def _records(records: list[Any]) -> list[dict[str, Any]]:
+    return [
+        {"task": r.task.label, "params": r.params()}
+        for r in records
+        if isinstance(r, CapabilityRecord)
+    ]
 
 
 def _ratio(a: float, b: float) -> float:

@@ -220,8 +220,9 @@ class Stack:
                 return handle
         return None
 
-    def udp_open(self, version: int) -> int:
-        return self.udp.open(version)
+    def udp_open(self, version: int, *, rcvbuf_bytes: int | None = None) -> int:
+        """A UDP endpoint; ``rcvbuf_bytes`` bounds what it queues (SO_RCVBUF)."""
+        return self.udp.open(version, rcvbuf_bytes=rcvbuf_bytes)
 
     def udp_bind(self, endpoint: int, address: IpAddress | None, port: int) -> int:
         if address is None:
