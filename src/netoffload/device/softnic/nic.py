@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import itertools
 import json
 import mmap
 import os
@@ -70,6 +71,9 @@ from netoffload.wire import MacAddress
 
 _ETHERNET_MTU_LIMIT = 65535
 encode_vnet = layout.encode_tx_ext_vnet
+
+
+_UNNAMED = itertools.count()
 
 
 def _mac_for(name: str) -> MacAddress:
@@ -156,7 +160,10 @@ class SoftNic(Device):
 
     ``caps`` is what the device advertises (default: ``default_capabilities()``).
     ``cable`` is the port's cable; without one the SoftNic makes its own
-    ``Cable`` and ``peer`` is the far end, for a test to hold.
+    ``Cable`` and ``peer`` is the far end, for a test to hold. ``name``
+    defaults to ``softnicN``, numbered in this process in order of creation;
+    the port's MAC is derived from it, so two SoftNics on one cable need two
+    names (the default gives them).
     """
 
     def __init__(
@@ -164,13 +171,13 @@ class SoftNic(Device):
         caps: Sequence[AnyRecord] | None = None,
         cable: CableEnd | None = None,
         *,
-        name: str = "softnic0",
+        name: str | None = None,
         mac: MacAddress | None = None,
         geometry: Geometry | None = None,
         start_timeout_s: float = 30.0,
         call_timeout_s: float = 10.0,
     ) -> None:
-        self.name = name
+        self.name = name = f"softnic{next(_UNNAMED)}" if name is None else name
         self._mac = mac if mac is not None else _mac_for(name)
         self.geometry = g = geometry or Geometry()
         self.call_timeout_s = call_timeout_s
