@@ -324,7 +324,10 @@ class Stack:
             if packets:
                 received += len(packets)
                 for packet in packets:
-                    self._input(iface, packet, now_ns)
+                    try:
+                        self._input(iface, packet, now_ns)
+                    except Exception:  # a bug must cost the packet, never the stack's loop
+                        self.stats.drops["internal_error"] += 1
                 iface.release(packets)
         self._output(now_ns)
         return received
