@@ -1,8 +1,10 @@
 """The Linux kernel as the peer of our stack, in a private namespace (TAP or veth).
 
 The kernel's side runs in a thread with blocking sockets (they release the
-GIL); our stack runs in the test's thread through a ``StackLoop``. Addresses
-are 198.18.0.0/15 and fd00::/8 only.
+GIL); our stack runs in the test's thread through a ``StackLoop``, or in a
+``netoffload`` command started inside the namespace (``cli_popen``). Two
+stacks over a SoftNic cable (``softnic_pair``) need no privileges.
+Addresses are 198.18.0.0/15 and fd00::/8 only.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +22,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from netoffload.device.base import Device
+from netoffload.device.cable import Cable, Impairments
 from netoffload.device.packet import PacketDevice
+from netoffload.device.softnic import SoftNic
 from netoffload.device.tap import TapDevice
 from netoffload.loop import StackLoop
 from netoffload.netns import Netns
@@ -30,6 +36,8 @@ from netoffload.stack.tcp import TcpConfig
 KERNEL = {4: "198.18.0.1", 6: "fd00::1"}
 OURS = {4: "198.18.0.2", 6: "fd00::2"}
 PREFIX = {4: 24, 6: 64}
+#: The two ends of ``softnic_pair``.
+OURS_A, OURS_B = "198.18.0.1", "198.18.0.2"
 
 
 @dataclass
@@ -56,10 +64,17 @@ class Rig:
         return socket.AF_INET if self.version == 4 else socket.AF_INET6
 
     def kernel_socket(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
-        with self.ns.entered():
-            sock = socket.socket(self.family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        return sock
+        return kernel_socket(self.ns, self.family, kind)
+
+
+def kernel_socket(
+    ns: Netns, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
+) -> socket.socket:
+    """A kernel socket in ``ns`` (it stays there after the thread has left)."""
+    with ns.entered():
+        sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
 
 
 @contextmanager
@@ -130,6 +145,14 @@ def kernel_server(
     """A kernel TCP server on ``port``: receives everything, sends ``send`` back."""
     sock = r.kernel_socket()
     sock.bind((KERNEL[r.version], port))
+    return serve_once(sock, send=send, close_after_send=close_after_send)
+
+
+def serve_once(
+    sock: socket.socket, *, send: bytes = b"", close_after_send: bool = True
+) -> KernelSide:
+    """Accept one connection on the bound ``sock`` (in a thread): send ``send`` (then FIN),
+    receive until the peer's FIN."""
     sock.listen(4)
     sock.settimeout(60)
 
@@ -169,6 +192,78 @@ def kernel_client(r: Rig, port: int, *, send: bytes = b"") -> KernelSide:
                 side.received += chunk
 
     return run_in_thread(work)
+
+
+def cli_popen(
+    ns: Netns,
+    *args: str,
+    stdin: int | None = subprocess.PIPE,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """``netoffload ARGS`` run inside ``ns`` as a user would run it (``$NETOFFLOAD_RUN_DIR``
+    and the rest of the environment inherited)."""
+    return ns.popen(
+        [sys.executable, "-m", "netoffload.cli", *args], stdin=stdin, stdout=stdout, stderr=stderr
+    )
+
+
+def wait_for_link(ns: Netns, name: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``name`` exists in ``ns`` (the TAP a ``netoffload`` command creates)."""
+    end = time.monotonic() + 20
+    while name not in ns.link_names():
+        assert proc.poll() is None, "the command exited early"
+        assert time.monotonic() < end, f"{name} never appeared"
+        time.sleep(0.05)
+
+
+def connect_when_listening(
+    ns: Netns, address: str, port: int, family: int = socket.AF_INET
+) -> socket.socket:
+    """A kernel TCP socket in ``ns`` connected to ``address`` once something listens there."""
+    end = time.monotonic() + 20
+    while True:
+        sock = kernel_socket(ns, family)
+        sock.settimeout(5)
+        try:
+            sock.connect((address, port))
+            return sock
+        except OSError:
+            sock.close()
+            assert time.monotonic() < end, f"nothing ever listened on {address} port {port}"
+            time.sleep(0.1)
+
+
+def tail(stream: object, limit: int = 2000) -> str:
+    """The end of a captured output file (for assertion messages)."""
+    assert hasattr(stream, "seek") and hasattr(stream, "read")
+    stream.seek(0)
+    return str(stream.read()[-limit:])
+
+
+@contextmanager
+def softnic_pair(
+    seed: int,
+    impairments: Impairments | None = None,
+    *,
+    policies: tuple[str, str] = ("always", "always"),
+    tcp: TcpConfig | None = None,
+) -> Iterator[tuple[Stack, Stack]]:
+    """Two stacks, 198.18.0.1 and 198.18.0.2, over SoftNics on one ``Cable``."""
+    cable = Cable(impairments or Impairments(), seed=seed)
+    a = SoftNic(cable=cable.a, name=f"pair-a-{seed}")
+    b = SoftNic(cable=cable.b, name=f"pair-b-{seed}")
+    try:
+        config = tcp or TcpConfig()
+        sa = Stack(rng=random.Random(seed), tcp=config, policy=OffloadPolicy(policies[0]))
+        sb = Stack(rng=random.Random(seed + 1000), tcp=config, policy=OffloadPolicy(policies[1]))
+        sa.add_interface(a, [f"{OURS_A}/24"])
+        sb.add_interface(b, [f"{OURS_B}/24"])
+        yield sa, sb
+    finally:
+        a.close()
+        b.close()
+        cable.close()
 
 
 def payload(size: int, seed: int = 7) -> bytes:

@@ -13,10 +13,8 @@ reordering, duplication and corruption in both directions, for fixed seeds.
 from __future__ import annotations
 
 import os
-import random
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,15 +23,21 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from netoffload.device.cable import Cable, Impairments
+from netoffload.device.cable import Impairments
 from netoffload.device.softnic import SoftNic
 from netoffload.loop import StackLoop
 from netoffload.netns import Netns
-from netoffload.policy import OffloadPolicy
 from netoffload.stack.stack import Stack
 from netoffload.stack.tcp import PeerClosed, TcpState
 from netoffload.stack.tcp_layer import TcpHandle
-from tests.stack.kernel_peer import payload
+from tests.stack.kernel_peer import (
+    cli_popen,
+    connect_when_listening,
+    payload,
+    softnic_pair,
+    tail,
+    wait_for_link,
+)
 
 NFT_RULES = """
 table netdev nsoimpair {{
@@ -46,58 +50,33 @@ table netdev nsoimpair {{
 """
 
 
-def _wait_for_link(ns: Netns, name: str, proc: subprocess.Popen[bytes]) -> None:
-    end = time.monotonic() + 20
-    while name not in ns.link_names():
-        assert proc.poll() is None, "nc exited early"
-        assert time.monotonic() < end, f"{name} never appeared"
-        time.sleep(0.05)
-
-
-def _connect_when_listening(ns: Netns, address: str, port: int) -> socket.socket:
-    end = time.monotonic() + 20
-    while True:
-        with ns.entered():
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(5)
-        try:
-            sock.connect((address, port))
-            return sock
-        except OSError:
-            sock.close()
-            assert time.monotonic() < end, "nc -l never accepted"
-            time.sleep(0.1)
-
-
 @pytest.mark.privileged
 @pytest.mark.parametrize("segments", ["tso_bursts", "single_segments"])
 def test_a_kernel_sender_through_nftables_loss_and_duplication(segments: str) -> None:
     data = payload(30_000_000, 11)
     with Netns() as ns, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = ns.popen(
-            [
-                sys.executable, "-m", "netoffload.cli", "nc", "-l", "--device", "tap:nsotap0",
-                "--address", "198.18.0.2/24", "--peer-address", "198.18.0.1/24", "--stats",
-                "5100",
-            ],
+        proc = cli_popen(
+            ns,
+            "nc", "-l", "--device", "tap:nsotap0", "--address", "198.18.0.2/24",
+            "--peer-address", "198.18.0.1/24", "--stats", "5100",
             stdin=subprocess.DEVNULL,
             stdout=out.fileno(),
             stderr=err.fileno(),
         )  # fmt: skip
         try:
-            _wait_for_link(ns, "nsotap0", proc)
+            wait_for_link(ns, "nsotap0", proc)
             if segments == "single_segments":
                 ns.set_link("nsotap0", gso_max_size=1500)
             rules = NFT_RULES.format(dev="nsotap0")
             with ns.entered():
                 subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
-            sock = _connect_when_listening(ns, "198.18.0.2", 5100)
+            sock = connect_when_listening(ns, "198.18.0.2", 5100)
             with sock:
                 sock.settimeout(60)
                 sock.sendall(data)
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(1) == b""  # nc closes its side once it saw our FIN
-            assert proc.wait(timeout=120) == 0, _tail(err)
+            assert proc.wait(timeout=120) == 0, tail(err)
             counters = ns.exec("nft", "list", "table", "netdev", "nsoimpair")
         finally:
             if proc.poll() is None:
@@ -116,12 +95,6 @@ def _packets(line: str) -> list[str]:
     return [words[i + 1] for i, w in enumerate(words[:-1]) if w == "packets"]
 
 
-def _tail(stream: object) -> str:
-    assert hasattr(stream, "seek") and hasattr(stream, "read")
-    stream.seek(0)
-    return str(stream.read()[-2000:])
-
-
 # -- SoftNic cables with every impairment, both directions ------------------------------
 
 IMPAIRED = Impairments(loss=0.05, duplicate=0.05, reorder=0.05, corrupt=0.05, mtu=1500)
@@ -129,19 +102,8 @@ IMPAIRED = Impairments(loss=0.05, duplicate=0.05, reorder=0.05, corrupt=0.05, mt
 
 @contextmanager
 def _pair(seed: int, policy: str = "always") -> Iterator[tuple[Stack, Stack, StackLoop]]:
-    cable = Cable(IMPAIRED, seed=seed)
-    a = SoftNic(cable=cable.a, name=f"imp-a-{seed}")
-    b = SoftNic(cable=cable.b, name=f"imp-b-{seed}")
-    try:
-        sa = Stack(rng=random.Random(seed), policy=OffloadPolicy(policy))
-        sb = Stack(rng=random.Random(seed + 1000), policy=OffloadPolicy(policy))
-        sa.add_interface(a, ["198.18.0.1/24"])
-        sb.add_interface(b, ["198.18.0.2/24"])
+    with softnic_pair(seed, IMPAIRED, policies=(policy, policy)) as (sa, sb):
         yield sa, sb, StackLoop(sa)
-    finally:
-        a.close()
-        b.close()
-        cable.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
