@@ -7,10 +7,10 @@ then ``poll(2)`` on the devices' descriptors (and any the caller added) until
 the next timer. ``run_until`` repeats steps until a condition holds.
 
 For asyncio, ``attach`` registers the devices' descriptors with
-``loop.add_reader`` and the stack's next deadline with ``loop.call_at``, so
-a stack runs inside an asyncio program with no thread of its own;
-``kick()`` after an application call (``send``, ``close``) gets its segments
-out at once.
+``loop.add_reader`` and the stack's next deadline with ``loop.call_later``,
+so a stack runs inside an asyncio program with no thread of its own (and
+samples the load, given a sampler, as ``step`` does); ``kick()`` after an
+application call (``send``, ``close``) gets its segments out at once.
 """
 
 from __future__ import annotations
@@ -112,11 +112,26 @@ class StackLoop:
 
 
 class AsyncioDriver:
-    """A stack driven by an asyncio loop: readers on its devices, ``call_at`` for its timers."""
+    """A stack driven by an asyncio loop: readers on its devices, ``call_later`` for its timers.
 
-    def __init__(self, stack: Stack, loop: asyncio.AbstractEventLoop) -> None:
+    ``on_poll``, when given, is called after every round (a reader fired, a timer
+    fired, or a ``kick``): an application awaiting its connections sets an
+    ``asyncio.Event`` there instead of polling on a timer of its own.
+    """
+
+    def __init__(
+        self,
+        stack: Stack,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        sampler: LoadSampler | None = None,
+        on_poll: Callable[[], object] | None = None,
+    ) -> None:
         self.stack = stack
         self.loop = loop
+        self.sampler = sampler
+        self.on_poll = on_poll
+        self.stats = LoopStats()
         self._timer: asyncio.TimerHandle | None = None
         self._fds = list(stack.filenos())
         for fd in self._fds:
@@ -126,13 +141,21 @@ class AsyncioDriver:
     def kick(self) -> None:
         """Poll the stack now and re-arm its timer (call after any application call)."""
         stack = self.stack
+        self.stats.steps += 1
         now = time.monotonic_ns()
         while stack.poll(now):
             now = time.monotonic_ns()
         due = stack.next_timer_ns()
         if due is not None and due <= now:
             stack.on_timer(now)
+            self.stats.timers += 1
             due = stack.next_timer_ns()
+        if self.sampler is not None:
+            queue = max((i.queue_fill() for i in stack.interfaces), default=0.0)
+            sample = self.sampler.sample(now, queue)
+            if sample is not None:
+                stack.observe_load(sample)
+                self.stats.samples += 1
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -140,6 +163,8 @@ class AsyncioDriver:
         if due is not None or backlog:
             delay = 0.001 if backlog else max(0.0, (due or now) - time.monotonic_ns()) / 1e9
             self._timer = self.loop.call_later(delay, self.kick)
+        if self.on_poll is not None:
+            self.on_poll()
 
     def close(self) -> None:
         for fd in self._fds:
@@ -149,9 +174,17 @@ class AsyncioDriver:
             self._timer = None
 
 
-def attach(stack: Stack, loop: asyncio.AbstractEventLoop | None = None) -> AsyncioDriver:
+def attach(
+    stack: Stack,
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    sampler: LoadSampler | None = None,
+    on_poll: Callable[[], object] | None = None,
+) -> AsyncioDriver:
     """Drive ``stack`` from an asyncio loop (the running one by default)."""
-    return AsyncioDriver(stack, loop or asyncio.get_event_loop())
+    return AsyncioDriver(
+        stack, loop or asyncio.get_running_loop(), sampler=sampler, on_poll=on_poll
+    )
 
 
 def drain(loops: Iterable[StackLoop], rounds: int = 3) -> None:
