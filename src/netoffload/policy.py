@@ -67,6 +67,8 @@ class OffloadPolicy:
         self.mode = PolicyMode(mode)
         if not 0.0 <= idle_below <= busy_above <= 1.0:
             raise ValueError("need 0 <= idle_below <= busy_above <= 1")
+        if not 0.0 <= queue_deep <= 1.0:
+            raise ValueError("need 0 <= queue_deep <= 1 (the device queue's fill)")
         self.busy_above = busy_above
         self.idle_below = idle_below
         self.queue_deep = queue_deep
