@@ -4,7 +4,8 @@ TCP: connect to HOST PORT (or, with ``listen``, accept one connection on
 PORT), copy standard input to the connection and the connection to standard
 output, and finish after a clean close in both directions: our FIN sent and
 acknowledged once standard input ends, the peer's FIN received and every
-byte before it written out. UDP: each read of standard input is one datagram;
+byte before it written out. UDP: each read of standard input is one datagram
+(a listener starts reading once the first datagram has named its peer);
 every datagram received is written out; it finishes once standard input has
 ended and no datagram has come for ``idle_timeout_s``.
 
@@ -243,24 +244,32 @@ def run_udp(
     stdin: int = 0,
     stdout: int = 1,
     idle_timeout_s: float = 2.0,
+    sampler: LoadSampler | None = None,
     on_step: Callable[[], None] | None = None,
     control: ControlServer | None = None,
 ) -> NcResult:
-    """UDP: send each read of standard input as a datagram, write out every datagram received."""
-    loop = _loop(stack, None, control)
+    """UDP: send each read of standard input as a datagram, write out every datagram received.
+
+    A client needs a route to ``host`` at once (as ``connect`` on a UDP socket
+    does). A listener reads standard input only once the first datagram has
+    named its peer: what it reads goes to that peer, nothing is read to be lost.
+    """
+    loop = _loop(stack, sampler, control)
     version = host.version if host is not None else (4 if stack.addresses(4) else 6)
     try:
+        if host is not None:
+            stack.route(host)
         endpoint = stack.udp_open(version)
         any_address: IpAddress = IPv4Address(0) if version == 4 else IPv6Address(0)
         stack.udp_bind(endpoint, any_address, port if listen else 0)
     except OSError as exc:
-        raise NcError(f"port {port}: {exc.strerror or exc}", exc.errno or errno.EIO) from None
+        where = f"port {port}" if host is None else f"{host} port {port}"
+        raise NcError(f"{where}: {exc.strerror or exc}", exc.errno or errno.EIO) from None
     io = _Io(stdin, stdout)
     result = NcResult(peer="" if host is None else f"{host}:{port}")
     peer: tuple[IpAddress, int] | None = None if host is None else (host, port)
     last_seen = time.monotonic()
-    loop.watch(io.stdin, lambda: None)
-    watching = True
+    watching = False
     while True:
         if on_step is not None:
             on_step()
@@ -272,18 +281,24 @@ def run_udp(
             peer = (datagram.src, datagram.src_port) if listen else peer
             last_seen = time.monotonic()
             datagram = stack.udp_recv(endpoint)
-        if io.stdin_open and io.readable():
+        reading = io.stdin_open and peer is not None
+        if reading and peer is not None and io.readable():
             data = io.read(65507 - 8)
-            if data and peer is not None:
+            if data:
                 try:
                     stack.udp_send(endpoint, [data], peer[0], peer[1], time.monotonic_ns())
                 except OSError as exc:
-                    raise NcError(f"{exc.strerror or exc}", exc.errno or errno.EIO) from None
+                    reason = f"{peer[0]} port {peer[1]}: {exc.strerror or exc}"
+                    raise NcError(reason, exc.errno or errno.EIO) from None
                 result.datagrams_out += 1
                 result.bytes_out += len(data)
-        if watching and not io.stdin_open:
-            loop.unwatch(io.stdin)
-            watching = False
+            reading = io.stdin_open
+        if reading != watching:  # wake the loop for input only while it is wanted
+            if reading:
+                loop.watch(io.stdin, lambda: None)
+            else:
+                loop.unwatch(io.stdin)
+            watching = reading
         if not io.stdin_open and time.monotonic() - last_seen > idle_timeout_s:
             loop.step(0.0)
             return result

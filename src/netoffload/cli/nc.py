@@ -14,7 +14,7 @@ import click
 from netoffload.apps.nc import NcError, run_tcp_client, run_tcp_server, run_udp
 from netoffload.apps.setup import RunningStack, SetupError, StackOptions, build, parse_address
 from netoffload.control import ControlServer, register_device_ops
-from netoffload.device.base import Device
+from netoffload.device.base import Device, DeviceError
 from netoffload.loop import StackLoop
 from netoffload.policy import LoadSampler, PolicyMode
 from netoffload.stack.ping import PingError, PingReply, PingTimeout
@@ -112,8 +112,14 @@ def _serve(running: RunningStack, kind: str, name: str | None) -> ControlServer 
 
 
 def _report(running: RunningStack, show: bool) -> None:
-    if show:
-        click.echo(json.dumps(running.stack.as_dict(), sort_keys=True), err=True)
+    if not show:
+        return
+    try:
+        stats = running.stack.as_dict()
+    except DeviceError as exc:  # the device's own counters are gone with it
+        click.echo(f"note: no stats ({exc})", err=True)
+        return
+    click.echo(json.dumps(stats, sort_keys=True), err=True)
 
 
 @click.command()
@@ -189,6 +195,7 @@ def nc(
                     port=port,
                     listen=listen,
                     idle_timeout_s=idle_timeout,
+                    sampler=sampler,
                     control=control,
                 )
             elif listen:
@@ -203,7 +210,8 @@ def nc(
                     sampler=sampler,
                     control=control,
                 )
-        except NcError as exc:
+        except (NcError, DeviceError) as exc:
+            # DeviceError: the device failed under us (a TAP deleted, a firmware gone).
             _report(running, show_stats)
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
@@ -257,7 +265,8 @@ def ping(
         except OSError as exc:
             raise click.ClickException(f"{host}: {exc.strerror or exc}") from None
         click.echo(f"PING {destination} from {client.source}: {client.payload_bytes} data bytes")
-        loop = StackLoop(stack)
+        sampler = LoadSampler() if policy == PolicyMode.ADAPTIVE.value else None
+        loop = StackLoop(stack, sampler=sampler)
         if running.server is not None:
             loop.watch(running.server.fileno(), running.server.service)
 
@@ -279,6 +288,8 @@ def ping(
             loop.run_until(show, timeout_s=count * interval + timeout + 5)
         except KeyboardInterrupt:
             client.stop()
+        except DeviceError as exc:
+            raise click.ClickException(str(exc)) from None
         summary = client.summary()
         click.echo(f"--- {destination} ping statistics ---")
         click.echo(
