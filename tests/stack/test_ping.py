@@ -35,7 +35,7 @@ def test_requests_on_schedule_replies_matched_rtt_and_summary() -> None:
     (first,) = client.take_packets()
     parsed = IP(first)
     assert (parsed.src, parsed.dst) == (str(US4), str(PEER4))
-    assert (parsed[ICMP].type, parsed[ICMP].id, parsed[ICMP].seq) == (8, 0x4242, 0)
+    assert (parsed[ICMP].type, parsed[ICMP].id, parsed[ICMP].seq) == (8, 0x4242, 1)  # as iputils
     assert len(parsed[ICMP].load) == 56
     assert parsed[ICMP].load == echo_payload(0, 56)
     assert client.next_timer_ns() == NS_PER_S
@@ -51,10 +51,10 @@ def test_requests_on_schedule_replies_matched_rtt_and_summary() -> None:
     assert client.done
     events = client.take_events()
     assert events == [
-        PingReply(0, 10 * MS, 64, 56),
-        PingReply(2, 30 * MS, 64, 56),
-        PingReply(2, 31 * MS, 64, 56, duplicate=True),
-        PingTimeout(1),
+        PingReply(1, 10 * MS, 64, 56),
+        PingReply(3, 30 * MS, 64, 56),
+        PingReply(3, 31 * MS, 64, 56, duplicate=True),
+        PingTimeout(2),
     ]
     summary = client.summary()
     assert (summary.transmitted, summary.received, summary.duplicates) == (3, 2, 1)
@@ -73,12 +73,12 @@ def test_foreign_and_corrupted_replies() -> None:
     (request,) = client.take_packets()
     assert IPv6(request)[ICMPv6EchoRequest].id == 7
     reply = answer(request)
-    other = EchoReplyReceived(6, PEER6, US6, 8, 0, reply.data, 64)
-    elsewhere = EchoReplyReceived(6, IPv6Address("fd00::9"), US6, 7, 0, reply.data, 64)
+    other = EchoReplyReceived(6, PEER6, US6, 8, 1, reply.data, 64)
+    elsewhere = EchoReplyReceived(6, IPv6Address("fd00::9"), US6, 7, 1, reply.data, 64)
     assert not client.receive(other, MS) and not client.receive(elsewhere, MS)
-    mangled = EchoReplyReceived(6, PEER6, US6, 7, 0, b"\xff" + reply.data[1:], 63)
+    mangled = EchoReplyReceived(6, PEER6, US6, 7, 1, b"\xff" + reply.data[1:], 63)
     assert client.receive(mangled, 5 * MS)
-    assert client.take_events() == [PingReply(0, 5 * MS, 63, 56, corrupted=True)]
+    assert client.take_events() == [PingReply(1, 5 * MS, 63, 56, corrupted=True)]
     assert client.summary().corrupted == 1 and client.done
 
 
@@ -91,7 +91,7 @@ def test_errors_about_our_requests() -> None:
     event = Icmp().receive(error, 0)
     assert isinstance(event, IcmpErrorReceived)
     assert client.receive_error(event)
-    assert client.take_events() == [PingError(0, IcmpErrorKind.HOST_UNREACHABLE, router)]
+    assert client.take_events() == [PingError(1, IcmpErrorKind.HOST_UNREACHABLE, router)]
     client.stop()
     assert client.done
     summary = client.summary()
@@ -104,7 +104,7 @@ def test_sequence_numbers_wrap_and_intervals_catch_up() -> None:
     client.on_timer(65_600 * MS)  # a late timer sends every request that is due
     packets = client.take_packets()
     assert len(packets) == 65_601
-    assert IP(packets[-1])[ICMP].seq == 65_600 & 0xFFFF
+    assert IP(packets[-1])[ICMP].seq == 65_601 & 0xFFFF
     assert client.next_timer_ns() == 65_601 * MS
     with pytest.raises(ValueError):
         EchoClient(PEER4, US6, random.Random(0), start_ns=0)

@@ -167,8 +167,8 @@ class EchoClient:
                 self._next_send_ns = None
 
     def _send(self, now_ns: int) -> None:
-        seq = self._transmitted & 0xFFFF
         self._transmitted += 1
+        seq = self._transmitted & 0xFFFF  # iputils counts from 1
         self._outstanding.pop(seq, None)
         self._outstanding[seq] = now_ns
         data = echo_payload(now_ns, self.payload_bytes)

@@ -201,7 +201,21 @@ class Stack:
 
     # -- the application side ----------------------------------------------------------
     def tcp_connect(self, address: IpAddress, port: int, now_ns: int) -> TcpHandle:
-        """Open a connection (the SYN goes out at the next ``poll``)."""
+        """Open a connection (the SYN goes out at the next ``poll``).
+
+        Raises ``OSError``: ``ENETUNREACH`` for a broadcast, multicast or
+        unspecified address (as Linux does) and for no route, and
+        ``EADDRNOTAVAIL`` for one of the stack's own addresses (it has no
+        loopback).
+        """
+        packed = address.packed
+        if address.is_multicast or address.is_unspecified or packed in self._broadcast:
+            raise OSError(errno.ENETUNREACH, f"{address} is not a unicast address")
+        if packed in self._local:
+            raise OSError(
+                errno.EADDRNOTAVAIL,
+                f"{address} is this stack's own address (it has no loopback to reach it by)",
+            )
         return self.tcp.connect(address, port, now_ns)
 
     def tcp_listen(
