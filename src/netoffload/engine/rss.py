@@ -1,0 +1,314 @@
+"""Receive-side scaling: the Toeplitz hash of Microsoft's RSS specification, per frame and batch.
+
+The hash (``toeplitz_hash``) follows the specification's pseudo-code: for
+every bit of the input, from the most significant bit of its first byte on,
+XOR the leftmost 32 bits of the key into the result when the bit is set, then
+shift the key left by one bit. The input ("hash type") is the specification's,
+fields in network byte order:
+
+* IPv4 with TCP or UDP: source address, destination address, source port,
+  destination port (12 bytes); IPv4 alone: the two addresses (8 bytes).
+* IPv6 with TCP or UDP: the same with 16-byte addresses (36 bytes); IPv6
+  alone: the two addresses (32 bytes). The addresses are those of the fixed
+  header (the specification's "Ex" types, which hash a home address option
+  or a routing header's final destination instead, are not offered).
+
+Which types a device hashes is an ``RssHashTypes`` set, and what each frame
+got is reported as virtio does (``HashReport``, VIRTIO_NET_HASH_REPORT_*): a
+TCP or UDP frame is hashed on its 4-tuple when its type is enabled, else on
+its addresses when the plain IP type is; a fragment (which may not carry the
+ports) always on its addresses; a frame without an intact IP header, or of a
+type not enabled, is not hashed (report NONE, hash 0) and goes to the default
+queue. The queue is ``table[hash % len(table)]`` (the hash's low bits, the
+table's size a power of two), as both specifications have it.
+
+**Batches.** The hash is linear over GF(2), so the hash of an input is the XOR
+of one contribution per input byte. ``Rss`` precomputes, for every byte
+position, a 256-entry table of 32-bit contributions; a batch is hashed by
+gathering one table entry per byte of every frame and XOR-reducing each row,
+with no per-frame or per-bit Python.
+
+**Symmetric hashing** (``symmetric=True``) puts both directions of a flow on
+one queue by sorting the input, as DPDK's "symmetric Toeplitz sort" does: the
+two addresses are put in ascending order, and the two ports by themselves in
+ascending order, before hashing. The result is no longer the specification's
+value for the packet, only the same for both of its directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from netoffload.engine.fields import Buffer, Fields, FrameBatch, extract
+from netoffload.offload.caps import RssHashTypes
+from netoffload.offload.extension import HashReport
+
+U32Array: TypeAlias = npt.NDArray[np.uint32]
+U8Array: TypeAlias = npt.NDArray[np.uint8]
+IntArray: TypeAlias = npt.NDArray[np.int64]
+
+#: The 40-byte key of the specification's verification suite (and of most NICs' defaults).
+MICROSOFT_KEY = bytes.fromhex(
+    "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+)
+#: The longest input: two IPv6 addresses and two ports.
+MAX_INPUT_BYTES = 36
+ALL_HASH_TYPES = (
+    RssHashTypes.IPV4
+    | RssHashTypes.TCP_IPV4
+    | RssHashTypes.UDP_IPV4
+    | RssHashTypes.IPV6
+    | RssHashTypes.TCP_IPV6
+    | RssHashTypes.UDP_IPV6
+)
+#: The default indirection table's size (virtio's and most NICs' common size).
+DEFAULT_TABLE_SIZE = 128
+
+_IPPROTO_TCP = 6
+_IPPROTO_UDP = 17
+
+
+def toeplitz_hash(key: bytes, data: bytes) -> int:
+    """The Toeplitz hash of ``data`` under ``key``, exactly as the RSS specification computes it.
+
+    ``key`` must hold at least ``len(data) + 4`` bytes (32 key bits per input bit window).
+    """
+    if len(key) < len(data) + 4:
+        raise ValueError(f"a {len(key)}-byte key cannot hash {len(data)} bytes")
+    k = int.from_bytes(key, "big")
+    key_bits = len(key) * 8
+    result = 0
+    for i in range(len(data) * 8):
+        if data[i >> 3] & (0x80 >> (i & 7)):
+            result ^= (k >> (key_bits - 32 - i)) & 0xFFFFFFFF
+    return result
+
+
+def hash_input_ipv4(
+    src: IPv4Address | str, dst: IPv4Address | str, ports: tuple[int, int] | None = None
+) -> bytes:
+    """The specification's IPv4 input: addresses, then (source, destination) ports if given."""
+    data = IPv4Address(src).packed + IPv4Address(dst).packed
+    if ports is not None:
+        data += ports[0].to_bytes(2, "big") + ports[1].to_bytes(2, "big")
+    return data
+
+
+def hash_input_ipv6(
+    src: IPv6Address | str, dst: IPv6Address | str, ports: tuple[int, int] | None = None
+) -> bytes:
+    """The specification's IPv6 input: addresses, then (source, destination) ports if given."""
+    data = IPv6Address(src).packed + IPv6Address(dst).packed
+    if ports is not None:
+        data += ports[0].to_bytes(2, "big") + ports[1].to_bytes(2, "big")
+    return data
+
+
+def byte_tables(key: bytes, positions: int = MAX_INPUT_BYTES) -> U32Array:
+    """``(positions, 256)`` contributions: entry ``[j, v]`` is the hash of byte ``v`` at ``j``.
+
+    The hash of an input is the XOR of ``table[j, data[j]]`` over its bytes.
+    """
+    if len(key) < positions + 4:
+        raise ValueError(f"a {len(key)}-byte key cannot hash {positions} bytes")
+    k = int.from_bytes(key, "big")
+    key_bits = len(key) * 8
+    windows = np.array(
+        [(k >> (key_bits - 32 - i)) & 0xFFFFFFFF for i in range(positions * 8)], dtype=np.uint32
+    ).reshape(positions, 8)
+    values = np.arange(256, dtype=np.uint32)
+    tables = np.zeros((positions, 256), dtype=np.uint32)
+    for bit in range(8):
+        on = ((values >> np.uint32(7 - bit)) & np.uint32(1)).astype(bool)
+        tables[:, on] ^= windows[:, bit : bit + 1]
+    return tables
+
+
+def default_table(queues: int, size: int = DEFAULT_TABLE_SIZE) -> tuple[int, ...]:
+    """Queues spread round-robin over ``size`` entries (ethtool's default table)."""
+    if queues < 1:
+        raise ValueError("at least one queue")
+    return tuple(i % queues for i in range(size))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RssResult:
+    """Per frame: the hash (0 when not hashed), its ``HashReport`` value, and the queue."""
+
+    hash: U32Array
+    report: U8Array
+    queue: IntArray
+
+    def __len__(self) -> int:
+        return len(self.hash)
+
+
+class Rss:
+    """A device's RSS settings: key, indirection table, hash types; hashes whole batches.
+
+    ``table`` maps ``hash % len(table)`` to a queue (its size a power of two);
+    frames that are not hashed go to ``default_queue``.
+    """
+
+    __slots__ = (
+        "_queues",
+        "_tables",
+        "default_queue",
+        "hash_types",
+        "key",
+        "symmetric",
+        "table",
+    )
+
+    def __init__(
+        self,
+        *,
+        key: bytes = MICROSOFT_KEY,
+        table: Sequence[int] | None = None,
+        queues: int = 1,
+        hash_types: RssHashTypes = ALL_HASH_TYPES,
+        symmetric: bool = False,
+        default_queue: int = 0,
+    ) -> None:
+        if len(key) < MAX_INPUT_BYTES + 4:
+            raise ValueError(f"an RSS key needs {MAX_INPUT_BYTES + 4} bytes, not {len(key)}")
+        entries = tuple(table) if table is not None else default_table(queues)
+        if not entries or len(entries) & (len(entries) - 1):
+            raise ValueError("the indirection table's size must be a power of two")
+        if min(entries) < 0 or default_queue < 0:
+            raise ValueError("queues are numbered from 0")
+        self.key = bytes(key)
+        self.table = entries
+        self.hash_types = hash_types
+        self.symmetric = symmetric
+        self.default_queue = default_queue
+        self._tables = byte_tables(self.key)
+        self._queues = np.array(entries, dtype=np.int64)
+
+    def hash_rows(self, data: U8Array) -> U32Array:
+        """The Toeplitz hash of every row of a ``(n, L)`` byte matrix (``L <= 36``)."""
+        width = data.shape[1]
+        if width > MAX_INPUT_BYTES:
+            raise ValueError(f"rows of {width} bytes are longer than {MAX_INPUT_BYTES}")
+        return _xor_rows(self._tables, data, 0)
+
+    def queue_of(self, hashes: U32Array) -> IntArray:
+        """The indirection table's queue for every hash."""
+        mask = np.uint32(len(self.table) - 1)
+        queues: IntArray = self._queues[hashes & mask]
+        return queues
+
+    def hash_fields(self, fields: Fields) -> RssResult:
+        """Hash, report and queue of every frame whose header fields are ``fields``."""
+        n = len(fields)
+        types = self.hash_types
+        version, proto, l4_ok = fields.version, fields.proto, fields.l4_ok
+        report = np.zeros(n, dtype=np.uint8)
+        hashes = np.zeros(n, dtype=np.uint32)
+        for family, ip_type, tcp_type, udp_type, codes in (
+            (
+                4,
+                RssHashTypes.IPV4,
+                RssHashTypes.TCP_IPV4,
+                RssHashTypes.UDP_IPV4,
+                (HashReport.IPV4, HashReport.TCPV4, HashReport.UDPV4),
+            ),
+            (
+                6,
+                RssHashTypes.IPV6,
+                RssHashTypes.TCP_IPV6,
+                RssHashTypes.UDP_IPV6,
+                (HashReport.IPV6, HashReport.TCPV6, HashReport.UDPV6),
+            ),
+        ):
+            if not types & (ip_type | tcp_type | udp_type):
+                continue
+            rows = np.flatnonzero(version == family)
+            if not len(rows):
+                continue
+            p = proto[rows]
+            ok = l4_ok[rows]
+            code = np.zeros(len(rows), dtype=np.uint8)
+            if types & ip_type:
+                code[:] = codes[0]
+            with_ports = np.zeros(len(rows), dtype=bool)
+            for l4_type, number, l4_code in (
+                (tcp_type, _IPPROTO_TCP, codes[1]),
+                (udp_type, _IPPROTO_UDP, codes[2]),
+            ):
+                if types & l4_type:
+                    mine = ok & (p == number)
+                    code[mine] = l4_code
+                    with_ports |= mine
+            report[rows] = code
+            hashed = code != 0
+            if not hashed.all():
+                rows, with_ports = rows[hashed], with_ports[hashed]
+            if len(rows):
+                hashes[rows] = self._hash_family(fields, rows, family, with_ports)
+        queue = self.queue_of(hashes)
+        if not report.all():
+            queue[report == 0] = self.default_queue
+        return RssResult(hashes, report, queue)
+
+    def hash_batch(self, batch: FrameBatch) -> RssResult:
+        """``hash_fields`` of a batch, its fields extracted first."""
+        return self.hash_fields(extract(batch))
+
+    def hash_frames(self, frames: Sequence[Buffer]) -> RssResult:
+        """Hash, report and queue of every raw Ethernet frame in ``frames``."""
+        return self.hash_batch(FrameBatch.from_frames(frames))
+
+    def _hash_family(
+        self, fields: Fields, rows: IntArray, family: int, with_ports: npt.NDArray[np.bool_]
+    ) -> U32Array:
+        begin, size = (12, 4) if family == 4 else (8, 16)
+        addresses = fields.ip[rows, begin : begin + 2 * size]
+        ports = fields.l4_head[rows, 0:4]
+        if self.symmetric:
+            addresses, ports = _sorted_pairs(addresses, ports, size)
+        result = _xor_rows(self._tables, addresses, 0)
+        if with_ports.any():
+            port_hash = _xor_rows(self._tables, ports, 2 * size)
+            result ^= np.where(with_ports, port_hash, np.uint32(0))
+        return result
+
+
+def _xor_rows(tables: U32Array, data: U8Array, first: int) -> U32Array:
+    """XOR over columns ``j`` of ``tables[first + j, data[:, j]]``, for every row."""
+    n, width = data.shape
+    flat = tables.reshape(-1)
+    index = data.astype(np.intp)
+    index += (np.arange(first, first + width, dtype=np.intp) * 256)[None, :]
+    parts = flat[index]
+    # Fold the columns in halves: a few wide XORs instead of a reduction over short rows.
+    while width > 1:
+        half = width // 2
+        folded = parts[:, :half] ^ parts[:, half : 2 * half]
+        if width & 1:
+            folded[:, 0] ^= parts[:, width - 1]
+        parts, width = folded, half
+    result: U32Array = parts[:, 0] if n else np.zeros(0, dtype=np.uint32)
+    return np.ascontiguousarray(result)
+
+
+def _sorted_pairs(addresses: U8Array, ports: U8Array, size: int) -> tuple[U8Array, U8Array]:
+    """Addresses in ascending order, and ports in ascending order, per row."""
+    src, dst = addresses[:, :size], addresses[:, size:]
+    # The first differing byte decides, as a comparison of big-endian numbers does.
+    differ = src != dst
+    first = differ.argmax(axis=1)
+    rows = np.arange(len(addresses))
+    swap = differ.any(axis=1) & (src[rows, first] > dst[rows, first])
+    addresses = np.where(swap[:, None], np.concatenate([dst, src], axis=1), addresses)
+    sport = ports[:, 0].astype(np.int64) << 8 | ports[:, 1]
+    dport = ports[:, 2].astype(np.int64) << 8 | ports[:, 3]
+    pswap = sport > dport
+    ports = np.where(pswap[:, None], np.concatenate([ports[:, 2:], ports[:, :2]], axis=1), ports)
+    return addresses, ports
