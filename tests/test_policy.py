@@ -25,7 +25,7 @@ from netoffload.policy import (
 from netoffload.stack.stack import Stack
 from netoffload.stack.tcp import PeerClosed, TcpState
 from netoffload.stack.tcp_layer import TcpHandle
-from tests.stack.kernel_peer import OURS_B, softnic_pair
+from tests.stack.kernel_peer import OURS_B, stack_pair
 
 BUSY = LoadSample(system_cpu=0.9, process_cpu=0.2, device_queue=0.0)
 IDLE_DEEP = LoadSample(system_cpu=0.1, process_cpu=0.1, device_queue=0.9)
@@ -209,7 +209,7 @@ def _grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 def test_a_transfer_stays_exact_while_the_policy_moves_device_host_device() -> None:
     data = os.urandom(6_000_000)
     third = len(data) // 3
-    with softnic_pair(41, policies=("adaptive", "always")) as (sa, sb):
+    with stack_pair(41, policies=("adaptive", "always")) as (sa, sb):
         loop_a, loop_b = StackLoop(sa), StackLoop(sb)
         listeners = sb.tcp_listen(5400)
         client = sa.tcp_connect(IPv4Address(OURS_B), 5400, time.monotonic_ns())

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from click.testing import CliRunner
-from pyroute2 import netns
 
 from netoffload.bench import tap as bench_tap
 from netoffload.cli import main
 from netoffload.device.base import DeviceError
-
-
-def _namespaces() -> set[str]:
-    """This process's namespaces (others on the machine come and go meanwhile)."""
-    return {name for name in netns.listnetns() if f"-{os.getpid()}-" in name}
+from tests.netns_helpers import own_namespaces
 
 
 def test_not_root_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,7 +25,7 @@ def test_not_root_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.privileged
 def test_quick_run_reports_both_directions_and_cleans_up() -> None:
-    before = _namespaces()
+    before = own_namespaces()
     result = CliRunner().invoke(main, ["bench", "tap", "--quick", "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
@@ -44,7 +38,7 @@ def test_quick_run_reports_both_directions_and_cleans_up() -> None:
         fps_off = data[f"{direction}_frames_per_s_off"] / data[f"{direction}_gbit_per_s_off"]
         fps_on = data[f"{direction}_frames_per_s_on"] / data[f"{direction}_gbit_per_s_on"]
         assert fps_on * 10 < fps_off
-    assert _namespaces() == before
+    assert own_namespaces() == before
 
 
 @pytest.mark.privileged

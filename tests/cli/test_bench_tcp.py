@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from pyroute2 import netns
 
 from netoffload.bench import tcp as bench_tcp
 from netoffload.cli import main
 from netoffload.device.base import DeviceError
+from tests.netns_helpers import own_namespaces
 
 KEYS = (
     "ours_on_gbit_per_s",
@@ -23,10 +22,6 @@ KEYS = (
     "ours_on_cpu_s_per_gb",
     "ours_off_cpu_s_per_gb",
 )
-
-
-def _namespaces() -> set[str]:
-    return {name for name in netns.listnetns() if f"-{os.getpid()}-" in name}
 
 
 def test_not_root_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,7 +47,7 @@ def test_plot_to_an_unwritable_place_is_a_one_line_error(tmp_path: Path) -> None
 
 @pytest.mark.privileged
 def test_quick_run_reports_both_directions_the_paths_taken_and_a_chart(tmp_path: Path) -> None:
-    before = _namespaces()
+    before = own_namespaces()
     chart = tmp_path / "tcp.png"
     result = CliRunner().invoke(main, ["bench", "tcp", "--quick", "--json", "--plot", str(chart)])
     assert result.exit_code == 0, result.stderr
@@ -70,4 +65,4 @@ def test_quick_run_reports_both_directions_the_paths_taken_and_a_chart(tmp_path:
         assert set(decisions["on"]) == {"device"} and decisions["on"]["device"] > 0
         assert set(decisions["off"]) == {"host"} and decisions["off"]["host"] > 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _namespaces() == before
+    assert own_namespaces() == before

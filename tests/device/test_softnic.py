@@ -13,7 +13,7 @@ import pytest
 from netoffload.demo.flow import BulkFlowGenerator, FlowSpec, build_all
 from netoffload.device.base import DeviceError
 from netoffload.device.cable import Cable, Impairments
-from netoffload.device.softnic import SoftNic, default_capabilities
+from netoffload.device.softnic import SoftNic, default_capabilities, softnic_pair
 from netoffload.engine import gso
 from netoffload.offload import (
     ChecksumCaps,
@@ -47,19 +47,8 @@ def softnic_leaves_nothing_behind() -> Iterator[None]:
 @pytest.fixture
 def pair() -> Iterator[tuple[SoftNic, SoftNic]]:
     """Two SoftNics on one wire with no MTU limit."""
-    cable = Cable(BIG)
-    a = SoftNic(cable=cable.a, name="a")
-    try:
-        b = SoftNic(cable=cable.b, name="b")
-    except BaseException:
-        a.close()
-        raise
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
-        cable.close()
+    with softnic_pair(BIG, names=("a", "b")) as pair:
+        yield pair
 
 
 def _receive(nic: SoftNic, count: int, timeout_s: float = 5.0) -> list[Packet]:

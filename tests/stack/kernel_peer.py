@@ -3,7 +3,7 @@
 The kernel's side runs in a thread with blocking sockets (they release the
 GIL); our stack runs in the test's thread through a ``StackLoop``, or in a
 ``netoffload`` command started inside the namespace (``cli_popen``). Two
-stacks over a SoftNic cable (``softnic_pair``) need no privileges.
+stacks over a SoftNic cable (``stack_pair``) need no privileges.
 Addresses are 198.18.0.0/15 and fd00::/8 only.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from netoffload.device.base import Device
-from netoffload.device.cable import Cable, Impairments
+from netoffload.device.cable import Impairments
 from netoffload.device.packet import PacketDevice
-from netoffload.device.softnic import SoftNic
+from netoffload.device.softnic import softnic_pair
 from netoffload.device.tap import TapDevice
 from netoffload.loop import StackLoop
 from netoffload.netns import Netns
@@ -36,7 +36,7 @@ from netoffload.stack.tcp import TcpConfig
 KERNEL = {4: "198.18.0.1", 6: "fd00::1"}
 OURS = {4: "198.18.0.2", 6: "fd00::2"}
 PREFIX = {4: 24, 6: 64}
-#: The two ends of ``softnic_pair``.
+#: The two ends of ``stack_pair``.
 OURS_A, OURS_B = "198.18.0.1", "198.18.0.2"
 
 
@@ -242,7 +242,7 @@ def tail(stream: object, limit: int = 2000) -> str:
 
 
 @contextmanager
-def softnic_pair(
+def stack_pair(
     seed: int,
     impairments: Impairments | None = None,
     *,
@@ -250,20 +250,14 @@ def softnic_pair(
     tcp: TcpConfig | None = None,
 ) -> Iterator[tuple[Stack, Stack]]:
     """Two stacks, 198.18.0.1 and 198.18.0.2, over SoftNics on one ``Cable``."""
-    cable = Cable(impairments or Impairments(), seed=seed)
-    a = SoftNic(cable=cable.a, name=f"pair-a-{seed}")
-    b = SoftNic(cable=cable.b, name=f"pair-b-{seed}")
-    try:
+    names = (f"pair-a-{seed}", f"pair-b-{seed}")
+    with softnic_pair(impairments, seed=seed, names=names) as (a, b):
         config = tcp or TcpConfig()
         sa = Stack(rng=random.Random(seed), tcp=config, policy=OffloadPolicy(policies[0]))
         sb = Stack(rng=random.Random(seed + 1000), tcp=config, policy=OffloadPolicy(policies[1]))
         sa.add_interface(a, [f"{OURS_A}/24"])
         sb.add_interface(b, [f"{OURS_B}/24"])
         yield sa, sb
-    finally:
-        a.close()
-        b.close()
-        cable.close()
 
 
 def payload(size: int, seed: int = 7) -> bytes:

@@ -27,7 +27,7 @@ from netoffload.policy import LoadSampler
 from netoffload.stack.stack import Stack
 from netoffload.stack.tcp import PeerClosed, Refused, Reset, TcpConfig, TcpState
 from netoffload.stack.tcp_layer import TcpHandle
-from tests.stack.kernel_peer import OURS_B, KernelSide, kernel_server, payload, rig, softnic_pair
+from tests.stack.kernel_peer import OURS_B, KernelSide, kernel_server, payload, rig, stack_pair
 
 T = TypeVar("T")
 B = IPv4Address(OURS_B)
@@ -108,7 +108,7 @@ async def _connected(
 
 def test_5_mb_each_way_over_softnics_and_a_clean_close() -> None:
     up, down = os.urandom(5_000_000), os.urandom(5_000_000)
-    with softnic_pair(31) as (sa, sb):
+    with stack_pair(31) as (sa, sb):
 
         async def main() -> tuple[bytes, bytes, TcpHandle, TcpHandle, list[int]]:
             wake = Wake()
@@ -136,7 +136,7 @@ def test_5_mb_each_way_over_softnics_and_a_clean_close() -> None:
 def test_udp_datagrams_both_ways() -> None:
     asks = [f"question {i}".encode() * (i + 1) for i in range(5)]
     # A samples the load for its adaptive policy as it goes, as StackLoop would.
-    with softnic_pair(32, policies=("adaptive", "always")) as (sa, sb):
+    with stack_pair(32, policies=("adaptive", "always")) as (sa, sb):
 
         async def main() -> tuple[list[tuple[bytes, str, int]], list[bytes], int, int]:
             wake = Wake()
@@ -180,7 +180,7 @@ def test_a_timer_alone_retransmits_the_syn() -> None:
     # B is not driven while A connects: nothing arrives at A, so only A's timer
     # (call_later) can send the SYN again. Then B is driven and answers.
     config = TcpConfig(rto_initial_ns=100_000_000, rto_min_ns=100_000_000)
-    with softnic_pair(33, tcp=config) as (sa, sb):
+    with stack_pair(33, tcp=config) as (sa, sb):
 
         async def main() -> tuple[int, int, TcpState]:
             wake = Wake()
@@ -223,7 +223,7 @@ def test_a_timer_alone_retransmits_the_syn() -> None:
 
 def test_a_lossy_cable_recovers_by_retransmission() -> None:
     up, down = payload(1_500_000, 34), payload(500_000, 35)
-    with softnic_pair(34, Impairments(loss=0.03)) as (sa, sb):
+    with stack_pair(34, Impairments(loss=0.03)) as (sa, sb):
 
         async def main() -> tuple[bytes, bytes, int, int, int]:
             wake = Wake()

@@ -34,7 +34,7 @@ from tests.stack.kernel_peer import (
     cli_popen,
     connect_when_listening,
     payload,
-    softnic_pair,
+    stack_pair,
     tail,
     wait_for_link,
 )
@@ -102,7 +102,7 @@ IMPAIRED = Impairments(loss=0.05, duplicate=0.05, reorder=0.05, corrupt=0.05, mt
 
 @contextmanager
 def _pair(seed: int, policy: str = "always") -> Iterator[tuple[Stack, Stack, StackLoop]]:
-    with softnic_pair(seed, IMPAIRED, policies=(policy, policy)) as (sa, sb):
+    with stack_pair(seed, IMPAIRED, policies=(policy, policy)) as (sa, sb):
         yield sa, sb, StackLoop(sa)
 
 

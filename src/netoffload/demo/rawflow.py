@@ -24,8 +24,8 @@ from typing import Any
 
 from netoffload.demo.flow import BulkFlowGenerator, FlowSink, FlowSpec
 from netoffload.device.base import DeviceError
-from netoffload.device.cable import Cable, Impairments
-from netoffload.device.softnic import SoftNic
+from netoffload.device.cable import Impairments
+from netoffload.device.softnic import SoftNic, softnic_pair
 from netoffload.host import HostOffload
 from netoffload.offload import CapabilityRecord, Selection, Task
 from netoffload.progress import NO_PROGRESS, Progress
@@ -147,46 +147,39 @@ def run_mode(
 ) -> ModeResult:
     """One mode on a fresh pair of SoftNics and a fresh 1500-byte-MTU wire."""
     result = ModeResult(offload)
-    with Cable(Impairments(mtu=1500), seed=1) as cable:
-        sender = SoftNic(cable=cable.a, name="nic-a")
-        try:
-            receiver = SoftNic(cable=cable.b, name="nic-b")
-        except BaseException:
-            sender.close()
-            raise
-        with sender, receiver:
-            if on_capabilities is not None:
-                on_capabilities("nic-a", sender)
-                on_capabilities("nic-b", receiver)
-            for nic in (sender, receiver):
-                nic.enable(Selection.everything(nic.capabilities()) if offload else Selection())
-            result.enabled = [t.label for t in sender.enabled()]
-            tx = HostOffload(sender)
-            rx = HostOffload(receiver, rx_tasks={Task.CHECKSUM})
-            # The application's side is set up before the clocks start and checked after
-            # they stop: generator tables and the zeroed receive buffers are not network work.
-            flows = [(BulkFlowGenerator(stream, spec), FlowSink(spec, len(stream)))
-                     for stream, spec in streams]  # fmt: skip
-            progress.stage(f"offload {'on' if offload else 'off'}", sum(len(s) for s, _ in streams))
-            cpu0, t0 = time.process_time(), time.perf_counter()
-            done = 0
-            for gen, sink in flows:
-                _transfer(
-                    tx, rx, gen, sink, offload=offload, result=result,
-                    progress=progress, done_before=done,
-                )  # fmt: skip
-                done += len(gen.stream)
-            result.seconds = time.perf_counter() - t0
-            result.host_cpu_s = time.process_time() - cpu0
-            for (stream, _), (_, sink) in zip(streams, flows, strict=True):
-                result.bytes_sent += len(stream)
-                result.bytes_verified += sink.verified_bytes(stream)
-            sender.flush()
-            result.sender = sender.stats().as_dict()
-            result.wire = sender.cable_counters()
-            result.receiver = receiver.stats().as_dict()
-            result.packets_posted = tx.stats.tx_frames
-            stats = tx.stats
-            stats.merge(rx.stats)
-            result.host = stats.as_dict()
+    with softnic_pair(Impairments(mtu=1500)) as (sender, receiver):
+        if on_capabilities is not None:
+            on_capabilities("nic-a", sender)
+            on_capabilities("nic-b", receiver)
+        for nic in (sender, receiver):
+            nic.enable(Selection.everything(nic.capabilities()) if offload else Selection())
+        result.enabled = [t.label for t in sender.enabled()]
+        tx = HostOffload(sender)
+        rx = HostOffload(receiver, rx_tasks={Task.CHECKSUM})
+        # The application's side is set up before the clocks start and checked after
+        # they stop: generator tables and the zeroed receive buffers are not network work.
+        flows = [(BulkFlowGenerator(stream, spec), FlowSink(spec, len(stream)))
+                 for stream, spec in streams]  # fmt: skip
+        progress.stage(f"offload {'on' if offload else 'off'}", sum(len(s) for s, _ in streams))
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        done = 0
+        for gen, sink in flows:
+            _transfer(
+                tx, rx, gen, sink, offload=offload, result=result,
+                progress=progress, done_before=done,
+            )  # fmt: skip
+            done += len(gen.stream)
+        result.seconds = time.perf_counter() - t0
+        result.host_cpu_s = time.process_time() - cpu0
+        for (stream, _), (_, sink) in zip(streams, flows, strict=True):
+            result.bytes_sent += len(stream)
+            result.bytes_verified += sink.verified_bytes(stream)
+        sender.flush()
+        result.sender = sender.stats().as_dict()
+        result.wire = sender.cable_counters()
+        result.receiver = receiver.stats().as_dict()
+        result.packets_posted = tx.stats.tx_frames
+        stats = tx.stats
+        stats.merge(rx.stats)
+        result.host = stats.as_dict()
     return result

@@ -39,8 +39,8 @@ import numpy as np
 from netoffload.control import ControlServer
 from netoffload.demo.rawflow import ModeResult
 from netoffload.device.base import DeviceError
-from netoffload.device.cable import Cable, Impairments
-from netoffload.device.softnic import SoftNic
+from netoffload.device.cable import Impairments
+from netoffload.device.softnic import SoftNic, softnic_pair
 from netoffload.loop import StackLoop
 from netoffload.offload import CapabilityRecord, DeviceStats
 from netoffload.policy import OffloadPolicy
@@ -109,24 +109,17 @@ class Pair:
 def _pair(offload: bool, control: ControlServer | None) -> Iterator[Pair]:
     """Both ends on a fresh cable; every NIC and stack gone afterwards."""
     policy = "always" if offload else "never"
-    with Cable(Impairments(mtu=1500), seed=1) as cable:
-        nic_a = SoftNic(cable=cable.a, name="nic-a")
-        try:
-            nic_b = SoftNic(cable=cable.b, name="nic-b")
-        except BaseException:
-            nic_a.close()
-            raise
-        with nic_a, nic_b:
-            sides = []
-            for seed, (nic, addr) in enumerate(((nic_a, A_ADDR), (nic_b, B_ADDR)), 1):
-                stack = Stack(
-                    rng=random.Random(seed),
-                    policy=OffloadPolicy(policy),
-                    tcp=TcpConfig(send_buffer_bytes=4 << 20, recv_buffer_bytes=4 << 20),
-                )
-                stack.add_interface(nic, [f"{addr}/24"])
-                sides.append(Side(nic, stack, StackLoop(stack)))
-            yield Pair(sides[0], sides[1], control)
+    with softnic_pair(Impairments(mtu=1500)) as (nic_a, nic_b):
+        sides = []
+        for seed, (nic, addr) in enumerate(((nic_a, A_ADDR), (nic_b, B_ADDR)), 1):
+            stack = Stack(
+                rng=random.Random(seed),
+                policy=OffloadPolicy(policy),
+                tcp=TcpConfig(send_buffer_bytes=4 << 20, recv_buffer_bytes=4 << 20),
+            )
+            stack.add_interface(nic, [f"{addr}/24"])
+            sides.append(Side(nic, stack, StackLoop(stack)))
+        yield Pair(sides[0], sides[1], control)
 
 
 def _tcp_transfer(

@@ -6,6 +6,6 @@ tasks the host enabled and moves frames to and from a ``Cable``.
 """
 
 from netoffload.device.softnic.layout import Geometry
-from netoffload.device.softnic.nic import SoftNic, default_capabilities
+from netoffload.device.softnic.nic import SoftNic, default_capabilities, softnic_pair
 
-__all__ = ["Geometry", "SoftNic", "default_capabilities"]
+__all__ = ["Geometry", "SoftNic", "default_capabilities", "softnic_pair"]

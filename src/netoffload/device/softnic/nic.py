@@ -34,11 +34,11 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO
 
 from netoffload.device.base import Device, DeviceError, poll_fds
-from netoffload.device.cable import Cable, CableEnd
+from netoffload.device.cable import Cable, CableEnd, Impairments
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
 from netoffload.device.softnic.layout import (
@@ -652,3 +652,21 @@ def _drain(fd: int) -> None:
 
 
 __all__ = ["SoftNic", "default_capabilities"]
+
+
+@contextlib.contextmanager
+def softnic_pair(
+    impairments: Impairments | None = None,
+    *,
+    seed: int | str = 1,
+    names: tuple[str, str] = ("nic-a", "nic-b"),
+    caps: Sequence[AnyRecord] | None = None,
+) -> Iterator[tuple[SoftNic, SoftNic]]:
+    """Two SoftNics joined by a fresh ``Cable``; both, and the cable, closed afterwards
+    (also when the second fails to start)."""
+    with Cable(impairments or Impairments(), seed=seed) as cable:
+        first = SoftNic(caps, cable=cable.a, name=names[0])
+        with first:
+            second = SoftNic(caps, cable=cable.b, name=names[1])
+            with second:
+                yield first, second
