@@ -42,7 +42,7 @@ import enum
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import TypeAlias
 
 import numpy as np
@@ -89,8 +89,17 @@ class Masked:
     value: int
     mask: int
 
+    def __post_init__(self) -> None:
+        if not (isinstance(self.value, int) and isinstance(self.mask, int)):
+            raise RuleError("a masked value is two integers")
+        object.__setattr__(self, "value", self.value & self.mask)  # one form per condition
+
+    @classmethod
+    def exact(cls, value: int, bits: int) -> Masked:
+        return cls(value, (1 << bits) - 1)
+
     def matches(self, x: int) -> bool:
-        return (x & self.mask) == (self.value & self.mask)
+        return (x & self.mask) == self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +134,7 @@ class AddressMatch:
         top = (1 << self.bits) - 1
         if not (0 <= self.value <= top and 0 <= self.mask <= top):
             raise RuleError(f"address or mask does not fit IPv{self.version}")
+        object.__setattr__(self, "value", self.value & self.mask)
 
     @property
     def bits(self) -> int:
@@ -148,15 +158,11 @@ class AddressMatch:
         return self.bits - inverted.bit_length()
 
     def matches(self, address: IPv4Address | IPv6Address) -> bool:
-        return address.version == self.version and (int(address) & self.mask) == (
-            self.value & self.mask
-        )
+        return address.version == self.version and (int(address) & self.mask) == self.value
 
-    def __str__(self) -> str:
-        addr = ip_address(self.value & self.mask if self.prefix_len is not None else self.value)
-        if self.prefix_len is not None:
-            return f"{addr}/{self.prefix_len}"
-        return f"{addr} mask {ip_address(self.mask)}"
+    def address(self, value: int) -> IPv4Address | IPv6Address:
+        """``value`` as an address of this condition's version."""
+        return IPv4Address(value) if self.version == 4 else IPv6Address(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,12 @@
 A receive batch arrives as frames in one buffer (a ring's buffer pool, a
 cable's receive buffer): a ``FrameBatch`` is that buffer with the start and
 length of each frame. ``extract`` reads every header field the classification
-tasks need for the whole batch with a few gathers: the first bytes of every
-frame (Ethernet and up to two VLAN tags), then the network header and the L4
-header from where each frame's layout puts them, each as one copy of a fixed
-number of bytes per frame out of a strided window over the buffer. Rows the
+tasks need for the whole batch with a few gathers, each one copy of a fixed
+number of bytes per frame out of a strided window over the buffer: the first
+96 bytes of every frame (Ethernet, up to two VLAN tags, the IP header), then,
+unless every frame has the same layout, the L4 header from where each frame's
+layout puts it. Table lookups decide the layouts (EtherType class; IP version
+and header length from the first IP byte; TCP or UDP from the protocol). Rows the
 columns do not model (three or more VLAN tags, IPv6 extension headers other
 than a fragment header) are walked one by one with the engine's dissector
 (``dissect.l3_offset``, ``wire.ipv6.gso_extension_walk``), so every frame gets
@@ -35,8 +37,7 @@ absent, and a rule or a hash that needs it does not use it):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -75,14 +76,15 @@ NO_DSCP = 1 << 6
 NO_ADDRESS = 1 << 62
 _V6_KEY = np.uint64(1 << 63)
 
-#: Bytes of each frame read at its start: Ethernet and two VLAN tags.
-ETH_WINDOW = ETH_HLEN + 8
+#: Bytes read at each frame's start: up to two VLAN tags, the IP header, the L4 header's start.
+HEAD_WINDOW = 96
 #: Bytes read at the network header: a whole IPv6 header covers an IPv4 one too.
 IP_WINDOW = 40
 #: Bytes read at the L4 header: ports, TCP data offset and flags, ICMP type and code.
 L4_WINDOW = 16
-#: Padding a buffer needs past its last frame so that every window fits.
-PAD = ETH_WINDOW + 4 * 7 + 60 + 256 + L4_WINDOW
+#: Padding a buffer needs past its last frame so that every read fits: no read of a frame
+#: ends past ``start + max(HEAD_WINDOW, length + L4_WINDOW)``.
+PAD = HEAD_WINDOW
 
 _IPV6_WALKED = (IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS)
 IPPROTO_ICMP = 1
@@ -95,10 +97,11 @@ _U16BE = np.dtype(">u2")
 class FrameBatch:
     """Frames in one buffer: ``starts[i]`` and ``lengths[i]`` locate frame ``i``.
 
-    ``buffer`` must extend at least ``PAD`` bytes past the end of the last
-    frame (``from_frames`` and ``from_ring`` see to it, copying only when the
-    caller's buffer is too short), so that every fixed-size read of a header
-    stays inside it; bytes past a frame's end are never taken as its own.
+    Every frame's headers are read with fixed-size reads, which may run past
+    the frame (never past ``start + max(HEAD_WINDOW, length + L4_WINDOW)``),
+    so the buffer must extend that far (``from_frames`` pads it; ``from_ring``
+    copies the batch when the pool ends too soon); bytes past a frame's end
+    are never taken as its own.
     """
 
     __slots__ = ("_windows", "buffer", "lengths", "starts")
@@ -136,10 +139,11 @@ class FrameBatch:
                 raise ValueError("negative frame start or length")
             if int((starts_a + lengths_a).max()) > len(buffer):
                 raise ValueError("a frame runs past the end of the pool")
-            if int(starts_a.max()) + PAD > len(buffer):
-                padded = np.zeros(len(buffer) + PAD, dtype=np.uint8)
-                padded[: len(buffer)] = buffer
-                buffer = padded
+            reach = starts_a + np.maximum(lengths_a + L4_WINDOW, HEAD_WINDOW)
+            if int(reach.max()) > len(buffer):
+                # A frame at the very end of the pool: read the batch from a copy.
+                spans = zip(starts_a.tolist(), lengths_a.tolist(), strict=True)
+                return cls.from_frames([buffer[s : s + k].tobytes() for s, k in spans])
         return cls(buffer, starts_a, lengths_a)
 
     def __len__(self) -> int:
@@ -165,44 +169,199 @@ class FrameBatch:
         return rows
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Fields:
     """The header fields of every frame of a batch, one array per field (see the module doc).
 
     Absent values are the indexes named by the module constants (``NO_U16``,
     ``NO_FLAGS``, ``NO_DSCP``, ``NO_ADDRESS``), so that a column indexes a
-    lookup table directly. ``ip`` holds the network header's first 40 bytes
-    of each frame (rows without IP are meaningless) and ``l4_head`` the L4
-    header's first 16 bytes; RSS hashes those bytes as they are.
+    lookup table directly. ``ip`` holds the first 40 bytes of each frame's
+    network header (meaningless in rows without IP) and ``l4_head`` the first
+    16 of its L4 header; RSS hashes those bytes as they are. The columns every
+    consumer needs are made by ``extract``; the others when first read.
     """
 
-    length: IntArray
-    l2: BoolArray
-    dst_mac: U64Array
-    src_mac: U64Array
-    vlan: IntArray  # outermost TCI, NO_U16 when untagged
-    ethertype: IntArray  # behind the VLAN tags (0 when not l2)
-    l3: IntArray
-    version: IntArray  # 4, 6, or 0 when the IP header is not intact
-    proto: IntArray  # upper-layer protocol (0 without IP)
-    dscp: IntArray  # NO_DSCP without IP
-    fragment: BoolArray
-    frag_offset: IntArray  # in 8-byte units
-    more_fragments: BoolArray
-    ip_len: IntArray  # what the length field claims: IPv4 total, IPv6 40 + payload
-    ihl: IntArray  # IPv4 header bytes (0 for IPv6)
-    l4: IntArray
-    l4_ok: BoolArray
-    sport: IntArray  # NO_U16 unless l4_ok
-    dport: IntArray
-    tcp_flags: IntArray  # NO_FLAGS unless a whole TCP header (l4_ok and TCP)
-    src_key: U64Array  # IPv4: the address; IPv6: 2**63 | high 64 bits >> 1; NO_ADDRESS
-    dst_key: U64Array
-    ip: ByteMatrix
-    l4_head: ByteMatrix
+    __slots__ = (
+        "_cache",
+        "_head",
+        "batch",
+        "fragment",
+        "ip",
+        "l2",
+        "l3",
+        "l4",
+        "l4_head",
+        "l4_ok",
+        "length",
+        "proto",
+        "tcp",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        batch: FrameBatch,
+        head: ByteMatrix,
+        length: IntArray,
+        l2: BoolArray,
+        l3: IntArray,
+        version: IntArray,
+        proto: IntArray,
+        fragment: BoolArray,
+        l4: IntArray,
+        l4_ok: BoolArray,
+        tcp: BoolArray,
+        ip: ByteMatrix,
+        l4_head: ByteMatrix,
+        ethertype: IntArray,
+        vlan: IntArray | None,
+    ) -> None:
+        self.batch = batch
+        self._head = head
+        self.length = length
+        self.l2 = l2  # Ethernet header and VLAN tags intact
+        self.l3 = l3
+        self.version = version  # 4, 6, or 0 when the IP header is not intact
+        self.proto = proto  # upper-layer protocol (0 without IP)
+        self.fragment = fragment
+        self.l4 = l4
+        self.l4_ok = l4_ok  # a whole TCP or UDP header of an unfragmented packet
+        self.tcp = tcp  # l4_ok and TCP
+        self.ip = ip
+        self.l4_head = l4_head
+        self._cache: dict[str, npt.NDArray[Any]] = {"ethertype": ethertype}
+        if vlan is not None:
+            self._cache["vlan"] = vlan
 
     def __len__(self) -> int:
         return len(self.length)
+
+    @property
+    def ethertype(self) -> IntArray:
+        """The EtherType behind the VLAN tags (0 when not ``l2``)."""
+        return self._cache["ethertype"]
+
+    @property
+    def vlan(self) -> IntArray:
+        """The outermost VLAN tag's TCI, ``NO_U16`` when untagged."""
+        got = self._cache.get("vlan")
+        if got is None:
+            got = self._cache["vlan"] = np.full(len(self), NO_U16, dtype=np.int64)
+        return got
+
+    @property
+    def dst_mac(self) -> U64Array:
+        got = self._cache.get("dst_mac")
+        if got is None:
+            got = self._cache["dst_mac"] = self._head[:, 0:8].view(_U64BE)[:, 0] >> np.uint64(16)
+        return got
+
+    @property
+    def src_mac(self) -> U64Array:
+        got = self._cache.get("src_mac")
+        if got is None:
+            got = self._cache["src_mac"] = self._head[:, 6:14].view(_U64BE)[:, 0] >> np.uint64(16)
+        return got
+
+    @property
+    def dscp(self) -> IntArray:
+        """DSCP (the TOS / traffic class byte's top six bits), ``NO_DSCP`` without IP."""
+        got = self._cache.get("dscp")
+        if got is None:
+            v = self.version
+            tos = np.where(v == 4, self.ip[:, 1], (_be16(self.ip, 0) >> 4) & 0xFF)
+            got = self._cache["dscp"] = np.where(v != 0, tos >> 2, NO_DSCP)
+        return got
+
+    @property
+    def ip_len(self) -> IntArray:
+        """What the IP length field claims: IPv4 total length, IPv6 40 + payload length."""
+        got = self._cache.get("ip_len")
+        if got is None:
+            v = self.version
+            got = np.where(v == 4, _be16(self.ip, 2), 40 + _be16(self.ip, 4))
+            self._cache["ip_len"] = got = np.where(v != 0, got, 0)
+        return got
+
+    @property
+    def ihl(self) -> IntArray:
+        """IPv4 header length in bytes (0 for other frames)."""
+        got = self._cache.get("ihl")
+        if got is None:
+            got = np.where(self.version == 4, (self.ip[:, 0] & 0x0F).astype(np.int64) * 4, 0)
+            self._cache["ihl"] = got
+        return got
+
+    def _fragment_fields(self) -> tuple[IntArray, BoolArray]:
+        got = self._cache.get("frag_offset")
+        if got is None:
+            is4 = self.version == 4
+            field = _be16(self.ip, 6)
+            offset = np.where(is4, field & 0x1FFF, 0)
+            more = is4 & ((field & 0x2000) != 0)
+            frag6 = self.fragment & (self.version == 6)
+            if frag6.any():
+                fh = self.batch.gather(np.where(frag6, self.l4 - 8, self.l3), 4)
+                word = _be16(fh, 2)
+                offset = np.where(frag6, word >> 3, offset)
+                more |= frag6 & ((word & 1) != 0)
+            self._cache["frag_offset"], self._cache["more_fragments"] = offset, more
+            return offset, more
+        return got, self._cache["more_fragments"]
+
+    @property
+    def frag_offset(self) -> IntArray:
+        """Fragment offset in 8-byte units (0 for an unfragmented packet)."""
+        return self._fragment_fields()[0]
+
+    @property
+    def more_fragments(self) -> BoolArray:
+        return self._fragment_fields()[1]
+
+    @property
+    def sport(self) -> IntArray:
+        """Source port, ``NO_U16`` unless ``l4_ok``."""
+        got = self._cache.get("sport")
+        if got is None:
+            got = self._cache["sport"] = np.where(self.l4_ok, _be16(self.l4_head, 0), NO_U16)
+        return got
+
+    @property
+    def dport(self) -> IntArray:
+        """Destination port, ``NO_U16`` unless ``l4_ok``."""
+        got = self._cache.get("dport")
+        if got is None:
+            got = self._cache["dport"] = np.where(self.l4_ok, _be16(self.l4_head, 2), NO_U16)
+        return got
+
+    @property
+    def tcp_flags(self) -> IntArray:
+        """The TCP flags byte (CWR..FIN), ``NO_FLAGS`` unless ``tcp``."""
+        got = self._cache.get("tcp_flags")
+        if got is None:
+            got = np.where(self.tcp, self.l4_head[:, 13], NO_FLAGS).astype(np.int64)
+            self._cache["tcp_flags"] = got
+        return got
+
+    def _key(self, name: str, at4: int, at6: int) -> U64Array:
+        got = self._cache.get(name)
+        if got is None:
+            v = self.version
+            v4 = self.ip[:, at4 : at4 + 4].view(_U32BE)[:, 0].astype(np.uint64)
+            v6 = (self.ip[:, at6 : at6 + 8].view(_U64BE)[:, 0] >> np.uint64(1)) | _V6_KEY
+            got = np.where(v == 4, v4, np.where(v == 6, v6, np.uint64(NO_ADDRESS)))
+            self._cache[name] = got
+        return got
+
+    @property
+    def src_key(self) -> U64Array:
+        """Source address key: IPv4 the address, IPv6 ``2**63 | high 64 bits >> 1``."""
+        return self._key("src_key", 12, 8)
+
+    @property
+    def dst_key(self) -> U64Array:
+        """Destination address key, as ``src_key``."""
+        return self._key("dst_key", 16, 24)
 
 
 def _be16(m: ByteMatrix, at: int) -> IntArray:
@@ -210,129 +369,122 @@ def _be16(m: ByteMatrix, at: int) -> IntArray:
     return column
 
 
-def _is_tag(ethertype: IntArray) -> BoolArray:
-    tag: BoolArray = (ethertype == ETH_P_8021Q) | (ethertype == ETH_P_8021AD)
-    return tag
+def _table(size: int, entries: dict[int, int]) -> npt.NDArray[np.int64]:
+    t = np.zeros(size, dtype=np.int64)
+    for k, v in entries.items():
+        t[k] = v
+    return t
+
+
+# EtherType class: 1 a VLAN tag, 2 IPv4, 3 IPv6, 0 anything else.
+_ET_CLASS = _table(1 << 16, {ETH_P_8021Q: 1, ETH_P_8021AD: 1, ETH_P_IP: 2, ETH_P_IPV6: 3})
+# By EtherType class * 256 + the network header's first byte: IP version and header length.
+_FAMILY = np.zeros(1024, dtype=np.int64)
+_HLEN = np.zeros(1024, dtype=np.int64)
+for _b in range(256):
+    if _b >> 4 == 4 and _b & 0x0F >= 5:
+        _FAMILY[2 * 256 + _b], _HLEN[2 * 256 + _b] = 4, (_b & 0x0F) * 4
+    if _b >> 4 == 6:
+        _FAMILY[3 * 256 + _b], _HLEN[3 * 256 + _b] = 6, 40
+_WALKED = _table(256, dict.fromkeys(_IPV6_WALKED, 1)).astype(bool)
+# By protocol: 1 TCP, 2 UDP.
+_L4_KIND = _table(256, {IPPROTO_TCP: 1, IPPROTO_UDP: 2})
 
 
 def extract(batch: FrameBatch) -> Fields:
     """Every header field of every frame of ``batch`` (see the module doc for their meaning)."""
     n = len(batch)
     length = batch.lengths
-    zero = np.zeros(n, dtype=np.int64)
-    eth = batch.gather(zero, ETH_WINDOW)
-    dst_mac = eth[:, 0:8].view(_U64BE)[:, 0] >> np.uint64(16)
-    src_mac = eth[:, 6:14].view(_U64BE)[:, 0] >> np.uint64(16)
-    ethertype = _be16(eth, 12)
+    head = batch.gather(np.zeros(n, dtype=np.int64), HEAD_WINDOW)
+    ethertype = _be16(head, 12)
     l2 = length >= ETH_HLEN
-    l3 = np.full(n, ETH_HLEN, dtype=np.int64)
-    tagged = _is_tag(ethertype)
-    vlan = np.full(n, NO_U16, dtype=np.int64)
-    slow: list[int] = []
+    eclass = _ET_CLASS[ethertype]
+    tagged = (eclass == 1) & l2
+    vlan: IntArray | None = None
     if tagged.any():
-        vlan[tagged] = _be16(eth, 14)[tagged]
-        et1 = _be16(eth, 16)
-        et2 = _be16(eth, 20)
-        two = tagged & _is_tag(et1)
-        deep = two & _is_tag(et2)
-        ethertype = np.where(tagged, np.where(two, et2, et1), ethertype)
-        l3 += np.where(tagged, np.where(two, 8, 4), 0)
-        l2 &= length >= l3
-        slow = np.flatnonzero(deep & (length >= ETH_HLEN)).tolist()
-        for i in slow:
-            try:
-                l3[i], ethertype[i] = l3_offset(batch.frame(i))
-            except DissectError:
-                l2[i] = False
-    ethertype[~l2] = 0
-    l3[~l2] = ETH_HLEN
-
-    ip = batch.gather(l3, IP_WINDOW)
-    v0 = ip[:, 0].astype(np.int64)
-    ihl = (v0 & 0x0F) * 4
-    room = length - l3
-    is4 = (ethertype == ETH_P_IP) & (v0 >> 4 == 4) & (ihl >= 20) & (room >= np.maximum(ihl, 20))
-    is6 = (ethertype == ETH_P_IPV6) & (v0 >> 4 == 6) & (room >= 40)
-    proto = np.where(is4, ip[:, 9], ip[:, 6]).astype(np.int64)
-    l4 = l3 + np.where(is4, ihl, 40)
-    ip_len = np.where(is4, _be16(ip, 2), 40 + _be16(ip, 4))
-    frag_field = _be16(ip, 6)
-    frag_offset = np.where(is4, frag_field & 0x1FFF, 0)
-    more = is4 & ((frag_field & 0x2000) != 0)
-    tos = np.where(is4, ip[:, 1], (_be16(ip, 0) >> 4) & 0xFF)
-    if is6.any():
-        walked = is6 & np.isin(proto, _IPV6_WALKED)
-        for i in np.flatnonzero(walked).tolist():
-            try:
-                l4[i], proto[i] = gso_extension_walk(
-                    batch.frame(i), int(l4[i]), int(proto[i]), int(length[i])
-                )
-            except WireError:
-                is6[i] = False
-        frag6 = is6 & (proto == IPPROTO_FRAGMENT)
-        if frag6.any():
-            frag6 &= length >= l4 + 8
-            is6 &= (proto != IPPROTO_FRAGMENT) | frag6
-            fh = batch.gather(np.where(frag6, l4, 0), 8)
-            proto = np.where(frag6, fh[:, 0], proto)
-            off_m = _be16(fh, 2)
-            frag_offset = np.where(frag6, off_m >> 3, frag_offset)
-            more |= frag6 & ((off_m & 1) != 0)
-            l4 = np.where(frag6, l4 + 8, l4)
-            fragment6 = frag6
-        else:
-            fragment6 = np.zeros(n, dtype=bool)
+        l3, ethertype, l2, vlan = _tags(batch, head, ethertype, tagged, l2)
+        eclass = _ET_CLASS[ethertype]
+        ip = batch.gather(l3, IP_WINDOW)
     else:
-        fragment6 = np.zeros(n, dtype=bool)
-    is_ip = is4 | is6
-    version = np.where(is4, 4, np.where(is6, 6, 0))
-    fragment = (is4 & (more | (frag_offset != 0))) | fragment6
-    proto[~is_ip] = 0
-    dscp = np.where(is_ip, tos >> 2, NO_DSCP)
-    l4[~is_ip] = l3[~is_ip]
-
-    head = batch.gather(l4, L4_WINDOW)
-    room4 = length - l4
-    doff = (head[:, 12] >> 4).astype(np.int64) * 4
-    whole = (room4 >= 20) & (doff >= 20) & (room4 >= doff)
-    tcp = is_ip & ~fragment & (proto == IPPROTO_TCP) & whole
-    udp = is_ip & ~fragment & (proto == IPPROTO_UDP) & (room4 >= 8)
-    l4_ok = tcp | udp
-    sport = np.where(l4_ok, _be16(head, 0), NO_U16)
-    dport = np.where(l4_ok, _be16(head, 2), NO_U16)
-    tcp_flags = np.where(tcp, head[:, 13], NO_FLAGS).astype(np.int64)
-
-    src4 = ip[:, 12:16].view(_U32BE)[:, 0].astype(np.uint64)
-    dst4 = ip[:, 16:20].view(_U32BE)[:, 0].astype(np.uint64)
-    one = np.uint64(1)
-    src6 = (ip[:, 8:16].view(_U64BE)[:, 0] >> one) | _V6_KEY
-    dst6 = (ip[:, 24:32].view(_U64BE)[:, 0] >> one) | _V6_KEY
-    none = np.uint64(NO_ADDRESS)
-    src_key = np.where(is4, src4, np.where(is6, src6, none))
-    dst_key = np.where(is4, dst4, np.where(is6, dst6, none))
+        l3 = np.full(n, ETH_HLEN, dtype=np.int64)
+        ip = head[:, ETH_HLEN : ETH_HLEN + IP_WINDOW]
+    eclass *= l2
+    ethertype *= l2
+    layout = eclass * 256 + ip[:, 0]
+    l4 = l3 + _HLEN[layout]
+    family = _FAMILY[layout] * (length >= l4)
+    is6 = family == 6
+    proto = np.where(family == 4, ip[:, 9], ip[:, 6]).astype(np.int64)
+    fragment = (family == 4) & ((_be16(ip, 6) & 0x3FFF) != 0)
+    if is6.any():
+        walked = is6 & _WALKED[proto]
+        if walked.any():
+            for i in np.flatnonzero(walked).tolist():
+                try:
+                    l4[i], proto[i] = gso_extension_walk(
+                        batch.frame(i), int(l4[i]), int(proto[i]), int(length[i])
+                    )
+                except WireError:
+                    family[i] = 0
+        frag6 = (family == 6) & (proto == IPPROTO_FRAGMENT)
+        if frag6.any():
+            whole = length >= l4 + 8
+            family[frag6 & ~whole] = 0
+            frag6 &= whole
+            fh = batch.gather(np.where(frag6, l4, l3), 8)
+            proto = np.where(frag6, fh[:, 0], proto)
+            l4 = np.where(frag6, l4 + 8, l4)
+            fragment |= frag6
+    is_ip = family != 0
+    proto *= is_ip
+    fragment &= is_ip
+    l4 = np.where(is_ip, l4, l3)
+    if n and bool((l4 == l4[0]).all()) and int(l4[0]) + L4_WINDOW <= HEAD_WINDOW:
+        at = int(l4[0])
+        l4_head = head[:, at : at + L4_WINDOW]
+    else:
+        l4_head = batch.gather(l4, L4_WINDOW)
+    kind = _L4_KIND[proto] * ~fragment
+    room = length - l4
+    doff = (l4_head[:, 12] >> 4).astype(np.int64) * 4
+    tcp = (kind == 1) & (doff >= 20) & (room >= doff)
+    l4_ok = tcp | ((kind == 2) & (room >= 8))
     return Fields(
+        batch=batch,
+        head=head,
         length=length,
         l2=l2,
-        dst_mac=dst_mac,
-        src_mac=src_mac,
-        vlan=vlan,
-        ethertype=ethertype,
         l3=l3,
-        version=version,
+        version=family,
         proto=proto,
-        dscp=dscp,
         fragment=fragment,
-        frag_offset=frag_offset,
-        more_fragments=more & is_ip,
-        ip_len=ip_len,
-        ihl=np.where(is4, ihl, 0),
         l4=l4,
         l4_ok=l4_ok,
-        sport=sport,
-        dport=dport,
-        tcp_flags=tcp_flags,
-        src_key=src_key,
-        dst_key=dst_key,
+        tcp=tcp,
         ip=ip,
-        l4_head=head,
+        l4_head=l4_head,
+        ethertype=ethertype,
+        vlan=vlan,
     )
+
+
+def _tags(
+    batch: FrameBatch, head: ByteMatrix, ethertype: IntArray, tagged: BoolArray, l2: BoolArray
+) -> tuple[IntArray, IntArray, BoolArray, IntArray]:
+    """(l3, inner EtherType, l2, outer TCI) of a batch with VLAN-tagged frames."""
+    length = batch.lengths
+    vlan = np.where(tagged, _be16(head, 14), NO_U16)
+    et1 = _be16(head, 16)
+    et2 = _be16(head, 20)
+    two = tagged & (_ET_CLASS[et1] == 1)
+    deep = two & (_ET_CLASS[et2] == 1)
+    ethertype = np.where(tagged, np.where(two, et2, et1), ethertype)
+    l3 = ETH_HLEN + np.where(tagged, np.where(two, 8, 4), 0)
+    l2 = l2 & (length >= l3)
+    for i in np.flatnonzero(deep & l2).tolist():
+        try:
+            l3[i], ethertype[i] = l3_offset(batch.frame(i))
+        except DissectError:
+            l2[i] = False
+    vlan = np.where(l2, vlan, NO_U16)
+    return l3, ethertype, l2, vlan

@@ -130,6 +130,35 @@ def byte_tables(key: bytes, positions: int = MAX_INPUT_BYTES) -> U32Array:
     return tables
 
 
+def _report_table(types: RssHashTypes) -> tuple[U8Array, npt.NDArray[np.bool_]]:
+    """(report by ``version * 512 + proto * 2 + l4_ok``, whether a report hashes the ports)."""
+    reports = np.zeros(7 * 512, dtype=np.uint8)
+    for version, ip_type, l4_types in (
+        (4, RssHashTypes.IPV4, ((6, RssHashTypes.TCP_IPV4), (17, RssHashTypes.UDP_IPV4))),
+        (6, RssHashTypes.IPV6, ((6, RssHashTypes.TCP_IPV6), (17, RssHashTypes.UDP_IPV6))),
+    ):
+        plain = HashReport.IPV4 if version == 4 else HashReport.IPV6
+        for proto in range(256):
+            for l4_ok in (0, 1):
+                code = plain if types & ip_type else HashReport.NONE
+                for number, l4_type in l4_types:
+                    if proto == number and l4_ok and types & l4_type:
+                        code = _L4_REPORT[version, number]
+                reports[version * 512 + proto * 2 + l4_ok] = code
+    with_ports = np.zeros(len(HashReport), dtype=bool)
+    for code in (HashReport.TCPV4, HashReport.UDPV4, HashReport.TCPV6, HashReport.UDPV6):
+        with_ports[code] = True
+    return reports, with_ports
+
+
+_L4_REPORT = {
+    (4, 6): HashReport.TCPV4,
+    (4, 17): HashReport.UDPV4,
+    (6, 6): HashReport.TCPV6,
+    (6, 17): HashReport.UDPV6,
+}
+
+
 def default_table(queues: int, size: int = DEFAULT_TABLE_SIZE) -> tuple[int, ...]:
     """Queues spread round-robin over ``size`` entries (ethtool's default table)."""
     if queues < 1:
@@ -158,7 +187,9 @@ class Rss:
 
     __slots__ = (
         "_queues",
+        "_reports",
         "_tables",
+        "_with_ports",
         "default_queue",
         "hash_types",
         "key",
@@ -190,13 +221,14 @@ class Rss:
         self.default_queue = default_queue
         self._tables = byte_tables(self.key)
         self._queues = np.array(entries, dtype=np.int64)
+        self._reports, self._with_ports = _report_table(hash_types)
 
     def hash_rows(self, data: U8Array) -> U32Array:
         """The Toeplitz hash of every row of a ``(n, L)`` byte matrix (``L <= 36``)."""
         width = data.shape[1]
         if width > MAX_INPUT_BYTES:
             raise ValueError(f"rows of {width} bytes are longer than {MAX_INPUT_BYTES}")
-        return _xor_rows(self._tables, data, 0)
+        return _xor_columns(self._tables, np.ascontiguousarray(data.T))
 
     def queue_of(self, hashes: U32Array) -> IntArray:
         """The indirection table's queue for every hash."""
@@ -207,51 +239,20 @@ class Rss:
     def hash_fields(self, fields: Fields) -> RssResult:
         """Hash, report and queue of every frame whose header fields are ``fields``."""
         n = len(fields)
-        types = self.hash_types
-        version, proto, l4_ok = fields.version, fields.proto, fields.l4_ok
-        report = np.zeros(n, dtype=np.uint8)
+        report = self._reports[fields.version * 512 + fields.proto * 2 + fields.l4_ok]
         hashes = np.zeros(n, dtype=np.uint32)
-        for family, ip_type, tcp_type, udp_type, codes in (
-            (
-                4,
-                RssHashTypes.IPV4,
-                RssHashTypes.TCP_IPV4,
-                RssHashTypes.UDP_IPV4,
-                (HashReport.IPV4, HashReport.TCPV4, HashReport.UDPV4),
-            ),
-            (
-                6,
-                RssHashTypes.IPV6,
-                RssHashTypes.TCP_IPV6,
-                RssHashTypes.UDP_IPV6,
-                (HashReport.IPV6, HashReport.TCPV6, HashReport.UDPV6),
-            ),
-        ):
-            if not types & (ip_type | tcp_type | udp_type):
-                continue
-            rows = np.flatnonzero(version == family)
+        for family, begin, size in ((4, 12, 4), (6, 8, 16)):
+            rows = np.flatnonzero((report != 0) & (fields.version == family))
             if not len(rows):
                 continue
-            p = proto[rows]
-            ok = l4_ok[rows]
-            code = np.zeros(len(rows), dtype=np.uint8)
-            if types & ip_type:
-                code[:] = codes[0]
-            with_ports = np.zeros(len(rows), dtype=bool)
-            for l4_type, number, l4_code in (
-                (tcp_type, _IPPROTO_TCP, codes[1]),
-                (udp_type, _IPPROTO_UDP, codes[2]),
-            ):
-                if types & l4_type:
-                    mine = ok & (p == number)
-                    code[mine] = l4_code
-                    with_ports |= mine
-            report[rows] = code
-            hashed = code != 0
-            if not hashed.all():
-                rows, with_ports = rows[hashed], with_ports[hashed]
-            if len(rows):
-                hashes[rows] = self._hash_family(fields, rows, family, with_ports)
+            addresses = fields.ip[rows, begin : begin + 2 * size]
+            ports = fields.l4_head[rows, 0:4]
+            if self.symmetric:
+                addresses, ports = _sorted_pairs(addresses, ports, size)
+            data = np.concatenate([addresses.T, ports.T])
+            # A zero byte adds nothing to the hash: a 2-tuple is a 4-tuple with zero ports.
+            data[2 * size :] *= self._with_ports[report[rows]]
+            hashes[rows] = _xor_columns(self._tables, data)
         queue = self.queue_of(hashes)
         if not report.all():
             queue[report == 0] = self.default_queue
@@ -265,37 +266,22 @@ class Rss:
         """Hash, report and queue of every raw Ethernet frame in ``frames``."""
         return self.hash_batch(FrameBatch.from_frames(frames))
 
-    def _hash_family(
-        self, fields: Fields, rows: IntArray, family: int, with_ports: npt.NDArray[np.bool_]
-    ) -> U32Array:
-        begin, size = (12, 4) if family == 4 else (8, 16)
-        addresses = fields.ip[rows, begin : begin + 2 * size]
-        ports = fields.l4_head[rows, 0:4]
-        if self.symmetric:
-            addresses, ports = _sorted_pairs(addresses, ports, size)
-        result = _xor_rows(self._tables, addresses, 0)
-        if with_ports.any():
-            port_hash = _xor_rows(self._tables, ports, 2 * size)
-            result ^= np.where(with_ports, port_hash, np.uint32(0))
-        return result
+
+def _xor_columns(tables: U32Array, data: U8Array) -> U32Array:
+    """XOR over rows ``j`` of ``tables[j, data[j]]``: the hash of every column of ``(L, n)`` bytes.
+
+    Byte ``j`` of every input is row ``j``, so each step runs over the whole
+    batch and the reduction runs down contiguous rows.
+    """
+    width, n = data.shape
+    index = np.empty((width, n), dtype=np.intp)
+    np.add(data, _OFFSETS[:width], out=index, casting="unsafe")
+    parts = np.take(tables.reshape(-1), index)
+    result: U32Array = np.bitwise_xor.reduce(parts, axis=0)
+    return result
 
 
-def _xor_rows(tables: U32Array, data: U8Array, first: int) -> U32Array:
-    """XOR over columns ``j`` of ``tables[first + j, data[:, j]]``, for every row."""
-    n, width = data.shape
-    flat = tables.reshape(-1)
-    index = data.astype(np.intp)
-    index += (np.arange(first, first + width, dtype=np.intp) * 256)[None, :]
-    parts = flat[index]
-    # Fold the columns in halves: a few wide XORs instead of a reduction over short rows.
-    while width > 1:
-        half = width // 2
-        folded = parts[:, :half] ^ parts[:, half : 2 * half]
-        if width & 1:
-            folded[:, 0] ^= parts[:, width - 1]
-        parts, width = folded, half
-    result: U32Array = parts[:, 0] if n else np.zeros(0, dtype=np.uint32)
-    return np.ascontiguousarray(result)
+_OFFSETS = (np.arange(MAX_INPUT_BYTES, dtype=np.intp) * 256)[:, None]
 
 
 def _sorted_pairs(addresses: U8Array, ports: U8Array, size: int) -> tuple[U8Array, U8Array]:
