@@ -339,7 +339,7 @@ class Fields:
         """The TCP flags byte (CWR..FIN), ``NO_FLAGS`` unless ``tcp``."""
         got = self._cache.get("tcp_flags")
         if got is None:
-            got = np.where(self.tcp, self.l4_head[:, 13], NO_FLAGS).astype(np.int64)
+            got = np.where(self.tcp, self.l4_head[:, 13].astype(np.int64), NO_FLAGS)
             self._cache["tcp_flags"] = got
         return got
 
