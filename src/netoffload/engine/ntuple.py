@@ -13,7 +13,8 @@ parses to an equal rule). Words, in any order after an optional flow type:
 ``vlan N``                     the outermost VLAN tag's TCI
 ``src-ip A`` / ``dst-ip A``    an address, or a prefix ``A/LEN``
 ``l4proto N``                  IP protocol (with ``ip4`` / ``ip6``)
-``src-port P`` / ``dst-port``  a port, or a range ``LO-HI``
+``src-port P`` / ``dst-port``  a port, or a range ``LO-HI`` (with ``ip4`` /
+                               ``ip6`` or no flow type: TCP or UDP)
 ``tcp-flags V[/M]``            flags (``syn,ack`` or a number) that must be set,
                                among those in M (default: V)
 ``dscp N``                     DSCP (0..63)
@@ -239,8 +240,6 @@ def parse_rule(text: str) -> Rule:
             if "proto" in match:
                 raise RuleSyntaxError(f"l4proto: flow-type {flow} sets the protocol")
             match["proto"] = Masked.exact(proto, 8)
-        elif version is not None and ("sport" in match or "dport" in match):
-            raise RuleSyntaxError(f"src-port/dst-port: flow-type {flow} has no ports")
         if flow == "ether" and any(
             k in match for k in ("src", "dst", "proto", "sport", "dport", "dscp", "tcp_flags")
         ):
