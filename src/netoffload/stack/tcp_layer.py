@@ -53,6 +53,11 @@ IPV4_HLEN = 20
 IPV6_HLEN = 40
 
 
+#: Within one received batch, a connection ACKs at least this often (two 64 KiB
+#: super-packets); the rest of the batch is acknowledged once, after it.
+ACK_EVERY_BYTES = 128 * 1024
+
+
 @dataclass(slots=True)
 class TcpHandle:
     """One connection as the application holds it: the core and the events it raised.
@@ -313,7 +318,13 @@ class TcpLayer:
                 self._remove(flow)
                 self._to_listener(iface, src, dst, (sport, dport), seg, now_ns=now_ns)
                 return
-            self._after(flow, now_ns)
+            # What it has to send goes out in ``poll``, after the received batch: one ACK
+            # for what the batch brought (ACK aggregation, as mTCP does) and new data after
+            # all of its ACKs; but at least one ACK per ``ACK_EVERY_BYTES`` within a batch.
+            if conn.unacknowledged_bytes >= ACK_EVERY_BYTES:
+                self._after(flow, now_ns)
+            else:
+                self._collect(flow)
             return
         self._to_listener(iface, src, dst, (sport, dport), seg, now_ns=now_ns)
 

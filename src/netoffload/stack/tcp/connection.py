@@ -184,6 +184,11 @@ class TcpConnection(TimerSide):
 
     # -- receiving -----------------------------------------------------------------------
 
+    @property
+    def unacknowledged_bytes(self) -> int:
+        """Bytes received in order that no ACK sent so far covers."""
+        return self._rcv_nxt - self._last_ack_sent
+
     def readable(self) -> int:
         """In-order bytes ready for ``recv``."""
         buf = self._rcvbuf
