@@ -14,12 +14,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages some privileged tests use as independent oracles, installed only when
-# root and missing: ethtool (for `netoffload caps` on a veth), iputils-ping (the kernel's
-# ping answered by our stack), nftables (impairments on the kernel side: no netem here).
-SYSTEM_PACKAGES := ethtool:ethtool ping:iputils-ping nft:nftables
+# Debian packages some tests use as independent oracles, installed only when root and
+# missing: ethtool (for `netoffload caps` on a veth), iputils-ping (the kernel's ping
+# answered by our stack), nftables (impairments on the kernel side: no netem here),
+# tshark (Wireshark's ESP dissector decrypts our packets). Noninteractive: tshark's
+# package asks a debconf question (may non-root users capture?), which takes its default.
+SYSTEM_PACKAGES := ethtool:ethtool ping:iputils-ping nft:nftables tshark:tshark
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
 		for pair in $(SYSTEM_PACKAGES); do \
 			cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 			command -v $$cmd >/dev/null 2>&1 && continue; \
