@@ -54,7 +54,6 @@ from netoffload.engine.ipsec_ip import (
     IPPROTO_IPV6,
     IPPROTO_NONE,
     IPPROTO_UDP,
-    IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
     UnsupportedHeaderError,
     ecn_decapsulate,
@@ -63,6 +62,7 @@ from netoffload.engine.ipsec_ip import (
     inner_tos,
     outbound_layout,
     set_transport_header,
+    truncated,
     tunnel_protocol,
 )
 from netoffload.engine.ipsec_sa import (
@@ -456,19 +456,6 @@ def _rows(
 # --- inbound -------------------------------------------------------------------------
 
 
-def _truncated(view: memoryview) -> bool:
-    """True when the IP header says the packet is longer than the bytes that came."""
-    n = len(view)
-    if n == 0:
-        return True
-    version = view[0] >> 4
-    if version == 4:
-        return n < IPV4_HEADER_LEN or _U16.unpack_from(view, 2)[0] > n
-    if version == 6:
-        return n < IPV6_HEADER_LEN or IPV6_HEADER_LEN + _U16.unpack_from(view, 4)[0] > n
-    return False
-
-
 def _reject(
     owner: SecurityAssociation | SaTable[SecurityAssociation],
     reason: IpsecDropReason,
@@ -491,7 +478,7 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
     try:
         layout = inbound_layout(view)
     except (WireError, UnsupportedHeaderError) as err:
-        reason = IpsecDropReason.TRUNCATED if _truncated(view) else IpsecDropReason.MALFORMED
+        reason = IpsecDropReason.TRUNCATED if truncated(view) else IpsecDropReason.MALFORMED
         raise _reject(inbound, reason, f"not an IP packet: {err}") from None
     if layout.fragment:
         raise _reject(inbound, IpsecDropReason.FRAGMENT, "a fragment: reassemble it before ESP")

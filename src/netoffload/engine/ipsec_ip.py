@@ -135,6 +135,19 @@ def inbound_layout(view: memoryview) -> IpLayout:
     raise WireError(f"IP version {version}", 0)
 
 
+def truncated(view: memoryview) -> bool:
+    """True when the IP header says the packet is longer than the bytes that came."""
+    n = len(view)
+    if n == 0:
+        return True
+    version = view[0] >> 4
+    if version == 4:
+        return n < IPV4_HEADER_LEN or _U16.unpack_from(view, 2)[0] > n
+    if version == 6:
+        return n < IPV6_HEADER_LEN or IPV6_HEADER_LEN + _U16.unpack_from(view, 4)[0] > n
+    return False
+
+
 def set_transport_header(
     out: memoryview | bytearray, layout: IpLayout, total: int, protocol: int
 ) -> None:
