@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections import deque
 from collections.abc import Sequence
 from typing import Final, NamedTuple, TypeAlias
 
@@ -42,6 +43,7 @@ from netoffload.engine.ipsec_ip import (
 )
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
 
 #: Fewer equal-length packets than this go the per-packet way (the matrix set-up costs more).
 MIN_ROWS: Final = 8
@@ -52,9 +54,11 @@ _BE64 = np.dtype(">u8")
 # What goes in front of the ciphertext: the IP header as big-endian words, then ESP and IV.
 _FRONT4 = np.dtype([("ip", ">u2", (10,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
 _FRONT6 = np.dtype([("ip", ">u2", (20,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
-# An IPv4 header without options, whole: version 4 and IHL 5, the length, no MF nor offset.
-_V4_MASK = np.array([0xFF00, 0xFFFF, 0, 0x3FFF, 0, 0, 0, 0, 0, 0], dtype=np.int64)
-_V4_EXPECT = np.array([0x4500, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+# The first 8 bytes of an IPv4 header as one big-endian word: version and IHL, total
+# length, and flags with fragment offset; and what they are in a whole packet without options.
+_V4_SPLIT = np.dtype([("head", ">u8"), ("rest", "V12")])
+_V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
+_V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
 # Every word but the length and the checksum.
 _V4_SUM = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.int64)
 _NONCE = np.dtype([("salt", ">u4"), ("iv", ">u8")])
@@ -81,14 +85,14 @@ def rows_eligible(sa: SecurityAssociation) -> bool:
 
 def seal_rows(
     sa: SecurityAssociation,
-    packets: Sequence[Buffer],
+    packets: Sequence[Buffer] | ByteMatrix,
     seqs: npt.NDArray[np.uint64],
     *,
     ivs: bytes | None,
     headroom: int,
 ) -> SealedRows | None:
-    """Encrypt ``packets`` (all one length) with sequence numbers ``seqs`` and the joined
-    ``ivs`` (``None``: each row's ``iv_for``).
+    """Encrypt ``packets`` (all one length; a list, or the rows of a matrix) with sequence
+    numbers ``seqs`` and the joined ``ivs`` (``None``: each row's ``iv_for``).
 
     Each packet is copied once, to where its payload is encrypted in place;
     its header is then moved in front of the ESP header. Rows that are not
@@ -100,7 +104,7 @@ def seal_rows(
     assert aead is not None
     k = len(packets)
     length = len(packets[0])
-    version = packets[0][0] >> 4 if length else 0
+    version = int(packets[0][0]) >> 4 if length else 0
     if version == 4:
         h = IPV4_HEADER_LEN
     elif version == 6:
@@ -123,24 +127,27 @@ def seal_rows(
     arena = bytearray(k * stride)
     view = memoryview(arena)
     first = o + shift
-    for start, packet in zip(range(first, k * stride, stride), packets, strict=True):
-        view[start : start + length] = packet
     m = np.frombuffer(arena, dtype=np.uint8).reshape(k, stride)
-    words = np.ascontiguousarray(m[:, first : first + h]).view(_BE16).astype(np.int64)
+    if isinstance(packets, np.ndarray):
+        m[:, first : first + length] = packets
+    else:
+        for start, packet in zip(range(first, k * stride, stride), packets, strict=True):
+            view[start : start + length] = packet
+    header = np.ascontiguousarray(m[:, first : first + h])
+    words = header.view(_BE16).astype(np.int64)
     front = np.empty(k, dtype=_FRONT4 if version == 4 else _FRONT6)
 
     if version == 4:
-        next_header = words[:, 4] & 0xFF
-        expect = _V4_EXPECT.copy()
-        expect[1] = length
-        done = ((words & _V4_MASK) == expect).all(axis=1)
+        next_header = header[:, 9].astype(np.int64)
+        # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
+        done = (header.view(_V4_SPLIT)["head"][:, 0] & _V4_MASK) == (_V4_WHOLE | length << 32)
         # The sum of the header's words with the new length and protocol, checksum left out.
         total = words @ _V4_SUM - next_header + (olen + IPPROTO_ESP)
         words[:, 1] = olen
         words[:, 4] += IPPROTO_ESP - next_header
         words[:, 5] = 0xFFFF - ((total - 1) % 0xFFFF + 1)
     else:
-        next_header = words[:, 3] >> 8
+        next_header = header[:, 6].astype(np.int64)
         done = ((words[:, 0] >> 12) == 6) & (words[:, 2] == plen) & ~_IPV6_EXT[next_header]
         words[:, 2] = olen - IPV6_HEADER_LEN
         words[:, 3] += (IPPROTO_ESP - next_header) << 8
@@ -165,12 +172,18 @@ def seal_rows(
     else:
         aads = _splitter(ESP_HEADER_LEN, k).unpack(m[:, o + h : o + h + ESP_HEADER_LEN].tobytes())
 
-    encrypt_into = aead.encrypt_into
     end = ctl + ICV_LEN
-    rows = range(k) if done.all() else np.flatnonzero(done).tolist()
-    for i in rows:
-        start = i * stride + ct
-        encrypt_into(nonces[i], view[start : start + ctl], aads[i], view[start : start + end])
+    if done.all():
+        starts: Sequence[int] = range(ct, k * stride, stride)
+    else:
+        rows = np.flatnonzero(done).tolist()
+        starts = [i * stride + ct for i in rows]
+        nonces = tuple(nonces[i] for i in rows)
+        aads = tuple(aads[i] for i in rows)
+    plaintexts = [view[s : s + ctl] for s in starts]
+    outputs = [view[s : s + end] for s in starts]
+    # The only per-packet work left: one AEAD call each, in place, looped in C.
+    deque(map(aead.encrypt_into, nonces, plaintexts, aads, outputs), maxlen=0)
     return SealedRows(arena, stride, olen, done)
 
 
