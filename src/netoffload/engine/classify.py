@@ -575,8 +575,11 @@ class _Compiled:
             else:
                 bits &= self.queue_rules[np.asarray(ingress_queue, dtype=np.int64)]
         for word, bit, test in self.residuals:
+            mask = _U64(1 << bit)
+            if not (bits[:, word] & mask).any():
+                continue  # no frame left for the check to narrow
             ok = test(batch)
-            bits[:, word] &= np.where(ok, _ALL, ~_U64(1 << bit))
+            bits[:, word] &= np.where(ok, _ALL, ~mask)
         return bits
 
 
