@@ -17,6 +17,7 @@ copied once, to the place where it is encrypted.
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 from collections import deque
 from collections.abc import Sequence
@@ -54,14 +55,19 @@ _BE64 = np.dtype(">u8")
 # What goes in front of the ciphertext: the IP header as big-endian words, then ESP and IV.
 _FRONT4 = np.dtype([("ip", ">u2", (10,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
 _FRONT6 = np.dtype([("ip", ">u2", (20,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
+#: Bytes read from each packet before it is copied: the IPv4 header up to its protocol,
+#: the IPv6 header up to its next header.
+_LEAD_LEN = 10
+_lead = operator.itemgetter(slice(0, _LEAD_LEN))
 # The first 8 bytes of an IPv4 header as one big-endian word: version and IHL, total
 # length, and flags with fragment offset; and what they are in a whole packet without options.
-_V4_SPLIT = np.dtype([("head", ">u8"), ("rest", "V12")])
+_V4_SPLIT = np.dtype([("head", ">u8"), ("rest", f"V{_LEAD_LEN - 8}")])
 _V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
 _V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
 # Every word but the length and the checksum.
 _V4_SUM = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.int64)
 _NONCE = np.dtype([("salt", ">u4"), ("iv", ">u8")])
+_AAD = np.dtype([("spi", ">u4"), ("seq", ">u4")])
 _AAD_ESN = np.dtype([("spi", ">u4"), ("seq", ">u8")])
 #: The padding bytes 1, 2, ... and the pad length, for each pad length.
 _PADS = tuple(np.array([*range(1, n + 1), n], dtype=np.uint8) for n in range(16))
@@ -123,46 +129,36 @@ def seal_rows(
         return None
     stride = headroom + olen
     o = headroom
-    ct = o + h + shift
+    first = o + shift  # where each packet is copied: its payload lands where it is encrypted
+    ct = first + h
+    trailer = ct + plen
+    end = ctl + ICV_LEN
+
+    # The first bytes of every packet say whether it can go this way, and its next
+    # header, before anything is copied or encrypted.
+    if isinstance(packets, np.ndarray):
+        lead = np.ascontiguousarray(packets[:, :_LEAD_LEN])
+    else:
+        lead = np.frombuffer(b"".join(map(_lead, packets)), dtype=np.uint8).reshape(k, _LEAD_LEN)
+    if version == 4:
+        next_header = lead[:, 9].astype(np.int64)
+        # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
+        done = (lead.view(_V4_SPLIT)["head"][:, 0] & _V4_MASK) == (_V4_WHOLE | length << 32)
+    else:
+        next_header = lead[:, 6].astype(np.int64)
+        payload_len = lead[:, 4].astype(np.int64) << 8 | lead[:, 5]
+        done = (lead[:, 0] >> 4 == 6) & (payload_len == plen) & ~_IPV6_EXT[next_header]
+    rows: Sequence[int] = range(k) if done.all() else np.flatnonzero(done).tolist()
+
     arena = bytearray(k * stride)
     view = memoryview(arena)
-    first = o + shift
     m = np.frombuffer(arena, dtype=np.uint8).reshape(k, stride)
-    if isinstance(packets, np.ndarray):
-        m[:, first : first + length] = packets
-    else:
-        for start, packet in zip(range(first, k * stride, stride), packets, strict=True):
-            view[start : start + length] = packet
-    header = np.ascontiguousarray(m[:, first : first + h])
-    words = header.view(_BE16).astype(np.int64)
-    front = np.empty(k, dtype=_FRONT4 if version == 4 else _FRONT6)
-
-    if version == 4:
-        next_header = header[:, 9].astype(np.int64)
-        # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
-        done = (header.view(_V4_SPLIT)["head"][:, 0] & _V4_MASK) == (_V4_WHOLE | length << 32)
-        # The sum of the header's words with the new length and protocol, checksum left out.
-        total = words @ _V4_SUM - next_header + (olen + IPPROTO_ESP)
-        words[:, 1] = olen
-        words[:, 4] += IPPROTO_ESP - next_header
-        words[:, 5] = 0xFFFF - ((total - 1) % 0xFFFF + 1)
-    else:
-        next_header = header[:, 6].astype(np.int64)
-        done = ((words[:, 0] >> 12) == 6) & (words[:, 2] == plen) & ~_IPV6_EXT[next_header]
-        words[:, 2] = olen - IPV6_HEADER_LEN
-        words[:, 3] += (IPPROTO_ESP - next_header) << 8
-    front["ip"] = words
-    front["spi"] = sa.spi
-    front["seq"] = seqs & 0xFFFF_FFFF
-    front["iv"] = seqs if ivs is None else np.frombuffer(ivs, dtype=_BE64)
-    m[:, o:ct] = front.view(np.uint8).reshape(k, ct - o)
-    trailer = ct + plen
     m[:, trailer : trailer + pad + 1] = _PADS[pad]
     m[:, trailer + pad + 1] = next_header
-
+    iv_column = seqs if ivs is None else np.frombuffer(ivs, dtype=_BE64)
     nonce = np.empty(k, dtype=_NONCE)
     nonce["salt"] = sa._nonce_base >> 64
-    nonce["iv"] = front["iv"]
+    nonce["iv"] = iv_column
     nonces = _splitter(12, k).unpack(nonce.tobytes())
     if sa.esn:
         aad = np.empty(k, dtype=_AAD_ESN)
@@ -170,21 +166,66 @@ def seal_rows(
         aad["seq"] = seqs
         aads = _splitter(12, k).unpack(aad.tobytes())
     else:
-        aads = _splitter(ESP_HEADER_LEN, k).unpack(m[:, o + h : o + h + ESP_HEADER_LEN].tobytes())
+        aad = np.empty(k, dtype=_AAD)
+        aad["spi"] = sa.spi
+        aad["seq"] = seqs & 0xFFFF_FFFF
+        aads = _splitter(ESP_HEADER_LEN, k).unpack(aad.tobytes())
 
-    end = ctl + ICV_LEN
-    if done.all():
-        starts: Sequence[int] = range(ct, k * stride, stride)
+    encrypt_into = aead.encrypt_into
+    if isinstance(packets, np.ndarray):
+        m[:, first : first + length] = packets
+        starts = [r * stride + ct for r in rows]
+        plaintexts = [view[s : s + ctl] for s in starts]
+        outputs = [view[s : s + end] for s in starts]
+        chosen = (nonces, aads) if len(rows) == k else _pick(rows, nonces, aads)
+        deque(map(encrypt_into, chosen[0], plaintexts, chosen[1], outputs), maxlen=0)
+    elif len(rows) == k:
+        # Copy and encrypt each packet in turn, while its bytes are still in the cache.
+        size = k * stride
+        for start, stop, text, text_end, icv_end, packet, nonce_bytes, aad_bytes in zip(
+            range(first, size, stride),
+            range(first + length, size + length, stride),
+            range(ct, size, stride),
+            range(ct + ctl, size + ctl, stride),
+            range(ct + end, size + end, stride),
+            packets,
+            nonces,
+            aads,
+            strict=True,
+        ):
+            view[start:stop] = packet
+            encrypt_into(nonce_bytes, view[text:text_end], aad_bytes, view[text:icv_end])
     else:
-        rows = np.flatnonzero(done).tolist()
-        starts = [i * stride + ct for i in rows]
-        nonces = tuple(nonces[i] for i in rows)
-        aads = tuple(aads[i] for i in rows)
-    plaintexts = [view[s : s + ctl] for s in starts]
-    outputs = [view[s : s + end] for s in starts]
-    # The only per-packet work left: one AEAD call each, in place, looped in C.
-    deque(map(aead.encrypt_into, nonces, plaintexts, aads, outputs), maxlen=0)
+        for r in rows:
+            s = r * stride + first
+            view[s : s + length] = packets[r]
+            s += h
+            encrypt_into(nonces[r], view[s : s + ctl], aads[r], view[s : s + end])
+
+    # Now the headers, all at once: moved in front of ESP header and IV, and patched.
+    words = np.ascontiguousarray(m[:, first:ct]).view(_BE16).astype(np.int64)
+    if version == 4:
+        # The sum of the header's words with the new length and protocol, checksum left out.
+        total = words @ _V4_SUM - next_header + (olen + IPPROTO_ESP)
+        words[:, 1] = olen
+        words[:, 4] += IPPROTO_ESP - next_header
+        words[:, 5] = 0xFFFF - ((total - 1) % 0xFFFF + 1)
+    else:
+        words[:, 2] = olen - IPV6_HEADER_LEN
+        words[:, 3] += (IPPROTO_ESP - next_header) << 8
+    front = np.empty(k, dtype=_FRONT4 if version == 4 else _FRONT6)
+    front["ip"] = words
+    front["spi"] = sa.spi
+    front["seq"] = seqs & 0xFFFF_FFFF
+    front["iv"] = iv_column
+    m[:, o:ct] = front.view(np.uint8).reshape(k, ct - o)
     return SealedRows(arena, stride, olen, done)
+
+
+def _pick(
+    rows: Sequence[int], nonces: tuple[bytes, ...], aads: tuple[bytes, ...]
+) -> tuple[list[bytes], list[bytes]]:
+    return [nonces[r] for r in rows], [aads[r] for r in rows]
 
 
 @functools.lru_cache(maxsize=64)
