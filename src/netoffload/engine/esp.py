@@ -149,6 +149,10 @@ class EspBatch:
     headroom: int = 0
     singles: dict[int, bytearray] = field(default_factory=dict)
     blocks: list[RowBlock] = field(default_factory=list)
+    # Packet index -> (block, row), built the first time ``framed`` needs it.
+    _rows_of: dict[int, tuple[RowBlock, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -158,14 +162,18 @@ class EspBatch:
         single = self.singles.get(i)
         if single is not None:
             return memoryview(single)
-        for block in self.blocks:
-            try:
-                j = block.members.index(i)
-            except ValueError:
-                continue
-            start = block.rows[j] * block.stride
-            return memoryview(block.arena)[start : start + self.headroom + block.length]
-        return None
+        if self.blocks and not self._rows_of:
+            for block in self.blocks:
+                self._rows_of.update(
+                    (member, (block, row))
+                    for member, row in zip(block.members, block.rows, strict=True)
+                )
+        found = self._rows_of.get(i)
+        if found is None:
+            return None
+        block, row = found
+        start = row * block.stride
+        return memoryview(block.arena)[start : start + self.headroom + block.length]
 
     def packet(self, i: int) -> memoryview | None:
         """Packet ``i``, or ``None`` when it was dropped."""
