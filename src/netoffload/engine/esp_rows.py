@@ -59,6 +59,8 @@ _FRONT6 = np.dtype([("ip", ">u2", (20,)), ("spi", ">u4"), ("seq", ">u4"), ("iv",
 #: the IPv6 header up to its next header.
 _LEAD_LEN = 10
 _lead = operator.itemgetter(slice(0, _LEAD_LEN))
+#: Packets longer than this are copied and encrypted in one pass each.
+_FUSE_ABOVE = 4096
 # The first 8 bytes of an IPv4 header as one big-endian word: version and IHL, total
 # length, and flags with fragment offset; and what they are in a whole packet without options.
 _V4_SPLIT = np.dtype([("head", ">u8"), ("rest", f"V{_LEAD_LEN - 8}")])
@@ -66,9 +68,8 @@ _V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
 _V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
 # Every word but the length and the checksum.
 _V4_SUM = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.int64)
-_NONCE = np.dtype([("salt", ">u4"), ("iv", ">u8")])
-_AAD = np.dtype([("spi", ">u4"), ("seq", ">u4")])
-_AAD_ESN = np.dtype([("spi", ">u4"), ("seq", ">u8")])
+_INPUTS = np.dtype([("salt", ">u4"), ("iv", ">u8"), ("spi", ">u4"), ("seq", ">u4")])
+_INPUTS_ESN = np.dtype([("salt", ">u4"), ("iv", ">u8"), ("spi", ">u4"), ("seq", ">u8")])
 #: The padding bytes 1, 2, ... and the pad length, for each pad length.
 _PADS = tuple(np.array([*range(1, n + 1), n], dtype=np.uint8) for n in range(16))
 
@@ -134,12 +135,28 @@ def seal_rows(
     trailer = ct + plen
     end = ctl + ICV_LEN
 
-    # The first bytes of every packet say whether it can go this way, and its next
-    # header, before anything is copied or encrypted.
+    arena = bytearray(k * stride)
+    view = memoryview(arena)
+    m = np.frombuffer(arena, dtype=np.uint8).reshape(k, stride)
+    # Large packets are copied and encrypted one at a time, while each is in the cache;
+    # small ones are all copied first (the cache holds them) and then encrypted.
+    fused = length > _FUSE_ABOVE and not isinstance(packets, np.ndarray)
     if isinstance(packets, np.ndarray):
-        lead = np.ascontiguousarray(packets[:, :_LEAD_LEN])
-    else:
+        m[:, first : first + length] = packets
+    elif not fused:
+        for start, stop, packet in zip(
+            range(first, k * stride, stride),
+            range(first + length, k * stride + length, stride),
+            packets,
+            strict=True,
+        ):
+            view[start:stop] = packet
+    # The first bytes of every packet say whether it can go this way, and its next
+    # header, before anything is encrypted.
+    if fused:
         lead = np.frombuffer(b"".join(map(_lead, packets)), dtype=np.uint8).reshape(k, _LEAD_LEN)
+    else:
+        lead = np.ascontiguousarray(m[:, first : first + _LEAD_LEN])
     if version == 4:
         next_header = lead[:, 9].astype(np.int64)
         # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
@@ -150,37 +167,28 @@ def seal_rows(
         done = (lead[:, 0] >> 4 == 6) & (payload_len == plen) & ~_IPV6_EXT[next_header]
     rows: Sequence[int] = range(k) if done.all() else np.flatnonzero(done).tolist()
 
-    arena = bytearray(k * stride)
-    view = memoryview(arena)
-    m = np.frombuffer(arena, dtype=np.uint8).reshape(k, stride)
     m[:, trailer : trailer + pad + 1] = _PADS[pad]
     m[:, trailer + pad + 1] = next_header
     iv_column = seqs if ivs is None else np.frombuffer(ivs, dtype=_BE64)
-    nonce = np.empty(k, dtype=_NONCE)
-    nonce["salt"] = sa._nonce_base >> 64
-    nonce["iv"] = iv_column
-    nonces = _splitter(12, k).unpack(nonce.tobytes())
-    if sa.esn:
-        aad = np.empty(k, dtype=_AAD_ESN)
-        aad["spi"] = sa.spi
-        aad["seq"] = seqs
-        aads = _splitter(12, k).unpack(aad.tobytes())
-    else:
-        aad = np.empty(k, dtype=_AAD)
-        aad["spi"] = sa.spi
-        aad["seq"] = seqs & 0xFFFF_FFFF
-        aads = _splitter(ESP_HEADER_LEN, k).unpack(aad.tobytes())
+    # Each row's nonce (salt, IV) and AAD (SPI, sequence number: 32 bits, or 64 with ESN)
+    # side by side, cut apart in one call.
+    inputs = np.empty(k, dtype=_INPUTS_ESN if sa.esn else _INPUTS)
+    inputs["salt"] = sa._nonce_base >> 64
+    inputs["iv"] = iv_column
+    inputs["spi"] = sa.spi
+    inputs["seq"] = seqs
+    cut = _splitter(inputs.dtype.itemsize, k).unpack(inputs.tobytes())
+    nonces, aads = cut[0::2], cut[1::2]
 
     encrypt_into = aead.encrypt_into
-    if isinstance(packets, np.ndarray):
-        m[:, first : first + length] = packets
+    if not fused:
         starts = [r * stride + ct for r in rows]
         plaintexts = [view[s : s + ctl] for s in starts]
         outputs = [view[s : s + end] for s in starts]
         chosen = (nonces, aads) if len(rows) == k else _pick(rows, nonces, aads)
+        # The only per-packet work left: one AEAD call each, in place, looped in C.
         deque(map(encrypt_into, chosen[0], plaintexts, chosen[1], outputs), maxlen=0)
     elif len(rows) == k:
-        # Copy and encrypt each packet in turn, while its bytes are still in the cache.
         size = k * stride
         for start, stop, text, text_end, icv_end, packet, nonce_bytes, aad_bytes in zip(
             range(first, size, stride),
@@ -201,6 +209,8 @@ def seal_rows(
             view[s : s + length] = packets[r]
             s += h
             encrypt_into(nonces[r], view[s : s + ctl], aads[r], view[s : s + end])
+    if len(rows) < k:
+        m[~done] = 0  # what was copied of the packets left to the one-by-one path
 
     # Now the headers, all at once: moved in front of ESP header and IV, and patched.
     words = np.ascontiguousarray(m[:, first:ct]).view(_BE16).astype(np.int64)
@@ -230,5 +240,5 @@ def _pick(
 
 @functools.lru_cache(maxsize=64)
 def _splitter(size: int, count: int) -> struct.Struct:
-    """Cuts ``count`` joined ``size``-byte values apart in one call."""
-    return struct.Struct(f"{size}s" * count)
+    """Cuts ``count`` joined rows of a 12-byte nonce and a ``size - 12``-byte AAD apart."""
+    return struct.Struct(f"12s{size - 12}s" * count)
