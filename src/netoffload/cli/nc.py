@@ -31,7 +31,7 @@ def _stack_options(f: click.decorators.FC) -> click.decorators.FC:
                 "--device",
                 "device",
                 required=True,
-                help="softnic, tap:NAME (created if absent), packet:IFNAME or IFNAME.",
+                help="softnic, tap:NAME (created if absent), packet:IFNAME, xdp:IFNAME or IFNAME.",
             ),
             click.option(
                 "--address",
