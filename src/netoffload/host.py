@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence, Set
 from netoffload.device.base import Device
 from netoffload.engine import pipeline
 from netoffload.engine.admit import ASSEMBLY, SEGMENTATION, Limits
+from netoffload.engine.gso_batch import RowSource
 from netoffload.offload import (
     ChecksumStatus,
     DeviceStats,
@@ -67,6 +68,9 @@ class HostOffload:
         self._derived_from: tuple[frozenset[Task] | None, frozenset[Task]] | None = None
         self._device_tasks = _NO_TASKS
         self._host_rx = _NO_TASKS
+        # A device that lends transmit memory (``XdpDevice.tx_rows``) gets the frames made
+        # here built in it: segments cut, checksums filled, pieces gathered where it sends.
+        self._rows: RowSource | None = getattr(device, "tx_rows", None)
 
     # -- who does what ----------------------------------------------------------------
     def device_limits(self) -> Limits:
@@ -142,8 +146,8 @@ class HostOffload:
             mine.append(here)
             queued.append(packet)
             host_work = host_work or bool(here)
-        if host_work:
-            outcome = pipeline.transmit(queued, mine)
+        if host_work or self._rows is not None:
+            outcome = pipeline.transmit(queued, mine, rows=self._rows)
             for _, reason in outcome.drops:
                 stats.drop(reason)
             for task, n in outcome.tasks.items():
