@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from netoffload.cli import main
 from netoffload.device.base import DeviceError
 from netoffload.device.names import open_device
-from netoffload.device.xdp import XdpDevice
+from netoffload.device.xdp import XdpDevice, af_xdp_missing
 from netoffload.device.xsk import DescRing
 from netoffload.host import HostOffload
 from netoffload.netns import Netns
@@ -45,6 +45,14 @@ from netoffload.wire import Icmpv4EchoRepr, Icmpv4Repr, Ipv4Packet, UdpPacket
 from tests.device.device_frames import MAC_A, MAC_B, V4_A, icmp_echo_v4, tcp_frame, udp_frame
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(autouse=True)
+def _af_xdp() -> None:
+    """Skip, naming the kernel feature, on a machine that cannot run an XdpDevice."""
+    if os.geteuid() == 0 and (missing := af_xdp_missing()) is not None:
+        pytest.skip(missing)
+
 
 OURS, PEER = "nsoxa", "nsoxb"
 PORT = 5001

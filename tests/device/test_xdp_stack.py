@@ -10,6 +10,7 @@ the stack's send ring. Both directions, IPv4 and IPv6, in a smaller exchange.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from netoffload.device.xdp import XdpDevice
+from netoffload.device.xdp import XdpDevice, af_xdp_missing
 from netoffload.loop import StackLoop
 from netoffload.netns import Netns
 from netoffload.policy import OffloadPolicy
@@ -40,6 +41,13 @@ from tests.stack.kernel_peer import (
 )
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(autouse=True)
+def _af_xdp() -> None:
+    """Skip, naming the kernel feature, on a machine that cannot run an XdpDevice."""
+    if os.geteuid() == 0 and (missing := af_xdp_missing()) is not None:
+        pytest.skip(missing)
 
 
 @contextmanager
@@ -215,5 +223,5 @@ def test_nc_runs_our_stack_on_an_xdp_device() -> None:
         assert proc.stdout is not None and proc.stderr is not None
         out, err = proc.stdout.read(), proc.stderr.read().decode()
     assert got == b"through the umem\n" and out == b"and back\n"
-    device = json.loads(err)["interfaces"][0]["device"]
+    device = json.loads(err.splitlines()[-1])["interfaces"][0]["device"]
     assert device["tx_in_place"] > 0 and device["tx_copy_bytes"] <= 60 * device["tx_copies"]

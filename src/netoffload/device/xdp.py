@@ -46,9 +46,10 @@ import numpy as np
 import numpy.typing as npt
 
 from netoffload.device.base import Device, DeviceError, poll_fds
-from netoffload.device.bpf import XDP_MODES, XskRedirect
+from netoffload.device.bpf import XDP_MODES, XskRedirect, create_xskmap
 from netoffload.device.link import interface_exists, interface_mac, interface_mtu, interface_up
 from netoffload.device.xsk import (
+    AF_XDP,
     XDP_COPY,
     XDP_PACKET_HEADROOM,
     XDP_ZEROCOPY,
@@ -626,6 +627,30 @@ class XdpDevice(Device):
             self._xsk = None
         with contextlib.suppress(OSError):
             self._link_sock.close()
+
+
+def af_xdp_missing() -> str | None:
+    """Why this machine cannot run an ``XdpDevice`` (the kernel feature it lacks), or None.
+
+    Probes what the device needs: the architecture, an AF_XDP socket, and an XSKMAP
+    made with bpf(2) (root or CAP_BPF).
+    """
+    why = data_path_supported()
+    if why is not None:
+        return why
+    try:
+        socket.socket(AF_XDP, socket.SOCK_RAW, 0).close()
+    except OSError as exc:
+        if exc.errno in {errno.EAFNOSUPPORT, errno.EINVAL}:
+            return "the kernel has no AF_XDP sockets (CONFIG_XDP_SOCKETS)"
+        return f"cannot open an AF_XDP socket: {os.strerror(exc.errno or 0)}"
+    try:
+        os.close(create_xskmap(1))
+    except OSError as exc:
+        if exc.errno in {errno.ENOSYS, errno.EINVAL}:
+            return "the kernel has no bpf(2) XSKMAP (CONFIG_BPF_SYSCALL, CONFIG_XDP_SOCKETS)"
+        return f"cannot create an XSKMAP with bpf(2): {os.strerror(exc.errno or 0)}"
+    return None
 
 
 def _netns() -> int:
