@@ -240,6 +240,14 @@ class HostOffload:
         stats.tx_packets += len(handed)
         stats.tx_bytes += sum(len(flat[i]) for i in handed)
 
+    def add_outbound_sa(self, handle: int, config: EspConfig) -> None:
+        """Make an outbound SA known under ``handle``: requests may then carry the handle
+        alone, and the context rides the first packet the device encrypts with it."""
+        if self._sa_context.get(handle) != config:
+            self._sa_context[handle] = config
+            self._device_sas.discard(handle)
+            self.contexts.install_outbound(handle, config)
+
     def install_sa(self, handle: int, config: EspConfig) -> None:
         """Install an inbound SA: here, and in the device when it decrypts."""
         self.contexts.install_inbound(handle, config)
