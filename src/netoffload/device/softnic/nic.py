@@ -344,6 +344,14 @@ class SoftNic(Device):
         """Wait (bounded) until ``recv`` may have packets, or with ``for_tx`` until
         transmit slots came back; True when woken, False on timeout."""
         self._check()
+        if for_tx:
+            # The bell is drained before the ring is read, so a completion that lands
+            # after the read rings it again: the poll below cannot miss it, and cannot
+            # return at once forever on a bell nobody drained.
+            _drain(self._completion_bell)
+            self._reap()
+            if self._tx_free and self._tx.space():
+                return True
         fds = [self._rx_bell, self._completion_bell] if for_tx else [self._rx_bell]
         return bool(self._wait_fds(fds, timeout_s))
 
