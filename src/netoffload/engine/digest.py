@@ -16,10 +16,10 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hmac import compare_digest
 from ipaddress import IPv4Address, IPv6Address
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, NamedTuple, TypeAlias
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -57,6 +57,9 @@ from netoffload.engine.ipsec_sa import (
 )
 from netoffload.offload.caps import DigestAlgorithm
 from netoffload.offload.extension import DigestRequest
+from netoffload.offload.packet import Packet
+from netoffload.offload.stats import DropReason
+from netoffload.offload.task import Task
 from netoffload.wire._view import byte_view
 from netoffload.wire.ah import FIXED_LEN as AH_FIXED_LEN
 from netoffload.wire.ah import AhPacket
@@ -69,6 +72,7 @@ __all__ = [
     "DigestError",
     "DigestFailure",
     "DigestKeys",
+    "DigestPass",
     "ah_protect",
     "ah_protect_batch",
     "ah_protect_with",
@@ -78,6 +82,7 @@ __all__ = [
     "crc32c",
     "digest_batch",
     "digest_len",
+    "digest_pass",
     "verify_digest",
 ]
 
@@ -558,3 +563,44 @@ def digest_batch(
         except DigestError as err:
             out.append(err.reason)
     return out
+
+
+class DigestPass(NamedTuple):
+    """What ``digest_pass`` left: the packets still to send, each with its task set (the
+    digested ones without ``DIGEST``, their requests without the digest), the drops
+    (input index and reason) and how many digests were computed."""
+
+    packets: list[Packet]
+    tasks: list[frozenset[Task]]
+    drops: list[tuple[int, DropReason]]
+    done: int
+
+
+def digest_pass(
+    keys: DigestKeys, packets: Sequence[Packet], tasks: Sequence[frozenset[Task]]
+) -> DigestPass:
+    """The digest task of a transmit batch, done first: each packet whose ``tasks`` name
+    ``DIGEST`` gets its digest written into a copy of its frame, so that checksums,
+    segmentation and encryption that follow cover it. The others pass unchanged."""
+    if not any(Task.DIGEST in t for t in tasks):
+        return DigestPass(list(packets), list(tasks), [], 0)
+    out: list[Packet] = []
+    out_tasks: list[frozenset[Task]] = []
+    drops: list[tuple[int, DropReason]] = []
+    done = 0
+    for i, (packet, wanted) in enumerate(zip(packets, tasks, strict=True)):
+        request = packet.tx.digest
+        if Task.DIGEST not in wanted or request is None:
+            out.append(packet)
+            out_tasks.append(wanted)
+            continue
+        frame = bytearray(packet.frame())
+        try:
+            compute_digest(keys, request, frame)
+        except DigestError as err:
+            drops.append((i, DropReason(err.reason.value)))
+            continue
+        done += 1
+        out.append(Packet(frame, replace(packet.tx, digest=None), packet.rx))
+        out_tasks.append(wanted - {Task.DIGEST})
+    return DigestPass(out, out_tasks, drops, done)
