@@ -149,26 +149,32 @@ class TokenBuckets:
 
     def take(self, keys: U64Array, now_ns: int) -> BoolArray:
         """Charge one token per entry of ``keys`` (in order); which got one."""
-        if not len(keys):
+        m = len(keys)
+        if not m:
             return np.zeros(0, dtype=bool)
         rate, full = self.limit.rate_pps, self.limit.burst * _NANO
-        unique, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        # One stable sort groups the keys and keeps batch order within each group.
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        first = np.ones(m, dtype=bool)
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        group = np.cumsum(first) - 1
+        unique = ordered[starts]
+        counts = np.diff(np.append(starts, m))
         at = np.searchsorted(self._keys, unique)
         found = at < len(self._keys)
         found[found] = self._keys[at[found]] == unique[found]
         tokens = np.full(len(unique), full, dtype=np.int64)
         if found.any():
             old = at[found]
-            elapsed = np.clip(now_ns - self._last[old], 0, full // rate + 1)
+            elapsed = np.minimum(np.maximum(now_ns - self._last[old], 0), full // rate + 1)
             tokens[found] = np.minimum(full, self._tokens[old] + elapsed * rate)
         granted = np.minimum(counts, tokens // _NANO)
         tokens -= granted * _NANO
         # Within a key, the first frames in batch order take the tokens.
-        order = np.argsort(inverse, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        rank = np.empty(len(keys), dtype=np.int64)
-        rank[order] = np.arange(len(keys)) - np.repeat(starts, counts)
-        allowed: BoolArray = rank < granted[inverse]
+        allowed = np.empty(m, dtype=bool)
+        allowed[order] = np.arange(m) - starts[group] < granted[group]
         if found.any():
             self._tokens[at[found]] = tokens[found]
             self._last[at[found]] = now_ns
@@ -186,7 +192,7 @@ class TokenBuckets:
 
     def _evict(self, now_ns: int) -> None:
         rate, full = self.limit.rate_pps, self.limit.burst * _NANO
-        elapsed = np.clip(now_ns - self._last, 0, full // rate + 1)
+        elapsed = np.minimum(np.maximum(now_ns - self._last, 0), full // rate + 1)
         keep = self._tokens + elapsed * rate < full  # a full bucket is no bucket
         if np.count_nonzero(keep) > self.max_buckets:
             # Still too many: keep the most recently used.
@@ -230,7 +236,7 @@ class DosFilter:
         self.max_buckets = max_buckets
         self._ids = itertools.count(1)
         self._entries: dict[int, tuple[bool, str, AddressMatch]] = {}  # id -> (allow, side, prefix)
-        self._lookup: dict[str, tuple[U64Array, IntArray]] | None = None
+        self._lookup: dict[str, tuple[U64Array, IntArray, IntArray, BoolArray]] | None = None
         self._limits: dict[str, _Limit] = {}
         self.drops: Counter[str] = Counter()  # by reason: frames dropped or limited
         self.syn_cookies = 0  # SYNs sent to SYN cookies
@@ -288,8 +294,10 @@ class DosFilter:
                 return
         raise KeyError(rule_id)
 
-    def _tables(self) -> dict[str, tuple[U64Array, IntArray]]:
-        """Per side: interval bounds and the deciding entry of each (longest prefix, then id)."""
+    def _tables(self) -> dict[str, tuple[U64Array, IntArray, IntArray, BoolArray]]:
+        """Per side: interval bounds, the deciding entry's position per interval (longest
+        prefix, then lowest id; 0 for none), the entry ids by position, whether each allows.
+        """
         if self._lookup is None:
             self._lookup = {}
             for side in ("source", "destination"):
@@ -297,19 +305,19 @@ class DosFilter:
                 if not entries:
                     continue
                 spans = [(rid, *_span(c)) for rid, c in entries]
-                cuts = sorted(
-                    {0} | {lo for _, lo, _, _ in spans} | {hi + 1 for _, _, hi, _ in spans}
-                )
-                bounds = np.array([c for c in cuts if c < 1 << 64], dtype=np.uint64)
-                best = np.full(len(bounds), NO_RULE, dtype=np.int64)
-                best_len = np.full(len(bounds), -1, dtype=np.int64)
+                cuts = {lo for _, lo, _, _ in spans} | {hi + 1 for _, _, hi, _ in spans}
+                bounds = np.array(sorted(c for c in cuts | {0} if c < 1 << 64), dtype=np.uint64)
                 starts = bounds.tolist()
-                for rid, lo, hi, plen in sorted(spans, key=lambda s: (s[3], -s[0])):
+                # Row i + 1 is the interval from bounds[i]: searchsorted(..., "right") indexes it.
+                best = np.zeros(len(bounds) + 1, dtype=np.int64)
+                ids = [NO_RULE]
+                for rid, lo, hi, _ in sorted(spans, key=lambda s: (s[3], -s[0])):
                     i = starts.index(lo)
                     j = starts.index(hi + 1) if hi + 1 < 1 << 64 else len(starts)
-                    best[i:j] = rid
-                    best_len[i:j] = plen
-                self._lookup[side] = (bounds, best)
+                    best[i + 1 : j + 1] = len(ids)
+                    ids.append(rid)
+                allows = np.array([False] + [self._entries[r][0] for r in ids[1:]])
+                self._lookup[side] = (bounds, best, np.array(ids, dtype=np.int64), allows)
         return self._lookup
 
     # -- batches --------------------------------------------------------------------------
@@ -321,39 +329,47 @@ class DosFilter:
         reason = np.full(n, NO_REASON, dtype=np.int8)
         open_ = np.ones(n, dtype=bool)  # not decided yet
 
-        def decide(mask: BoolArray, why: DosReason, what: DosVerdict, rid: int = NO_RULE) -> None:
+        def decide(
+            mask: BoolArray, why: DosReason, what: DosVerdict, rid: int | None = NO_RULE
+        ) -> None:
+            """Decide the open frames of ``mask``; ``rid`` None: ``rule`` is already set."""
             mask = mask & open_
             if not mask.any():
                 return
             verdict[mask] = what
             reason[mask] = _INDEX[why]
-            rule[mask] = rid
+            if rid is not None:
+                rule[mask] = rid
             open_[mask] = False
             count = int(np.count_nonzero(mask))
             if what is DosVerdict.SYN_COOKIE:
                 self.syn_cookies += count
             else:
                 self.drops[why.value] += count
-            if rid != NO_RULE:
+            if rid is not None and rid != NO_RULE:
                 self.rule_hits[rid] += count
 
         for why, mask in _malformed(fields):
             decide(mask, why, DosVerdict.DROP)
         ip = fields.version != 0
-        for side, key in (("source", fields.src_key), ("destination", fields.dst_key)):
+        for side in ("source", "destination"):
             table = self._tables().get(side)
             if table is None:
                 continue
-            bounds, best = table
-            entry = np.where(ip, best[np.searchsorted(bounds, key, side="right") - 1], NO_RULE)
-            for rid in np.unique(entry[(entry != NO_RULE) & open_]).tolist():
-                allow, _, _ = self._entries[rid]
-                hit = entry == rid
-                if allow:
-                    open_ &= ~hit
-                    self.rule_hits[rid] += int(np.count_nonzero(hit))
-                else:
-                    decide(hit, DosReason.BLOCKED, DosVerdict.DROP, rid)
+            bounds, best, ids, allows = table
+            key = fields.src_key if side == "source" else fields.dst_key
+            entry = best[np.searchsorted(bounds, key, side="right")] * (ip & open_)
+            if not entry.any():
+                continue
+            hits = np.bincount(entry, minlength=len(ids))
+            for pos in np.flatnonzero(hits[1:]).tolist():
+                self.rule_hits[int(ids[pos + 1])] += int(hits[pos + 1])
+            allowed = allows[entry]
+            open_ &= ~allowed
+            blocked = (entry != 0) & ~allowed
+            if blocked.any():
+                rule[blocked] = ids[entry[blocked]]
+                decide(blocked, DosReason.BLOCKED, DosVerdict.DROP, None)
         icmp = (fields.proto == 1) | (fields.proto == 58)
         syn = fields.tcp & ((fields.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)
         for kind, key, eligible, what in (
@@ -379,6 +395,27 @@ class DosFilter:
         return self.filter(extract(batch), now_ns)
 
 
+def _bad_flags_table() -> npt.NDArray[np.bool_]:
+    flags = np.arange(256)
+    fin, syn, rst = (flags & TCP_FIN) != 0, (flags & TCP_SYN) != 0, (flags & TCP_RST) != 0
+    xmas = (flags & (TCP_FIN | TCP_PSH | TCP_URG)) == (TCP_FIN | TCP_PSH | TCP_URG)
+    bad: npt.NDArray[np.bool_] = (
+        ((flags & 0x3F) == 0)
+        | (syn & (fin | rst))
+        | (fin & rst)
+        | (xmas & ((flags & TCP_ACK) == 0))
+    )
+    return bad
+
+
+# By TCP flags byte: an impossible combination. By protocol: the header a first fragment needs.
+_BAD_FLAGS = _bad_flags_table()
+_HEADER_NEED = np.full(256, 0, dtype=np.int64)
+_HEADER_NEED[[6, 17, 1, 58]] = [20, 8, 8, 8]
+_U32 = np.dtype("=u4")
+_U64 = np.dtype("=u8")
+
+
 def _malformed(f: Fields) -> list[tuple[DosReason, BoolArray]]:
     """(reason, frames) of every built-in check, in the order they are applied."""
     et = f.ethertype
@@ -390,38 +427,30 @@ def _malformed(f: Fields) -> list[tuple[DosReason, BoolArray]]:
     ip_len = f.ip_len
     ip_end = f.l3 + ip_len
     bad_len = (is4 & ((ip_len < f.ihl) | (ip_len > room))) | (is6 & (ip_len > room))
-    first = f.fragment & (f.frag_offset == 0)
-    frag_data = ip_end - f.l4
-    bad_len |= f.fragment & (f.frag_offset * 8 + frag_data > 65535)
     udp = ip & (f.proto == 17) & ~f.fragment
-    udp_len = np.where(udp, f.l4_head[:, 4].astype(np.int64) << 8 | f.l4_head[:, 5], 8)
+    udp_len = (f.l4_head[:, 4].astype(np.int64) << 8) | f.l4_head[:, 5]
     bad_len |= udp & f.l4_ok & ((udp_len < 8) | (f.l4 + udp_len > ip_end))
     tcp_proto = ip & (f.proto == 6) & ~f.fragment
     doff = (f.l4_head[:, 12] >> 4).astype(np.int64) * 4
     bad_header = (tcp_proto & (~f.tcp | (f.l4 + doff > ip_end))) | (udp & ~f.l4_ok)
     flags = f.tcp_flags
-    fin, syn, rst = (flags & TCP_FIN) != 0, (flags & TCP_SYN) != 0, (flags & TCP_RST) != 0
-    xmas = (flags & (TCP_FIN | TCP_PSH | TCP_URG)) == (TCP_FIN | TCP_PSH | TCP_URG)
-    bad_flags = f.tcp & (
-        ((flags & 0x3F) == 0)
-        | (syn & (fin | rst))
-        | (fin & rst)
-        | (xmas & ((flags & TCP_ACK) == 0))
-    )
-    header_need = np.select(
-        [f.proto == 6, f.proto == 17, (f.proto == 1) | (f.proto == 58)], [20, 8, 8], 0
-    )
-    tiny = f.fragment & (
-        ((f.proto == 6) & (f.frag_offset == 1))
-        | (first & (frag_data < header_need))
-        | (f.more_fragments & (frag_data % 8 != 0))
-    )
-    land = np.zeros(len(f), dtype=bool)
-    for rows, width, begin in ((is4, 4, 12), (is6, 16, 8)):
-        if rows.any():
-            src = f.ip[:, begin : begin + width]
-            dst = f.ip[:, begin + width : begin + 2 * width]
-            land |= rows & (src == dst).all(axis=1)
+    bad_flags = f.tcp & _BAD_FLAGS[flags & 0xFF]
+    tiny = np.zeros(len(f), dtype=bool)
+    if f.fragment.any():
+        frag = f.fragment
+        data = ip_end - f.l4
+        bad_len |= frag & (f.frag_offset * 8 + data > 65535)
+        first = frag & (f.frag_offset == 0)
+        tiny = frag & (
+            ((f.proto == 6) & (f.frag_offset == 1))
+            | (first & (data < _HEADER_NEED[f.proto]))
+            | (f.more_fragments & (data % 8 != 0))
+        )
+    land = is4 & (f.ip[:, 12:16].view(_U32)[:, 0] == f.ip[:, 16:20].view(_U32)[:, 0])
+    if is6.any():
+        words = f.ip[:, 8:40].view(_U64)
+        same6 = (words[:, 0] == words[:, 2]) & (words[:, 1] == words[:, 3])
+        land |= is6 & same6
     return [
         (DosReason.MALFORMED, ip_type & ~ip),
         (DosReason.BAD_LENGTH, bad_len),
