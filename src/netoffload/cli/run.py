@@ -40,7 +40,7 @@ def load_config(path: str) -> dict[str, Any]:
         if wanted is None:
             raise SetupError(f"{path}: unknown key {key!r} ({', '.join(_CONFIG_KEYS)})")
         if not isinstance(value, wanted) or (
-            wanted is list and not all(isinstance(v, str) for v in value)
+            isinstance(value, list) and not all(isinstance(v, str) for v in value)
         ):
             kind = "a list of strings" if wanted is list else "a string"
             raise SetupError(f"{path}: {key} must be {kind}")

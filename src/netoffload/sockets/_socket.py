@@ -196,6 +196,9 @@ class Socket(_std.socket):
         self._opts = _Options()
         self._force_os: str | None = None
         self._binding: _Binding | None = None
+        #: Whether a connect() has reported the connection made (Linux: a connect() after a
+        #: non-blocking one completed returns 0 once, then EISCONN).
+        self._connect_told = False
         family, kind = int(self.family), int(self.type)
         rt = self._rt
         if rt is None:
@@ -355,6 +358,9 @@ class Socket(_std.socket):
                 if ul.connecting():
                     raise os_error(errno.EALREADY if nonblocking else errno.EINPROGRESS)
                 if not ul.gone and ul.error is None:
+                    if not self._connect_told:
+                        self._connect_told = True
+                        return
                     raise os_error(errno.EISCONN)
                 ul.close()
             elif isinstance(ul, TcpListen):
@@ -379,6 +385,7 @@ class Socket(_std.socket):
                 stream.conn.abort()
                 rt.transmit(handle)
                 raise
+            self._connect_told = True
 
     def connect_ex(self, address: Any) -> int:
         if self._path == _OS:
@@ -502,6 +509,7 @@ class Socket(_std.socket):
         _REAL.__init__(sock, listening.family, listening.type, listening.proto, placeholder_dup())
         sock._begin(rt, None)
         sock._path = _USER
+        sock._connect_told = True
         record = sock._record
         assert record is not None
         rt.counters.chose(record, USER_LEVEL, "accept")
