@@ -39,7 +39,6 @@ import pytest
 from click.testing import CliRunner
 
 from netoffload.cli import main
-from netoffload.control import request
 from netoffload.netns import Netns
 from tests.stack.kernel_peer import connect_when_listening, kernel_socket, tail
 
@@ -186,8 +185,12 @@ def test_http_server_with_no_flags_serves_100_mb_to_urllib_and_curl(big_file: Pa
                 ns.exec("curl", "-sS", "--max-time", "60", "-o", str(target), url)
                 assert filecmp.cmp(target, big_file, shallow=False)
             downloads += 1
-        stats = request(name, "stats")
+        shown = CliRunner().invoke(main, ["stats", name, "--json"])  # `netoffload stats NAME`
+        assert shown.exit_code == 0, shown.output
+        stats = json.loads(shown.stdout)
         assert_all_user_level(stats, downloads * SIZE)
+        assert {s["path"] for s in stats["sockets"] if s["family"] != "AF_UNIX"} == {"user_level"}
+        assert stats == stats | {"sockets_listed": len(stats["sockets"])}
         assert stats["paths"]["user_level"]["bytes_sent"] >= downloads * SIZE
         assert stats["selections"].get("user_level/bind") == 1  # the wildcard bind
         status, _out, err = run.finish(interrupt=True)
