@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -62,6 +63,20 @@ class SocketRecord:
         }
 
 
+def _path_of(record: SocketRecord) -> str:
+    return USER_LEVEL if record.path == USER_LEVEL else OS
+
+
+def _add(totals: MutableMapping[str, int], record: SocketRecord) -> None:
+    """Add what ``record`` moved to its path's ``totals`` (IP traffic over the OS apart)."""
+    inet_os = record.inet and _path_of(record) == OS
+    for name in _COUNTS:
+        value = getattr(record, name)
+        totals[name] = totals.get(name, 0) + value
+        if inet_os:
+            totals[f"inet_{name}"] = totals.get(f"inet_{name}", 0) + value
+
+
 class PathCounters:
     """Every socket of one runtime: live records, and the totals of closed ones per path."""
 
@@ -89,14 +104,9 @@ class PathCounters:
         with self._lock:
             if self.live.pop(record.ident, None) is None:
                 return
-            path = USER_LEVEL if record.path == USER_LEVEL else OS
-            totals = self._closed[path]
+            totals = self._closed[_path_of(record)]
             totals["sockets_closed"] += 1
-            for name in _COUNTS:
-                value = getattr(record, name)
-                totals[name] += value
-                if path == OS and record.inet:
-                    totals[f"inet_{name}"] += value
+            _add(totals, record)
 
     def totals(self) -> dict[str, dict[str, int]]:
         """Per path: sockets open and closed, and everything moved (closed and live)."""
@@ -112,14 +122,9 @@ class PathCounters:
                 if path == OS:
                     entry.setdefault(f"inet_{name}", 0)
         for record in live:
-            path = USER_LEVEL if record.path == USER_LEVEL else OS
-            entry = out[path]
+            entry = out[_path_of(record)]
             entry["sockets_open"] += 1
-            for name in _COUNTS:
-                value = getattr(record, name)
-                entry[name] += value
-                if path == OS and record.inet:
-                    entry[f"inet_{name}"] += value
+            _add(entry, record)
         return out
 
     def as_dict(self) -> dict[str, Any]:

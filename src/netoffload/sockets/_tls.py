@@ -308,10 +308,9 @@ class TlsSocket(Socket):
         Socket._real_close(self)
 
 
-def wrap_socket(
+def wrap_socket(  # noqa: PLR0917 - SSLContext.wrap_socket's signature, which install() sets
     context: ssl.SSLContext,
     sock: Any,
-    *,
     server_side: bool = False,
     do_handshake_on_connect: bool = True,
     suppress_ragged_eofs: bool = True,
@@ -330,14 +329,9 @@ def wrap_socket(
             session=session,
         )
     return _ORIGINAL_WRAP(
-        context,
-        sock,
-        server_side=server_side,
-        do_handshake_on_connect=do_handshake_on_connect,
-        suppress_ragged_eofs=suppress_ragged_eofs,
-        server_hostname=server_hostname,
-        session=session,
-    )
+        context, sock, server_side, do_handshake_on_connect, suppress_ragged_eofs,
+        server_hostname, session,
+    )  # fmt: skip
 
 
 def _original_wrap() -> Any:
@@ -346,3 +340,4 @@ def _original_wrap() -> Any:
 
 
 _ORIGINAL_WRAP = _original_wrap()
+wrap_socket._netoffload_original = _ORIGINAL_WRAP  # type: ignore[attr-defined]
