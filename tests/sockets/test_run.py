@@ -462,3 +462,27 @@ def test_unix_loopback_and_other_destinations_go_through_the_os(tmp_path: Path) 
     assert selections["os/no_route"] == 1
     assert selections["os/af_unix"] >= 2
     assert selections["user_level/connect"] == 1
+
+
+def test_the_programs_own_error_and_exit_status_are_pythons() -> None:
+    """A SoftNic needs no privileges: the program's traceback is its own, its status is run's."""
+    code = "import socket; print(type(socket.socket()).__name__); raise ValueError('boom')"
+    result = CliRunner().invoke(
+        main,
+        ["run", "--device", "softnic", "--address", "198.18.0.2/24", "--", "python", "-c", code],
+    )
+    assert result.exit_code == 1
+    assert result.stdout == "Socket\n"
+    lines = result.stderr.splitlines()
+    assert lines[:3] == [
+        "Traceback (most recent call last):",
+        '  File "<string>", line 1, in <module>',
+        "ValueError: boom",
+    ]
+    assert lines[-1].startswith("netoffload run: user-level 0 sockets")
+    exited = CliRunner().invoke(
+        main,
+        ["run", "--device", "softnic", "--address", "198.18.0.2/24", "--", "python", "-c",
+         "raise SystemExit(3)"],
+    )  # fmt: skip
+    assert exited.exit_code == 3

@@ -93,6 +93,7 @@ def run(
 ) -> None:
     """Run a Python program with its sockets served by the user-level stack.
 
+    \b
     netoffload run --device tap:nsotap0 --address 198.18.0.2/24 -- python -m http.server
 
     TCP and UDP sockets whose destination or bound address the stack's interface

@@ -13,6 +13,7 @@ import os
 import re
 import runpy
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,13 @@ def run_program(program: Program) -> int:
             exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
     except SystemExit as exc:
         return _status(exc.code)
+    except (KeyboardInterrupt, CommandError):
+        raise
+    except BaseException as exc:  # the program's own error: reported as python reports it
+        traceback.print_exception(
+            exc.with_traceback(exc.__traceback__.tb_next if exc.__traceback__ else None)
+        )
+        return 1
     finally:
         sys.argv = saved_argv
         if saved_path0 is not None:
