@@ -343,3 +343,18 @@ def test_loopback_and_unix_sockets_go_to_the_os(rig: SocketRig) -> None:
     assert selections["os/loopback"] == 1 and selections["os/af_unix"] == 1
     for s in (local, ours, conn, a):
         s.close()
+
+
+def test_an_address_nobody_answers_for_is_ehostunreach_as_the_kernels(rig: SocketRig) -> None:
+    """No ARP answer for 198.18.0.9: both give up after about three seconds."""
+    kernel, ours = rig.kernel(), rig.ours()
+    results: dict[str, int | None] = {}
+
+    def attempt(name: str, sock: socket.socket) -> None:
+        results[name] = _errno_of(lambda: sock.connect(("198.18.0.9", 80)))
+
+    thread, out = in_thread(lambda: attempt("kernel", kernel))
+    attempt("ours", ours)
+    result(thread, out)
+    assert results["kernel"] == errno.EHOSTUNREACH
+    assert results["ours"] == results["kernel"]
