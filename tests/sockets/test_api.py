@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import select
 import selectors
 import socket
@@ -325,7 +326,10 @@ def test_create_connection_and_create_server(rig: SocketRig) -> None:
         s.close()
 
 
-def test_loopback_and_unix_sockets_go_to_the_os(rig: SocketRig) -> None:
+def test_loopback_and_unix_sockets_go_to_the_os(
+    rig: SocketRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="netoffload.sockets")
     with rig.ns.entered():
         local = socket.socket()
     local.bind(("127.0.0.1", 0))
@@ -341,6 +345,9 @@ def test_loopback_and_unix_sockets_go_to_the_os(rig: SocketRig) -> None:
     assert a.path == "os"
     selections = rig.runtime.counters.selections
     assert selections["os/loopback"] == 1 and selections["os/af_unix"] == 1
+    chosen = [r.getMessage() for r in caplog.records if r.name == "netoffload.sockets"]
+    assert any("the OS (loopback)" in m for m in chosen), chosen
+    assert any("the OS (af_unix)" in m for m in chosen), chosen
     for s in (local, ours, conn, a):
         s.close()
 
