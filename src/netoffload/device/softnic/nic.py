@@ -29,6 +29,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,8 @@ from netoffload.offload import (
     CryptoFeatures,
     DecryptCaps,
     DeviceStats,
+    DigestAlgorithm,
+    DigestCaps,
     DropReason,
     EncryptCaps,
     IpVersions,
@@ -115,8 +118,17 @@ def default_capabilities() -> list[CapabilityRecord]:
         UdpAssemblyCaps(max_size_bytes=65536, versions=both),
         EncryptCaps(**_IPSEC),
         DecryptCaps(**_IPSEC),
+        DigestCaps(algorithms=_DIGESTS, max_keys=1024),
     ]
 
+
+#: The digests a SoftNic's engine computes (``engine.digest``).
+_DIGESTS = (
+    DigestAlgorithm.HMAC_SHA1_96
+    | DigestAlgorithm.HMAC_SHA256_128
+    | DigestAlgorithm.HMAC_SHA512_256
+    | DigestAlgorithm.CRC32C
+)
 
 #: What a SoftNic's IPsec engine does: every algorithm, mode and option of the engine's ESP.
 _IPSEC: dict[str, Any] = {
@@ -454,6 +466,16 @@ class SoftNic(Device):
     def revoke_sa(self, handle: int) -> None:
         """Remove the SA under ``handle`` from the firmware (either direction)."""
         self._call(Op.REVOKE_SA, handle.to_bytes(4, "little"))
+
+    def install_digest_key(self, handle: int, algorithm: DigestAlgorithm, key: bytes) -> None:
+        """Hold a digest key in the firmware under ``handle`` (refused unless the digest
+        task is enabled with room for the handle and the algorithm)."""
+        body = struct.pack("<II", handle, DigestAlgorithm(algorithm).value) + bytes(key)
+        self._call(Op.INSTALL_DIGEST_KEY, body)
+
+    def revoke_digest_key(self, handle: int) -> None:
+        """Forget the digest key under ``handle`` in the firmware."""
+        self._call(Op.REVOKE_DIGEST_KEY, handle.to_bytes(4, "little"))
 
     def cable_counters(self) -> dict[str, int]:
         """The port's wire counters (sent, lost, corrupted, ...) as of the last ``stats``."""
