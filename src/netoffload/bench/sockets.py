@@ -260,6 +260,10 @@ def _ratio(a: float, b: float) -> float | None:
     return round(a / b, 3) if b > 0 else None
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def render(result: dict[str, Any], console: Console) -> None:
     """The side-by-side table."""
     table = Table(
@@ -277,14 +281,14 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"request/response ({result['rr_message_bytes']} B), per s",
         f"{result['ours_rr_per_s']:,.0f}",
         f"{result['os_rr_per_s']:,.0f}",
-        f"{result['ratio_rr_ours_over_os']}",
+        _times(result["ratio_rr_ours_over_os"]),
     )
     table.add_row(
         f"bulk ({result['bulk_bytes'] >> 20} MiB in {result['bulk_block_bytes'] >> 10} KiB "
         "sendall), Gbit/s",
         f"{result['ours_bulk_gbit_per_s']:.2f}",
         f"{result['os_bulk_gbit_per_s']:.2f}",
-        f"{result['ratio_bulk_ours_over_os']}",
+        _times(result["ratio_bulk_ours_over_os"]),
     )
     console.print(table)
     console.print(
