@@ -522,3 +522,17 @@ def test_http_server_on_an_xdp_device_sends_100_mb_formed_in_umem(big_file: Path
     # device copied is what came whole (ARP and the like), no payload.
     assert device["tx_in_place"] >= stats["stack"]["tcp"]["segments_out"] > SIZE // 1448
     assert device["tx_copy_bytes"] <= 60 * device["tx_copies"]
+
+
+def test_settings_from_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('device = "softnic"\naddresses = ["198.18.0.2/24"]\npolicy = "never"\n')
+    code = "import socket; s = socket.socket(); s.bind(('198.18.0.2', 0)); print(s.path)"
+    result = CliRunner().invoke(
+        main, ["run", "--config", str(config), "--stats", "--", "python", "-c", code]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "user_level\n"
+    stats = json.loads(result.stderr.splitlines()[-1])
+    assert stats["selections"] == {"user_level/bind": 1}
+    assert stats["stack"]["policy"]["mode"] == "never"
