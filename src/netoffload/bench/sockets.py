@@ -39,6 +39,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.bench.tcp import ratio, times
 from netoffload.device.base import DeviceError
 from netoffload.device.tap import TapDevice
 from netoffload.netns import Netns
@@ -247,21 +248,13 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
         "os_rr_per_s": round(best["os_rr"], 1),
         "ours_bulk_gbit_per_s": round(best["ours_bulk"], 3),
         "os_bulk_gbit_per_s": round(best["os_bulk"], 3),
-        "ratio_rr_ours_over_os": _ratio(best["ours_rr"], best["os_rr"]),
-        "ratio_bulk_ours_over_os": _ratio(best["ours_bulk"], best["os_bulk"]),
+        "ratio_rr_ours_over_os": ratio(best["ours_rr"], best["os_rr"]),
+        "ratio_bulk_ours_over_os": ratio(best["ours_bulk"], best["os_bulk"]),
         "user_level_bytes_fraction": counters["user_level_bytes_fraction"],
         "ours_user_level_bytes": user["bytes_sent"] + user["bytes_received"],
         "ours_os_ip_bytes": osp["inet_bytes_sent"] + osp["inet_bytes_received"],
         "ours_selections": counters["selections"],
     }
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b > 0 else None
-
-
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def render(result: dict[str, Any], console: Console) -> None:
@@ -281,14 +274,14 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"request/response ({result['rr_message_bytes']} B), per s",
         f"{result['ours_rr_per_s']:,.0f}",
         f"{result['os_rr_per_s']:,.0f}",
-        _times(result["ratio_rr_ours_over_os"]),
+        times(result["ratio_rr_ours_over_os"], 2),
     )
     table.add_row(
         f"bulk ({result['bulk_bytes'] >> 20} MiB in {result['bulk_block_bytes'] >> 10} KiB "
         "sendall), Gbit/s",
         f"{result['ours_bulk_gbit_per_s']:.2f}",
         f"{result['os_bulk_gbit_per_s']:.2f}",
-        _times(result["ratio_bulk_ours_over_os"]),
+        times(result["ratio_bulk_ours_over_os"], 2),
     )
     console.print(table)
     console.print(
