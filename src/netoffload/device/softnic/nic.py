@@ -250,8 +250,8 @@ class SoftNic(Device):
         self._lent: set[int] = set()
         self._rx_held: set[int] = set()
         # Received views by identity: release finds a packet's slot without an address
-        # computation (a view is alive, so its id is unique, while the caller holds it).
-        self._rx_views: dict[int, int] = {}
+        # computation (each view is kept here until released, so its id stays unique).
+        self._rx_views: dict[int, tuple[memoryview, int]] = {}
         self._fill.push(list(range(g.tx_slots, g.slots)))
         self._ring(self._nic_bell)
         self._encode_tx = Memo(layout.encode_tx_ext)
@@ -677,7 +677,9 @@ class SoftNic(Device):
             view = mem[base : base + length]
             out.append(Packet(view, rx=decode(ext)))
             held.add(slot)
-            views[id(view)] = slot
+            # The view is kept with its slot: while it is mapped, its id cannot be reused by
+            # another object that a release would then take for it.
+            views[id(view)] = (view, slot)
         ring.publish_consumer(tail + count)
         if ring.available():
             self._ring(self._rx_bell)  # more is waiting: keep fileno() readable
@@ -696,13 +698,19 @@ class SoftNic(Device):
         else:
             back = []
             for packet in packets:
-                slot = views.pop(id(packet.data), None)
+                entry = views.pop(id(packet.data), None)
+                slot = entry[1] if entry is not None else None
                 if slot is None:
                     where = self._slot_of(packet.data)
                     slot = None if where is None else where[0]
                 if slot is not None and slot in held:
                     held.discard(slot)
                     back.append(slot)
+            if len(views) > len(held):
+                # Slots given back through other views of them (a host that made new ones):
+                # forget their original views.
+                for key in [k for k, (_, slot) in views.items() if slot not in held]:
+                    del views[key]
         if back and not self._res.closed:
             self._fill.push(back)
             self._ring(self._nic_bell)
