@@ -39,6 +39,7 @@ from netoffload.engine.ipsec_offload import (
     decrypt_frames,
     transmit_encrypted,
 )
+from netoffload.engine.txpath import InPlace
 from netoffload.offload import (
     NO_REQUEST,
     ChecksumStatus,
@@ -104,6 +105,8 @@ class HostOffload:
         # A device that lends transmit memory (``XdpDevice.tx_rows``) gets the frames made
         # here built in it: segments cut, checksums filled, pieces gathered where it sends.
         self._rows: RowSource | None = getattr(device, "tx_rows", None)
+        # And payload it sends where it lies (a send buffer in its memory) stays there.
+        self._in_place: InPlace | None = getattr(device, "posts_in_place", None)
 
     # -- who does what ----------------------------------------------------------------
     def device_limits(self) -> Limits:
@@ -202,7 +205,8 @@ class HostOffload:
                 stats.task_done(Task.DIGEST, digested.done)
             queued, mine = digested.packets, digested.tasks
         if host_work or self._rows is not None:
-            outcome = pipeline.transmit(queued, mine, rows=self._rows)
+            outcome = pipeline.transmit(queued, mine, rows=self._rows, in_place=self._in_place)
+            stats.tx_payload_copy_bytes += outcome.payload_copy_bytes
             for _, reason in outcome.drops:
                 stats.drop(reason)
             for task, n in outcome.tasks.items():
@@ -248,6 +252,7 @@ class HostOffload:
         if digested.done:
             stats.task_done(Task.DIGEST, digested.done)
         flat = [p.flat() for p in digested.packets]
+        stats.tx_payload_copy_bytes += sum(len(p.data) for p in digested.packets if p.head)
         outcome = transmit_encrypted(flat, self.contexts)
         for _, reason in outcome.drops:
             stats.drop(reason)

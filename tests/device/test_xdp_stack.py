@@ -1,10 +1,12 @@
 """Our stack on an XdpDevice talks TCP to the kernel across a veth pair, frames built in UMEM.
 
 The issue's acceptance: 100 MB from our stack to a kernel socket, byte-exact,
-every TCP segment formed in a UMEM chunk (checksummed there by the host,
-``HostOffload`` over ``XdpDevice.tx_rows``) and posted where it lies; the
-device's copy counter shows that no frame with a payload was copied after
-the stack's send ring. Both directions, IPv4 and IPv6, in a smaller exchange.
+the connection's send buffer in the UMEM and every data segment posted as
+AF_XDP multi-buffer: its headers (checksummed by the host over headers and
+payload) in a chunk of their own, its payload where the application's bytes
+were written. The counters show that no payload byte was copied after that
+one copy, by the host or the device. Both directions, IPv4 and IPv6, in a
+smaller exchange.
 """
 
 from __future__ import annotations
@@ -129,12 +131,22 @@ def test_100_mb_from_our_stack_built_in_umem_arrive_byte_exact(
         assert len(side.received) == len(data) and side.received == data
         device = r.device.stats()
         host = r.stack.interfaces[0].host.stats
-        segments = r.stack.tcp.stats.segments_out
-    # Every TCP segment (data, ACK, SYN, FIN) was formed in a UMEM row the host was lent,
-    # its checksum filled there, and posted where it lay: no copy at the device.
-    assert segments > len(data) // 1448
-    assert host.fallbacks["checksum/not_enabled"] == segments
-    assert device.tx_in_place == lent[0] >= segments
+        tcp = r.stack.tcp.stats
+        info = handle.conn.info()
+        sent, resent = info.bytes_sent, info.bytes_retransmitted
+    assert tcp.send_buffers_in_device == 1 and tcp.send_buffers_in_host == 0
+    # Every TCP segment had its checksum filled by the host and was posted where it lay:
+    # data segments as their headers and the send buffer's bytes, control segments
+    # (SYN, ACK-only, FIN) in a UMEM row the host was lent.
+    assert tcp.segments_out > len(data) // 1448
+    assert host.fallbacks["checksum/not_enabled"] == tcp.segments_out
+    assert device.tx_in_place == tcp.segments_out > lent[0]
+    # The payload: the application's bytes were copied into the send buffer, and then
+    # neither the host nor the device copied a byte of it again.
+    assert host.tx_payload_copy_bytes == 0 and device.tx_payload_copy_bytes == 0
+    # Posted in place: every payload byte sent (and sent again), and the control segments.
+    assert sent == len(data)
+    assert 0 <= device.tx_in_place_bytes - (sent + resent) <= 100 * lent[0]
     # What the device copied is what the stack handed over whole: ARP, no TCP payload.
     assert device.tx_copies <= 4 and device.tx_copy_bytes <= 60 * device.tx_copies
     assert device.tx_packets == device.tx_in_place + device.tx_copies

@@ -20,6 +20,16 @@ and by the kernel should the process die).
   where it lies (``tx_in_place``); anything else is copied into a free
   chunk (``tx_copies``, ``tx_copy_bytes``). A chunk is free again once the
   kernel reports it on the completion ring.
+* **Send memory** (``lend_send_memory``): past those chunks the UMEM has
+  ``send_memory_bytes`` more, lent in whole chunks to whoever keeps its
+  outgoing bytes there (a TCP connection's send ring). A frame in two
+  pieces whose second lies in such memory is posted as AF_XDP multi-buffer
+  (``XDP_USE_SG``, Linux 6.6+): the first piece (the headers) is copied into
+  a free chunk, and the second is posted where it lies, as one descriptor
+  per chunk it touches (``XDP_PKT_CONTD`` on all but the last). The device
+  tracks every such descriptor until the kernel completes it, and
+  ``SendRegion.settled`` says which bytes no descriptor points at any more:
+  only those may be written again.
 * **Capabilities**: none. A frame leaves as it lies in the UMEM: no
   checksum or segmentation offload (AF_XDP's TX metadata checksum request,
   Linux 6.8+, is not used), so a request naming any task is dropped
@@ -52,6 +62,8 @@ from netoffload.device.xsk import (
     AF_XDP,
     XDP_COPY,
     XDP_PACKET_HEADROOM,
+    XDP_PKT_CONTD,
+    XDP_USE_SG,
     XDP_ZEROCOPY,
     XskSocket,
     data_path_supported,
@@ -73,6 +85,9 @@ LINK_REFRESH_S = 1.0
 # Kicks per send at most: each sends up to the kernel's budget (32 frames before 6.17).
 _MAX_KICKS = 4096
 _FREE, _LENT, _FLIGHT = 0, 1, 2
+_RETIRED = 3  # send memory given back, perhaps still read by the kernel
+#: Chunks one frame's second piece may touch (the kernel takes 17 fragments a frame).
+_MAX_PIECES = 16
 _WITH_KERNEL, _HELD = 0, 1
 _NO_SELECTION = Selection()
 
@@ -87,7 +102,8 @@ class XdpDevice(Device):
     lets the kernel choose. ``xdp_mode`` is how the program attaches:
     ``auto`` (the driver's own XDP where it has one: veth does, and then
     stops its peer from sending GSO super-packets), ``native`` or ``skb``.
-    With ``data_path=False`` nothing is opened until the first
+    ``send_memory_bytes`` of the UMEM are lent with ``lend_send_memory`` (0:
+    none, and no multi-buffer). With ``data_path=False`` nothing is opened until the first
     ``send``/``recv``/``fileno`` (from a thread in the interface's network
     namespace), so querying capabilities leaves the interface alone. A
     device that is garbage-collected without ``close()`` detaches its program
@@ -104,7 +120,10 @@ class XdpDevice(Device):
         zero_copy: bool | None = False,
         xdp_mode: str = "auto",
         data_path: bool = True,
+        send_memory_bytes: int = 32 << 20,
     ) -> None:
+        if send_memory_bytes < 0:
+            raise ValueError(f"send_memory_bytes must not be negative, not {send_memory_bytes}")
         if frames < 4 or frames & (frames - 1):
             raise ValueError(f"frames must be a power of two of at least 4, not {frames}")
         if frame_size not in (2048, 4096):
@@ -123,6 +142,12 @@ class XdpDevice(Device):
         self.xdp_mode = xdp_mode
         self.rx_frames = frames // 2
         self.tx_frames = frames - self.rx_frames
+        self._region_chunks = -(-send_memory_bytes // frame_size)
+        self._region_state = np.zeros(self._region_chunks, np.uint8)
+        #: Descriptors into send memory the kernel has not completed: UMEM chunk ->
+        #: [[address, end], ...] (a descriptor never crosses a chunk).
+        self._outstanding: dict[int, list[list[int]]] = {}
+        self._rx_partial = False  # inside a received frame of several descriptors
         # Link ioctls and the namespace: everything is opened where the device was made.
         self._link_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._ifindex = socket.if_nametoindex(ifname)
@@ -163,18 +188,7 @@ class XdpDevice(Device):
         flags = {False: XDP_COPY, True: XDP_ZEROCOPY, None: 0}[self.zero_copy_requested]
         redirect = XskRedirect(self.name, self._ifindex, entries=self.queue + 1, mode=self.xdp_mode)
         try:
-            xsk = XskSocket(
-                self.name,
-                self._ifindex,
-                self.queue,
-                frames=self.frames,
-                frame_size=self.frame_size,
-                fill_size=self.rx_frames,
-                comp_size=self.tx_frames,
-                rx_size=self.rx_frames,
-                tx_size=self.tx_frames,
-                bind_flags=flags,
-            )
+            xsk = self._socket(flags)
         except BaseException:
             redirect.close()
             raise
@@ -195,6 +209,32 @@ class XdpDevice(Device):
         self._umem = xsk.umem
         self._umem_address = xsk.umem_address
         return xsk
+
+    def _socket(self, flags: int) -> XskSocket:
+        """The AF_XDP socket: multi-buffer when there is send memory to lend, unless the
+        kernel (before 6.6) or the driver in zero-copy mode refuses it; then no lending."""
+
+        def make(bind_flags: int, region_chunks: int) -> XskSocket:
+            return XskSocket(
+                self.name,
+                self._ifindex,
+                self.queue,
+                frames=self.frames + region_chunks,
+                frame_size=self.frame_size,
+                fill_size=self.rx_frames,
+                comp_size=self.tx_frames,
+                rx_size=self.rx_frames,
+                tx_size=self.tx_frames,
+                bind_flags=bind_flags,
+            )
+
+        if self._region_chunks:
+            try:
+                return make(flags | XDP_USE_SG, self._region_chunks)
+            except DeviceError:
+                self._region_chunks = 0
+                self._region_state = np.zeros(0, np.uint8)
+        return make(flags, 0)
 
     @property
     def zero_copy(self) -> bool:
@@ -243,7 +283,8 @@ class XdpDevice(Device):
         return (self.rx_frames + index) * self.frame_size
 
     def _reap(self) -> None:
-        """Free the transmit chunks the kernel has completed."""
+        """Free the transmit chunks the kernel has completed, and forget the completed
+        descriptors into send memory."""
         xsk = self._xsk
         if xsk is None:
             return
@@ -253,11 +294,33 @@ class XdpDevice(Device):
             return
         addrs = comp.addr[comp.peek(n)].astype(np.int64)
         comp.consume(n)
-        index = addrs // self.frame_size - self.rx_frames
+        chunks = addrs // self.frame_size
+        index = chunks - self.rx_frames
         index = index[(index >= 0) & (index < self.tx_frames)]
         state = self._tx_state
         index = index[state[index] == _FLIGHT]
         state[index] = _FREE
+        if self._outstanding:
+            lent = chunks >= self.frames
+            if lent.any():
+                self._completed(addrs[lent].tolist(), chunks[lent].tolist())
+
+    def _completed(self, addrs: list[int], chunks: list[int]) -> None:
+        out = self._outstanding
+        for addr, chunk in zip(addrs, chunks, strict=True):
+            descs = out.get(chunk)
+            if descs is None:
+                continue
+            # Of this address's descriptors, the shortest goes: should the kernel have
+            # completed a longer one, what is still counted covers what it still reads.
+            best: list[int] | None = None
+            for desc in descs:
+                if desc[0] == addr and (best is None or desc[1] < best[1]):
+                    best = desc
+            if best is not None:
+                descs.remove(best)
+                if not descs:
+                    del out[chunk]
 
     def _take(self, count: int) -> list[int]:
         """Up to ``count`` free transmit chunks, marked lent, in ring order from the cursor."""
@@ -344,7 +407,7 @@ class XdpDevice(Device):
         except (TypeError, ValueError):
             return None
         offset = address - self._umem_address
-        if offset < 0 or offset + data.nbytes > self.frames * self.frame_size:
+        if offset < 0 or offset + data.nbytes > len(self._umem):
             return None
         return offset
 
@@ -359,6 +422,84 @@ class XdpDevice(Device):
         if not 0 <= index < self.tx_frames or within + data.nbytes > self.frame_size:
             return None
         return index, within
+
+    # -- send memory ----------------------------------------------------------------------
+    def lend_send_memory(self, nbytes: int) -> SendRegion | None:
+        """Lend ``nbytes`` of the UMEM (whole chunks side by side) for outgoing bytes, or
+        None when this device has none that large free.
+
+        Frames whose second piece lies there are posted in place (module doc); give
+        the memory back with ``SendRegion.close``.
+        """
+        if nbytes <= 0 or not self._region_chunks:
+            return None
+        self._open()
+        self._reap()
+        state = self._region_state
+        out = self._outstanding
+        for r in np.flatnonzero(state == _RETIRED).tolist():
+            if self.frames + r not in out:
+                state[r] = _FREE  # given back, and the kernel reads none of it any more
+        count = -(-nbytes // self.frame_size)
+        start = _first_run(state == _FREE, count)
+        if start is None:
+            return None
+        state[start : start + count] = _LENT
+        base = (self.frames + start) * self.frame_size
+        return SendRegion(self, self._umem.data[base : base + nbytes], base, start, count)
+
+    def _settled(self, begin: int, length: int) -> int:
+        """How many of the ``length`` UMEM bytes from ``begin`` no descriptor the kernel
+        has not completed points at, counted from ``begin``."""
+        self._reap()
+        out = self._outstanding
+        if not out or length <= 0:
+            return max(length, 0)
+        end = begin + length
+        fs = self.frame_size
+        low, high = begin // fs, (end - 1) // fs
+        first = end
+        for chunk, descs in out.items():
+            if low <= chunk <= high:
+                for addr, stop in descs:
+                    if addr < end and stop > begin:
+                        first = min(first, max(addr, begin))
+        return first - begin
+
+    def _take_back(self, region: SendRegion) -> None:
+        """Send memory given back: lent again once the kernel reads none of it."""
+        if region.count and not self._closed:
+            self._region_state[region.first : region.first + region.count] = _RETIRED
+        region.count = 0
+
+    def posts_in_place(self, data: object) -> bool:
+        """Whether ``data`` (a frame's second piece) lies in send memory this device lent,
+        so that ``send`` posts it where it lies."""
+        return self._pieces(data) is not None
+
+    def _pieces(self, data: object) -> list[tuple[int, int]] | None:
+        """``data`` in lent send memory as (UMEM address, length) per chunk it touches."""
+        if not self._region_chunks:
+            return None
+        offset = self._address(data)
+        if offset is None:
+            return None
+        assert isinstance(data, memoryview)
+        n = data.nbytes
+        fs = self.frame_size
+        first = offset // fs - self.frames
+        last = (offset + n - 1) // fs - self.frames
+        if n <= 0 or first < 0 or last - first >= _MAX_PIECES:
+            return None
+        if (self._region_state[first : last + 1] != _LENT).any():
+            return None
+        pieces: list[tuple[int, int]] = []
+        end = offset + n
+        while offset < end:
+            stop = min(end, (offset // fs + 1) * fs)
+            pieces.append((offset, stop - offset))
+            offset = stop
+        return pieces
 
     @property
     def tx_free(self) -> int:
@@ -389,8 +530,10 @@ class XdpDevice(Device):
         mem = umem.data
         addrs: list[int] = []
         lengths: list[int] = []
+        options: list[int] = []
         spare: list[int] = []  # chunks taken for copies, not used yet
         taken = 0
+        posted = 0
         for packet in batch:
             if len(addrs) >= room:
                 break
@@ -413,6 +556,39 @@ class XdpDevice(Device):
                 reason = DropReason.MTU_EXCEEDED
             else:
                 reason = None
+            pieces = self._pieces(data) if head and reason is None else None
+            if pieces is not None:
+                if len(addrs) + 1 + len(pieces) > room:
+                    break
+                if not spare:
+                    spare = self._take(room - len(addrs))
+                    if not spare:
+                        break
+                index = spare.pop()
+                base = self._tx_base(index)
+                try:
+                    mem[base : base + len(head)] = head  # the headers: the one piece copied
+                except (TypeError, ValueError):
+                    spare.append(index)
+                    stats.drop(DropReason.BAD_REQUEST)
+                    taken += 1
+                    continue
+                state[index] = _FLIGHT
+                addrs.append(base)
+                lengths.append(len(head))
+                options.append(XDP_PKT_CONTD)
+                out = self._outstanding
+                for addr, length in pieces:
+                    addrs.append(addr)
+                    lengths.append(length)
+                    options.append(XDP_PKT_CONTD)
+                    out.setdefault(addr // fs, []).append([addr, addr + length])
+                options[-1] = 0
+                stats.tx_in_place += 1
+                stats.tx_in_place_bytes += size - len(head)
+                posted += 1
+                taken += 1
+                continue
             where = None if head else self._locate(data)
             if where is not None and state[where[0]] == _LENT:
                 index, within = where
@@ -424,7 +600,10 @@ class XdpDevice(Device):
                 state[index] = _FLIGHT
                 addrs.append(self._tx_base(index) + within)
                 lengths.append(size)
+                options.append(0)
                 stats.tx_in_place += 1
+                stats.tx_in_place_bytes += size
+                posted += 1
                 taken += 1
                 continue
             if reason is not None:
@@ -452,8 +631,12 @@ class XdpDevice(Device):
             state[index] = _FLIGHT
             addrs.append(base)
             lengths.append(size)
+            options.append(0)
             stats.tx_copies += 1
             stats.tx_copy_bytes += size
+            if head:
+                stats.tx_payload_copy_bytes += len(data)
+            posted += 1
             taken += 1
         if spare:
             state[spare] = _FREE
@@ -461,12 +644,11 @@ class XdpDevice(Device):
             slots = tx.slots(len(addrs))
             tx.addr[slots] = addrs
             tx.len[slots] = lengths
-            tx.options[slots] = 0
+            tx.options[slots] = options
             tx.publish(len(addrs))
-            sent = sum(lengths)
-            stats.tx_packets += len(addrs)
-            stats.tx_frames += len(addrs)
-            stats.tx_bytes += sent
+            stats.tx_packets += posted
+            stats.tx_frames += posted
+            stats.tx_bytes += sum(lengths)
         self._kick(xsk)
         return taken
 
@@ -501,6 +683,7 @@ class XdpDevice(Device):
         at = rx.peek(n)
         addrs: list[int] = rx.addr[at].tolist()
         lengths: list[int] = rx.len[at].tolist()
+        options: list[int] = rx.options[at].tolist()
         rx.consume(n)
         fs = self.frame_size
         limit = self.rx_frames
@@ -510,11 +693,18 @@ class XdpDevice(Device):
         stats = self._stats
         out: list[Packet] = []
         back: list[int] = []
-        for addr, length in zip(addrs, lengths, strict=True):
+        for addr, length, option in zip(addrs, lengths, options, strict=True):
             chunk, within = divmod(addr, fs)
             if chunk >= limit or state[chunk] != _WITH_KERNEL or within + length > fs:
                 # Not a chunk the kernel had: nothing to give back, nothing to trust.
                 stats.drop(DropReason.MALFORMED_FRAME)
+                continue
+            partial, self._rx_partial = self._rx_partial, bool(option & XDP_PKT_CONTD)
+            if partial or option & XDP_PKT_CONTD:
+                # A frame in several chunks (longer than one holds): dropped whole.
+                if not partial:
+                    stats.drop(DropReason.TOO_LARGE)
+                back.append(chunk)
                 continue
             if length < MIN_FRAME:
                 stats.drop(DropReason.MALFORMED_FRAME)
@@ -627,6 +817,41 @@ class XdpDevice(Device):
             self._xsk = None
         with contextlib.suppress(OSError):
             self._link_sock.close()
+
+
+class SendRegion:
+    """Send memory an ``XdpDevice`` lent (``lend_send_memory``): ``view``, in its UMEM.
+
+    Bytes the device has posted stay in use until the kernel completes their
+    descriptors; ``settled`` says how many may be written again.
+    """
+
+    __slots__ = ("_device", "base", "count", "first", "view")
+
+    def __init__(self, device: XdpDevice, view: memoryview, base: int, first: int, count: int):
+        self._device = device
+        self.view = view
+        self.base = base
+        self.first = first
+        self.count = count
+
+    def settled(self, start: int, length: int) -> int:
+        """How many of the ``length`` bytes of ``view`` from ``start`` no descriptor the
+        kernel has yet to complete points at (counted from ``start``)."""
+        return self._device._settled(self.base + start, length)
+
+    def close(self) -> None:
+        """Give the memory back (the device lends it again once the kernel is done)."""
+        self._device._take_back(self)
+
+
+def _first_run(free: npt.NDArray[np.bool_], count: int) -> int | None:
+    """Where the first run of ``count`` true entries starts, or None."""
+    if count <= 0 or count > len(free):
+        return None
+    sums = np.concatenate(([0], np.cumsum(free)))
+    fits = np.flatnonzero(sums[count:] - sums[:-count] == count)
+    return int(fits[0]) if len(fits) else None
 
 
 def af_xdp_missing() -> str | None:

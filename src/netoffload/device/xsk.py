@@ -54,7 +54,10 @@ XDP_MAX_TX_SKB_BUDGET = 9
 XDP_SHARED_UMEM = 1 << 0
 XDP_COPY = 1 << 1
 XDP_ZEROCOPY = 1 << 2
+XDP_USE_SG = 1 << 4
 XDP_OPTIONS_ZEROCOPY = 1 << 0
+#: ``xdp_desc.options``: the packet goes on in the next descriptor (multi-buffer, Linux 6.6+).
+XDP_PKT_CONTD = 1 << 0
 
 XDP_PGOFF_RX_RING = 0
 XDP_PGOFF_TX_RING = 0x80000000
@@ -189,8 +192,9 @@ class XskSocket:
     """An AF_XDP socket bound to ``ifindex``/``queue`` with a UMEM of ``frames`` chunks.
 
     ``fill_size``/``comp_size``/``rx_size``/``tx_size`` are the ring sizes
-    (powers of two). ``bind_flags`` carries XDP_COPY or XDP_ZEROCOPY. The
-    UMEM is one private anonymous mapping; ``umem`` is a NumPy view of it.
+    (powers of two). ``bind_flags`` carries XDP_COPY or XDP_ZEROCOPY, and
+    XDP_USE_SG for packets in several descriptors. The UMEM is one private
+    anonymous mapping; ``umem`` is a NumPy view of it.
     Everything opened is closed again when a step fails.
     """
 

@@ -42,7 +42,7 @@ from netoffload.engine.dissect import (
 )
 from netoffload.offload.extension import ChecksumRequest, ChecksumStatus
 from netoffload.offload.stats import DropReason
-from netoffload.wire.checksum import ones_sum
+from netoffload.wire.checksum import add16, ones_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 IntArray: TypeAlias = npt.NDArray[np.int64]
@@ -163,6 +163,16 @@ def fill_partial(frame: bytearray | memoryview, request: ChecksumRequest) -> Non
     """Do one CHECKSUM_PARTIAL fill in place (the caller has checked the offsets)."""
     s = ones_sum(memoryview(frame)[request.start :])
     _U16.pack_into(frame, request.start + request.offset, complement_for_wire(s))
+
+
+def fill_partial_split(head: bytearray, data: Buffer, request: ChecksumRequest) -> None:
+    """``fill_partial`` for a frame in two pieces, ``head`` then ``data``, whose checksum
+    field lies in ``head`` (the caller has checked that): ``data`` is only read."""
+    s = ones_sum(memoryview(head)[request.start :])
+    d = ones_sum(data)
+    if (len(head) - request.start) & 1:
+        d = ((d & 0xFF) << 8) | (d >> 8)  # ``data`` starts mid-word: its bytes swap places
+    _U16.pack_into(head, request.start + request.offset, complement_for_wire(add16(s, d)))
 
 
 def request_valid(length: int, request: ChecksumRequest) -> bool:

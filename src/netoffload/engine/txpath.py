@@ -18,20 +18,34 @@ once, from the caller's buffer into the memory the device sends from. A
 super-packet in two pieces is joined once before it is cut (its headers are
 parsed against its whole length); when no rows are free, the frames are
 made as without ``rows``.
+
+Given also ``in_place`` (the device's ``XdpDevice.posts_in_place``), a frame
+in two pieces whose second piece the device sends where it lies (a send
+buffer in its memory) and that only needs its L4 checksum keeps its pieces:
+the checksum is summed over both and written into a copy of the first (the
+headers), and the payload is read, never copied. ``TxOutcome``'s
+``payload_copy_bytes`` counts the second-piece bytes that were copied all
+the same (gathered, joined, cut anew).
 """
 
 from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 
-from netoffload.engine.checksum import FillJob, fill_batch, fill_rows_in_place, request_valid
+from netoffload.engine.checksum import (
+    FillJob,
+    fill_batch,
+    fill_partial_split,
+    fill_rows_in_place,
+    request_valid,
+)
 from netoffload.engine.gso_batch import RowSource, SegmentBatch, rows_fit, segment_batch
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import ChecksumRequest, TxRequest
@@ -41,6 +55,8 @@ from netoffload.offload.task import Task
 from netoffload.offload.virtio import VirtioNetHdr, vnet_fields
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+#: Whether a device sends a frame's second piece where it lies (``XdpDevice.posts_in_place``).
+InPlace: TypeAlias = Callable[[Buffer], bool]
 TaskSet: TypeAlias = frozenset[Task] | Set[Task]
 
 _PREFIX = struct.Struct("<I")
@@ -60,6 +76,7 @@ class TxOutcome:
     drops: list[tuple[int, DropReason]]  # (index of the input packet, reason)
     tasks: Counter[Task] = field(default_factory=Counter)  # input packets each task was done for
     sources: list[int] = field(default_factory=list)
+    payload_copy_bytes: int = 0  # second pieces of the inputs not handed on as they were
 
 
 @dataclass(slots=True)
@@ -92,6 +109,7 @@ class _Work:
     drops: list[tuple[int, DropReason]] = field(default_factory=list)
     done: Counter[Task] = field(default_factory=Counter)
     filled: dict[int, Buffer] = field(default_factory=dict)
+    heads: dict[int, bytearray] = field(default_factory=dict)  # filled in the first piece only
     batch: SegmentBatch | None = None
     position: dict[int, int] = field(default_factory=dict)  # input -> index in ``cut``
     whole: set[int] = field(default_factory=set)  # segmentation asked, sent whole by a fill
@@ -193,18 +211,36 @@ def transmit(
     tasks: TaskSet | Sequence[TaskSet],
     *,
     rows: RowSource | None = None,
+    in_place: InPlace | None = None,
 ) -> TxOutcome:
     """Do the allowed requested tasks of every packet; see the pipeline's docstring.
 
     ``tasks`` is one set for the whole batch, or a sequence with one set per packet.
-    With ``rows``, the frames made here are made in the memory it lends (module doc).
+    With ``rows``, the frames made here are made in the memory it lends, and with
+    ``in_place`` payload the device sends in place stays where it is (module doc).
     """
     if rows is not None:
-        return _transmit_mapped(packets, tasks, rows)
-    packets = _flat(packets)
-    work = _classify(packets, tasks)
-    _run(packets, work, 0)
-    return _outcome(packets, work, {})
+        outcome = _transmit_mapped(packets, tasks, rows, in_place)
+    else:
+        flat = _flat(packets)
+        work = _classify(flat, tasks)
+        _run(flat, work, 0)
+        outcome = _outcome(flat, work, {})
+    outcome.payload_copy_bytes = _payload_copies(packets, outcome)
+    return outcome
+
+
+def _payload_copies(packets: Sequence[Packet], outcome: TxOutcome) -> int:
+    """Bytes of the inputs' second pieces that no output frame carries as it was."""
+    if not any(p.head for p in packets):
+        return 0
+    kept = {id(p.data) for p in outcome.packets}
+    dropped = {i for i, _ in outcome.drops}
+    return sum(
+        len(p.data)
+        for i, p in enumerate(packets)
+        if p.head and i not in dropped and id(p.data) not in kept
+    )
 
 
 def _outcome(packets: Sequence[Packet], work: _Work, placed: dict[int, memoryview]) -> TxOutcome:
@@ -235,6 +271,9 @@ def _outcome(packets: Sequence[Packet], work: _Work, placed: dict[int, memoryvie
             if i in work.whole:
                 req = replace(req, segmentation=None)
             out.append(Packet(result, req, packet.rx))
+        elif i in work.heads:
+            req = _checksum_done(packet.tx, residuals)
+            out.append(Packet(packet.data, req, packet.rx, work.heads[i]))
         elif i in placed:
             out.append(Packet(placed[i], packet.tx, packet.rx))  # gathered, nothing to do
         else:
@@ -302,7 +341,10 @@ def transmit_framed(packets: Sequence[Packet], tasks: Sequence[TaskSet]) -> Fram
 
 
 def _transmit_mapped(
-    packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet], rows: RowSource
+    packets: Sequence[Packet],
+    tasks: TaskSet | Sequence[TaskSet],
+    rows: RowSource,
+    in_place: InPlace | None,
 ) -> TxOutcome:
     """``transmit`` building its frames in lent rows; see the module doc."""
     per_packet = None if isinstance(tasks, Set) else tasks
@@ -323,6 +365,20 @@ def _transmit_mapped(
     copied_jobs: list[FillJob] = []
     for i, job in zip(work.fills, work.jobs, strict=True):
         l4 = job.l4
+        packet = packets[i]
+        if (
+            in_place is not None
+            and l4 is not None
+            and not job.ipv4_header
+            and packet.head
+            and request_valid(len(packet.head), l4)
+            and in_place(packet.data)
+        ):
+            head = bytearray(packet.head)  # the headers: the payload is only read
+            fill_partial_split(head, packet.data, l4)
+            work.heads[i] = head
+            work.done[Task.CHECKSUM] += 1
+            continue
         if l4 is not None and not job.ipv4_header and request_valid(len(packets[i]), l4):
             mapped.append(i)
             requests.append(l4)

@@ -66,6 +66,8 @@ _COUNTERS = (
     "tx_copies",
     "tx_copy_bytes",
     "tx_in_place",
+    "tx_in_place_bytes",
+    "tx_payload_copy_bytes",
 )
 
 
@@ -81,6 +83,13 @@ class DeviceStats:
     SoftNic does; the kernel behind a TAP does not say). ``fallbacks`` counts
     tasks the host did itself because the device would not, keyed
     ``task/reason``.
+
+    Copies on the way out: ``tx_copies``/``tx_copy_bytes`` are frames a
+    device copied whole into its own memory; ``tx_in_place`` frames it sent
+    where they lay, ``tx_in_place_bytes`` of them (for a frame in two pieces,
+    the second: the first, its headers, was copied). ``tx_payload_copy_bytes``
+    are bytes of a frame's second piece (a stack's payload, a view of its
+    send buffer) that this layer copied: gathered, joined or cut anew.
     """
 
     tx_packets: int = 0
@@ -92,6 +101,8 @@ class DeviceStats:
     tx_copies: int = 0
     tx_copy_bytes: int = 0
     tx_in_place: int = 0
+    tx_in_place_bytes: int = 0
+    tx_payload_copy_bytes: int = 0
     tasks: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)
@@ -116,6 +127,8 @@ class DeviceStats:
         self.tx_copies += other.tx_copies
         self.tx_copy_bytes += other.tx_copy_bytes
         self.tx_in_place += other.tx_in_place
+        self.tx_in_place_bytes += other.tx_in_place_bytes
+        self.tx_payload_copy_bytes += other.tx_payload_copy_bytes
         self.tasks.update(other.tasks)
         self.drops.update(other.drops)
         self.fallbacks.update(other.fallbacks)
@@ -131,6 +144,8 @@ class DeviceStats:
             "tx_copies": self.tx_copies,
             "tx_copy_bytes": self.tx_copy_bytes,
             "tx_in_place": self.tx_in_place,
+            "tx_in_place_bytes": self.tx_in_place_bytes,
+            "tx_payload_copy_bytes": self.tx_payload_copy_bytes,
             "tasks": dict(sorted(self.tasks.items())),
             "drops": dict(sorted(self.drops.items())),
             "fallbacks": dict(sorted(self.fallbacks.items())),

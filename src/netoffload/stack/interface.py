@@ -39,6 +39,7 @@ from netoffload.offload import (
 from netoffload.policy import Decision, OffloadPolicy, PolicyMode
 from netoffload.stack._netaddr import IpAddress, IpInterface
 from netoffload.stack.neighbor import NeighborCache, NeighborConfig, Unresolved
+from netoffload.stack.tcp.buffers import SendMemory
 from netoffload.wire import MacAddress
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
@@ -245,6 +246,15 @@ class Interface:
             self._tx.append(Packet(payload, request, head=frame_head))
         else:
             self._tx.append(Packet(frame_head, request))
+
+    def lend_send_memory(self, nbytes: int) -> SendMemory | None:
+        """``nbytes`` of the device's memory for a send buffer it sends from in place
+        (``XdpDevice.lend_send_memory``), or None: another device, or no room."""
+        lend = getattr(self.device, "lend_send_memory", None)
+        if lend is None:
+            return None
+        memory: SendMemory | None = lend(nbytes)
+        return memory
 
     def output_frame(self, frame: bytes) -> None:
         """Queue a frame that is complete already (ARP, neighbour discovery)."""

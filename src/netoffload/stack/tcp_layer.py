@@ -11,6 +11,10 @@ patched, in front of a view of the send buffer, with a request prebuilt per
 connection: "segment at MSS and fill the checksums" for a super-packet,
 "fill the checksum" for one segment. The device (or the host's engine) cuts
 and checksums; the payload is never copied on the way.
+
+Where the device lends memory it sends from in place (``XdpDevice``'s UMEM),
+an established connection keeps its send buffer there: the application's
+bytes are then copied once, into memory the device transmits from.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from netoffload.stack.interface import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Interface
 from netoffload.stack.ipsec import OutboundSa
 from netoffload.stack.tcp import (
     Closed,
+    Established,
     IcmpErrorKind,
     TcpConfig,
     TcpConnection,
@@ -38,6 +43,7 @@ from netoffload.stack.tcp import (
     TcpState,
     reset_for,
 )
+from netoffload.stack.tcp.buffers import SendMemory
 from netoffload.stack.tcp.segment import CWR
 from netoffload.wire import IpProtocol, Ipv4Repr, Ipv6Repr, TcpRepr
 from netoffload.wire.template import FlowTemplate
@@ -93,6 +99,7 @@ class _Flow:
         "ip_header",
         "key",
         "listener",
+        "memory",
         "next_hop",
         "requests",
         "sa",
@@ -136,6 +143,7 @@ class _Flow:
         self.ident = 0
         self.requests: dict[tuple[int, int, bool], TxRequest] = {}
         self.sa: OutboundSa | None = None  # set when a security policy covers the flow
+        self.memory: SendMemory | None = None  # the device's memory the send buffer is in
 
     def request(self, payload: int, mss: int, options: int, ecn: bool) -> TxRequest:
         """The request for a segment: a super-packet's "segment and checksum", or a checksum."""
@@ -164,6 +172,9 @@ class TcpStats:
     segments_out: int = 0
     super_packets_out: int = 0
     resets_out: int = 0
+    #: Send buffers in memory the device sends from, and in the host's own memory.
+    send_buffers_in_device: int = 0
+    send_buffers_in_host: int = 0
     drops: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
@@ -172,6 +183,8 @@ class TcpStats:
             "segments_out": self.segments_out,
             "super_packets_out": self.super_packets_out,
             "resets_out": self.resets_out,
+            "send_buffers_in_device": self.send_buffers_in_device,
+            "send_buffers_in_host": self.send_buffers_in_host,
             "drops": dict(sorted(self.drops.items())),
         }
 
@@ -296,6 +309,9 @@ class TcpLayer:
         return flow
 
     def _remove(self, flow: _Flow) -> None:
+        if flow.memory is not None:
+            flow.memory.close()
+            flow.memory = None
         self.flows.pop(flow.key, None)
         self._by_conn.pop(id(flow.conn), None)
         self._ports_in_use.discard((flow.key[0], flow.key[1]))
@@ -405,11 +421,27 @@ class TcpLayer:
         events = flow.handle.events
         while event is not None:
             events.append(event)
-            if isinstance(event, Closed):
+            if isinstance(event, Established):
+                self._send_memory(flow)
+            elif isinstance(event, Closed):
                 self._remove(flow)
             event = conn.next_event()
         if self.on_events is not None:
             self.on_events(flow.handle)
+
+    def _send_memory(self, flow: _Flow) -> None:
+        """Move a new connection's (empty) send buffer into memory the device sends from,
+        when it lends some; counted either way."""
+        memory = None
+        if flow.sa is None and flow.memory is None:
+            memory = flow.iface.lend_send_memory(flow.conn.config.send_buffer_bytes)
+        if memory is not None and flow.conn.use_send_memory(memory):
+            flow.memory = memory
+            self.stats.send_buffers_in_device += 1
+            return
+        if memory is not None:
+            memory.close()
+        self.stats.send_buffers_in_host += 1
 
     def _max_payload(self, flow: _Flow) -> int:
         """The largest payload one segment may carry: a super-packet when the device cuts."""

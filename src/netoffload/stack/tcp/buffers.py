@@ -8,7 +8,10 @@ after a whole ring of data.
 The send ring holds what the application wrote, from the oldest unacknowledged
 byte to the last byte written. Transmissions are memoryviews into it, cut at
 the wrap point rather than copied, and a byte's memory is reused only once it
-is acknowledged.
+is acknowledged. The ring may live in memory a device lent (``SendMemory``,
+an ``XdpDevice``'s UMEM): the device then sends the payload from where the
+application's bytes were written, and a byte is reused only once it is
+acknowledged *and* the device no longer reads it.
 
 The receive ring holds in-order data not yet read, and out-of-order ranges at
 their final place, so that filling a hole needs no second copy. The
@@ -19,6 +22,7 @@ overwrite unread data.
 from __future__ import annotations
 
 import mmap
+from typing import Protocol
 
 #: Rings this large are anonymous mappings: pages are committed when first written.
 _MAPPED_FROM = 1 << 18
@@ -28,17 +32,47 @@ def _ring(size: int) -> memoryview:
     return memoryview(mmap.mmap(-1, size) if size >= _MAPPED_FROM else bytearray(size))
 
 
+class SendMemory(Protocol):
+    """Memory a device lent for a send ring, which it may still be reading from."""
+
+    @property
+    def view(self) -> memoryview:
+        """The memory: writable, at least as long as the ring."""
+        ...
+
+    def settled(self, start: int, length: int) -> int:
+        """How many of the ``length`` bytes of ``view`` from ``start`` the device no
+        longer reads (counted from ``start``): only those may be written."""
+        ...
+
+    def close(self) -> None:
+        """Give the memory back."""
+        ...
+
+
 class SendBuffer:
-    """Bytes from ``head`` (oldest unacknowledged) to ``tail`` (end of what was written)."""
+    """Bytes from ``head`` (oldest unacknowledged) to ``tail`` (end of what was written).
 
-    __slots__ = ("_start", "_view", "head", "size", "tail")
+    With ``memory`` the ring is that memory's first ``size`` bytes, else its own.
+    """
 
-    def __init__(self, size: int, start: int) -> None:
+    __slots__ = ("_start", "_view", "head", "held_bytes", "memory", "size", "tail")
+
+    def __init__(self, size: int, start: int, memory: SendMemory | None = None) -> None:
         self.size = size
         self._start = start
-        self._view = _ring(size)
+        self.memory = memory
+        if memory is None:
+            self._view = _ring(size)
+        else:
+            view = memory.view
+            if view.nbytes < size or view.readonly:
+                raise ValueError(f"send memory of {view.nbytes} bytes cannot hold {size}")
+            self._view = view.cast("B")[:size]
         self.head = start
         self.tail = start
+        #: Bytes a write left out because the device still read their place.
+        self.held_bytes = 0
 
     def used(self) -> int:
         """Bytes held: written and not yet acknowledged."""
@@ -49,13 +83,28 @@ class SendBuffer:
         return self.size - (self.tail - self.head)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Copy as much of ``data`` as fits (the one copy a sent byte ever gets)."""
+        """Copy as much of ``data`` as fits (the one copy a sent byte ever gets).
+
+        In a device's memory, a write stops short of the first byte the device
+        still reads (so it may take less than ``free`` says).
+        """
         n = min(len(data), self.size - (self.tail - self.head))
         if n <= 0:
             return 0
         size = self.size
         i = (self.tail - self._start) % size
         first = min(n, size - i)
+        memory = self.memory
+        if memory is not None:
+            ok = memory.settled(i, first)
+            if ok == first and n > first:
+                ok += memory.settled(0, n - first)
+            if ok < n:
+                self.held_bytes += n - ok
+                n = ok
+                first = min(n, first)
+                if n <= 0:
+                    return 0
         src = memoryview(data)
         if not src.c_contiguous:
             src = memoryview(src.tobytes())

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import random
 
-from netoffload.stack.tcp.buffers import SendBuffer
+from netoffload.stack.tcp.buffers import SendBuffer, SendMemory
 from netoffload.stack.tcp.config import TcpConfig
 from netoffload.stack.tcp.errors import IcmpErrorKind, TcpError
 from netoffload.stack.tcp.events import TcpEvent, Unreachable
@@ -164,6 +164,16 @@ class TcpConnection(TimerSide):
         if n < len(data):
             self._want_write_event = True
         return n
+
+    def use_send_memory(self, memory: SendMemory) -> bool:
+        """Keep the send buffer in ``memory`` (a device's, which sends from it in place);
+        False, and nothing changed, once something was written to the buffer."""
+        buf = self._sndbuf
+        start = self._iss + 1
+        if buf is not None and (buf.tail != start or buf.memory is not None):
+            return False
+        self._sndbuf = SendBuffer(self._config.send_buffer_bytes, start, memory)
+        return True
 
     def send_space(self) -> int:
         """Free bytes in the send buffer."""
