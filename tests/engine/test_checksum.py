@@ -12,6 +12,7 @@ from netoffload.engine.checksum import (
     FillJob,
     complement_for_wire,
     fill_batch,
+    fill_partial_split,
     verify_batch,
 )
 from netoffload.offload.extension import ChecksumRequest, ChecksumStatus
@@ -91,6 +92,20 @@ def test_batch_fill_equals_per_frame_fill(items: list[tuple[bytes, int, int]]) -
             assert result == reference_fill(frame, start, offset)
         else:
             assert result is DropReason.CSUM_OFFSETS_INVALID
+
+
+@given(st.binary(min_size=2, max_size=400), st.integers(0, 399), st.integers(0, 40), st.data())
+def test_a_fill_in_two_pieces_equals_the_fill_of_the_joined_frame(
+    frame: bytes, start: int, offset: int, data: st.DataObject
+) -> None:
+    if start + offset + 2 > len(frame):
+        return
+    cut = data.draw(st.integers(start + offset + 2, len(frame)))  # the field in the first piece
+    head = bytearray(frame[:cut])
+    payload = memoryview(frame)[cut:]
+    fill_partial_split(head, payload, ChecksumRequest(start, offset))
+    assert bytes(head) + bytes(payload) == reference_fill(frame, start, offset)
+    assert bytes(payload) == frame[cut:]
 
 
 def statuses(frames: list[bytes]) -> list[tuple[ChecksumStatus, ChecksumStatus]]:

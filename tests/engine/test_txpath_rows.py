@@ -160,6 +160,86 @@ def test_mapped_frames_equal_copied_frames(
             assert checksums_ok(bytes(p.data))
 
 
+class SendRing:
+    """Send memory a device sends from in place (``XdpDevice.posts_in_place``)."""
+
+    def __init__(self, size: int = 1 << 18) -> None:
+        self.memory = bytearray(size)
+        self.used = 0
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.memory))
+
+    def put(self, packet: Packet, at: int) -> Packet:
+        """``packet`` in two pieces: headers, then its bytes from ``at`` in this memory."""
+        frame = bytes(packet.frame())
+        at = min(at, len(frame))
+        n = len(frame) - at
+        if self.used + n > len(self.memory):
+            self.used = 0
+        view = memoryview(self.memory)[self.used : self.used + n]
+        view[:] = frame[at:]
+        self.used += n
+        return Packet(view, packet.tx, packet.rx, frame[:at])
+
+    def owns(self, data: object) -> bool:
+        if not isinstance(data, memoryview) or data.readonly or not data.nbytes:
+            return False
+        address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+        return self.base <= address < self.base + len(self.memory)
+
+
+@settings(max_examples=150, deadline=None)
+@given(BATCHES, TASK_SETS)
+def test_payload_sent_in_place_gives_the_frames_of_the_copying_path(
+    items: list[tuple[Packet, int | None]], tasks: frozenset[Task]
+) -> None:
+    ring = SendRing()
+    packets = [p if at is None else ring.put(p, at) for p, at in items]
+    mapped = transmit(packets, tasks, rows=Lender(), in_place=ring.owns)
+    copied = transmit(packets, tasks)
+    assert [bytes(p.frame()) for p in mapped.packets] == [bytes(p.frame()) for p in copied.packets]
+    assert [p.tx for p in mapped.packets] == [p.tx for p in copied.packets]
+    assert (mapped.drops, mapped.tasks, mapped.sources) == (
+        copied.drops,
+        copied.tasks,
+        copied.sources,
+    )
+    copies = 0
+    for k, packet in enumerate(packets):
+        if not packet.head or k in {i for i, _ in mapped.drops}:
+            continue
+        out = [p for p, s in zip(mapped.packets, mapped.sources, strict=True) if s == k]
+        req = packet.tx
+        if len(out) == 1 and out[0].data is packet.data:
+            if req.checksum is not None and out[0].tx.checksum is None:
+                assert checksums_ok(bytes(out[0].frame()))  # filled over both pieces
+        else:
+            copies += len(packet.data)
+        checksum_only = req.segmentation is None and not req.ipv4_header_checksum
+        field_in_head = req.checksum is not None and (
+            req.checksum.start + req.checksum.offset + 2 <= len(packet.head)
+        )
+        if checksum_only and field_in_head and Task.CHECKSUM in tasks:
+            assert out[0].data is packet.data  # the payload stayed where it was
+    assert mapped.payload_copy_bytes == copies
+
+
+def test_a_checksum_fill_leaves_the_payload_where_it_lies() -> None:
+    ring = SendRing()
+    packets = [
+        ring.put(_csum(tcp4(DATA[:1448])), 54),
+        ring.put(_csum(tcp6(DATA[:1000])), 74),
+        ring.put(_csum(udp4(DATA[:777])), 42),
+        ring.put(_csum(tcp4(DATA[:99])), 57),  # a first piece of odd length past the field
+    ]
+    out = transmit(packets, ALL, rows=Lender(), in_place=ring.owns)
+    assert out.payload_copy_bytes == 0 and not out.drops
+    for p, original in zip(out.packets, packets, strict=True):
+        assert p.data is original.data and p.head != original.head
+        assert checksums_ok(bytes(p.frame())) and p.tx == TxRequest()
+    gathered = transmit(packets, ALL, rows=Lender())  # a device that does not send in place
+    assert gathered.payload_copy_bytes == sum(len(p.data) for p in packets)
+
+
 def test_segments_and_fills_are_cut_into_the_rows_they_were_lent() -> None:
     tso = _split(_tso(tcp4(DATA[:8000]), GsoType.TCPV4, 1448, 54), 54)
     ack = _split(_csum(tcp4(b"")), 54)

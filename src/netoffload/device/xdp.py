@@ -144,6 +144,8 @@ class XdpDevice(Device):
         self.tx_frames = frames - self.rx_frames
         self._region_chunks = -(-send_memory_bytes // frame_size)
         self._region_state = np.zeros(self._region_chunks, np.uint8)
+        # ``posts_in_place`` answers what ``send`` then needs: id -> (data, pieces).
+        self._known: dict[int, tuple[memoryview, list[tuple[int, int]]]] = {}
         #: Descriptors into send memory the kernel has not completed: UMEM chunk ->
         #: [[address, end], ...] (a descriptor never crosses a chunk).
         self._outstanding: dict[int, list[list[int]]] = {}
@@ -470,28 +472,36 @@ class XdpDevice(Device):
         """Send memory given back: lent again once the kernel reads none of it."""
         if region.count and not self._closed:
             self._region_state[region.first : region.first + region.count] = _RETIRED
+            self._known.clear()
         region.count = 0
 
     def posts_in_place(self, data: object) -> bool:
         """Whether ``data`` (a frame's second piece) lies in send memory this device lent,
         so that ``send`` posts it where it lies."""
-        return self._pieces(data) is not None
+        pieces = self._pieces(data)
+        if pieces is None:
+            return False
+        assert isinstance(data, memoryview)
+        self._known[id(data)] = (data, pieces)
+        return True
 
     def _pieces(self, data: object) -> list[tuple[int, int]] | None:
         """``data`` in lent send memory as (UMEM address, length) per chunk it touches."""
-        if not self._region_chunks:
-            return None
+        if not self._region_chunks or type(data) is not memoryview or data.obj is not self._umem:
+            return None  # (a cheap first look: not a view of the UMEM at all)
         offset = self._address(data)
         if offset is None:
             return None
-        assert isinstance(data, memoryview)
         n = data.nbytes
         fs = self.frame_size
         first = offset // fs - self.frames
         last = (offset + n - 1) // fs - self.frames
         if n <= 0 or first < 0 or last - first >= _MAX_PIECES:
             return None
-        if (self._region_state[first : last + 1] != _LENT).any():
+        state = self._region_state
+        if state[first] != _LENT or state[last] != _LENT:
+            return None
+        if last - first > 1 and (state[first + 1 : last] != _LENT).any():
             return None
         pieces: list[tuple[int, int]] = []
         end = offset + n
@@ -534,6 +544,7 @@ class XdpDevice(Device):
         spare: list[int] = []  # chunks taken for copies, not used yet
         taken = 0
         posted = 0
+        known = self._known
         for packet in batch:
             if len(addrs) >= room:
                 break
@@ -556,7 +567,10 @@ class XdpDevice(Device):
                 reason = DropReason.MTU_EXCEEDED
             else:
                 reason = None
-            pieces = self._pieces(data) if head and reason is None else None
+            pieces = None
+            if head and reason is None:
+                hit = known.pop(id(data), None) if known else None
+                pieces = hit[1] if hit is not None and hit[0] is data else self._pieces(data)
             if pieces is not None:
                 if len(addrs) + 1 + len(pieces) > room:
                     break
@@ -640,6 +654,7 @@ class XdpDevice(Device):
             taken += 1
         if spare:
             state[spare] = _FREE
+        known.clear()
         if addrs:
             slots = tx.slots(len(addrs))
             tx.addr[slots] = addrs

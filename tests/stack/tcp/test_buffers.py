@@ -1,4 +1,4 @@
-"""The send and receive rings against a plain byte-string model."""
+"""The send and receive rings against a plain byte-string model; a send ring in lent memory."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from netoffload.stack.tcp.buffers import ReceiveBuffer, SendBuffer
+from netoffload.stack.tcp.buffers import ReceiveBuffer, SendBuffer, SendMemory
 
 START = (1 << 32) - 100  # unwrapped sequence numbers run past 2^32
 
@@ -49,6 +49,86 @@ def test_send_ring_views_are_the_bytes_written_until_released(
             # Not yet released: the memory still holds what was written there.
             lo = max(seq, buf.head)
             assert bytes(view[lo - seq :]) == bytes(stream[lo - START : seq - START + len(view)])
+
+
+class Lent:
+    """Memory a device lent, whose bytes in ``reading`` it still reads (posted, not completed)."""
+
+    def __init__(self, size: int) -> None:
+        self.view = memoryview(bytearray(size))
+        self.reading: set[int] = set()
+
+    def settled(self, start: int, length: int) -> int:
+        for k in range(length):
+            if start + k in self.reading:
+                return k
+        return length
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_send_ring_in_lent_memory_writes_there_and_stops_at_bytes_still_read() -> None:
+    memory = Lent(128)
+    kept: SendMemory = memory
+    buf = SendBuffer(100, START, kept)
+    assert buf.write(b"a" * 100) == 100
+    assert bytes(memory.view[:100]) == b"a" * 100 and bytes(buf.view(START, 100)) == b"a" * 100
+    buf.release(START + 60)  # acknowledged; but the device still reads ring bytes 10 and 11
+    memory.reading = {10, 11}
+    assert buf.free() == 60 and buf.write(b"b" * 60) == 10 and buf.held_bytes == 50
+    assert buf.write(b"c") == 0 and buf.held_bytes == 51
+    memory.reading.clear()  # completed
+    assert buf.write(b"d" * 60) == 50
+    assert bytes(memory.view[:60]) == b"b" * 10 + b"d" * 50
+    buf.release(START + 160)
+    memory.reading = {20}  # past the wrap point: the second piece is checked too
+    assert buf.write(b"e" * 80) == 60
+    assert bytes(memory.view[:21]) == b"e" * 20 + b"d" and bytes(memory.view[60:100]) == b"e" * 40
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(8, 120),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["write", "release", "post", "complete"]),
+            st.integers(0, 150),
+            st.integers(0, 40),
+        ),
+        max_size=60,
+    ),
+)
+def test_no_write_touches_a_byte_the_device_still_reads(
+    size: int, ops: list[tuple[str, int, int]]
+) -> None:
+    memory = Lent(size)
+    buf = SendBuffer(size, START, memory)
+    stream = bytearray()
+    counter = 0
+    for op, a, b in ops:
+        if op == "write":
+            before = {i: memory.view[i] for i in memory.reading}
+            data = bytes((counter + i) % 251 for i in range(a))
+            counter += a
+            taken = buf.write(data)
+            assert taken <= min(a, buf.size)
+            stream += data[:taken]
+            assert {i: memory.view[i] for i in memory.reading} == before
+        elif op == "release" and buf.tail > buf.head:
+            buf.release(buf.head + a % (buf.tail - buf.head + 1))
+        elif op == "post" and buf.tail > buf.head:
+            # A descriptor for some unacknowledged bytes: the device reads them until completed.
+            seq = buf.head + a % (buf.tail - buf.head)
+            view = buf.view(seq, max(1, b))
+            i = (seq - START) % size
+            memory.reading |= set(range(i, i + len(view)))
+        elif op == "complete":
+            memory.reading = {i for i in memory.reading if i % 7 != a % 7}
+        # What is not acknowledged is still the bytes written.
+        if buf.tail > buf.head:
+            held = bytes(buf.view(buf.head, buf.tail - buf.head))
+            assert stream[buf.head - START :].startswith(held)
 
 
 @settings(max_examples=300)
