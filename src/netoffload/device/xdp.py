@@ -487,7 +487,8 @@ class XdpDevice(Device):
 
     def _pieces(self, data: object) -> list[tuple[int, int]] | None:
         """``data`` in lent send memory as (UMEM address, length) per chunk it touches."""
-        if not self._region_chunks or type(data) is not memoryview or data.obj is not self._umem:
+        umem: object = self._umem
+        if not self._region_chunks or type(data) is not memoryview or data.obj is not umem:
             return None  # (a cheap first look: not a view of the UMEM at all)
         offset = self._address(data)
         if offset is None:
