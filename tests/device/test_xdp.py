@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from netoffload.cli import main
 from netoffload.device.base import DeviceError
 from netoffload.device.names import open_device
-from netoffload.device.xdp import XdpDevice, af_xdp_missing
+from netoffload.device.xdp import SendRegion, XdpDevice, af_xdp_missing
 from netoffload.device.xsk import DescRing
 from netoffload.host import HostOffload
 from netoffload.netns import Netns
@@ -41,6 +41,7 @@ from netoffload.offload import (
     SelectionError,
     TxRequest,
 )
+from netoffload.stack.tcp.buffers import SendBuffer
 from netoffload.wire import Icmpv4EchoRepr, Icmpv4Repr, Ipv4Packet, UdpPacket
 from tests.device.device_frames import MAC_A, MAC_B, V4_A, icmp_echo_v4, tcp_frame, udp_frame
 
@@ -356,3 +357,66 @@ def test_bad_descriptors_are_dropped_and_the_good_ones_delivered(dev: XdpDevice)
     assert [len(p.data) for p in got] == [60]
     assert dev.stats().drops == {"malformed_frame": 5}
     dev.release(got)
+
+
+# -- send memory: payload posted where it lies -------------------------------------------------
+
+
+def _in_send_memory(
+    dev: XdpDevice, frame: bytes, at: int, header: int
+) -> tuple[Packet, SendRegion]:
+    """``frame`` as a stack hands it over: its first ``header`` bytes, then a view of lent
+    send memory (from ``at`` in it) holding the rest; and that memory."""
+    region = dev.lend_send_memory(4 * dev.frame_size)
+    assert region is not None
+    rest = frame[header:]
+    region.view[at : at + len(rest)] = rest
+    return Packet(region.view[at : at + len(rest)], head=frame[:header]), region
+
+
+def test_payload_in_lent_send_memory_is_posted_in_place_behind_copied_headers(
+    pair: Netns, dev: XdpDevice
+) -> None:
+    body = bytes((i * 7 + 3) % 256 for i in range(1400))
+    with _udp_socket(pair) as sock:
+        # Across a chunk boundary: headers, then two descriptors into the send memory.
+        frame = udp_frame(4, body, dport=PORT)
+        packet, region = _in_send_memory(dev, frame, dev.frame_size - 500, 42)
+        assert dev.posts_in_place(packet.data)
+        assert dev.send([packet]) == 1
+        assert sock.recv(2000) == body  # the kernel joined the pieces, checksum and all
+    stats = dev.stats()
+    assert (stats.tx_in_place, stats.tx_in_place_bytes) == (1, len(frame) - 42)
+    assert (stats.tx_copies, stats.tx_copy_bytes, stats.tx_payload_copy_bytes) == (0, 0, 0)
+    assert stats.tx_packets == 1 and not stats.drops
+    assert not dev.posts_in_place(memoryview(bytearray(frame)))  # memory it did not lend
+    region.close()
+    assert not dev.posts_in_place(packet.data)  # given back: copied from now on
+
+
+def test_send_memory_is_not_settled_while_the_kernel_still_has_its_descriptors(
+    pair: Netns, dev: XdpDevice
+) -> None:
+    body = bytes(range(256)) * 4
+    frame = udp_frame(4, body, dport=PORT)
+    packet, region = _in_send_memory(dev, frame, 100, 42)
+    n = len(frame) - 42
+    assert region.settled(0, 4096) == 4096
+    with _udp_socket(pair) as sock:
+        pair.set_link(OURS, up=False)  # the kernel keeps what is on the TX ring
+        assert dev.send([packet]) == 1
+        assert region.settled(0, 4096) == 100  # up to the bytes posted
+        assert region.settled(100 + n, 500) == 500 and region.settled(150, 10) == 0
+        ring = SendBuffer(4096, 0, region)
+        ring.release(0)
+        assert ring.write(b"\xff" * 300) == 100 and ring.held_bytes == 200
+        assert bytes(region.view[100 : 100 + n]) == frame[42:]  # untouched
+        pair.set_link(OURS, up=True)
+        deadline = time.monotonic() + 5
+        while region.settled(0, 4096) < 4096 and time.monotonic() < deadline:
+            dev.send([])  # kicks the kernel, reaps its completions
+            time.sleep(0.01)
+        assert region.settled(0, 4096) == 4096
+        assert sock.recv(2000) == body
+        assert ring.write(b"\xff" * 300) == 300
+    region.close()

@@ -376,6 +376,8 @@ class TcpConnection(TimerSide):
             rcv_wnd_bytes=max(0, self._rcv_adv - self._rcv_nxt),
             send_buffer_bytes=self._config.send_buffer_bytes,
             send_buffer_used_bytes=sndbuf.used() if sndbuf is not None else 0,
+            send_buffer_in_device=sndbuf is not None and sndbuf.memory is not None,
+            send_buffer_held_bytes=sndbuf.held_bytes if sndbuf is not None else 0,
             unsent_bytes=max(0, sndbuf.tail - self._snd_nxt) if sndbuf is not None else 0,
             recv_buffer_bytes=self._config.recv_buffer_bytes,
             readable_bytes=self.readable(),

@@ -45,6 +45,10 @@ class TcpInfo:
     rcv_wnd_bytes: int
     send_buffer_bytes: int
     send_buffer_used_bytes: int
+    #: Whether the send buffer is in memory the device sends from in place.
+    send_buffer_in_device: bool
+    #: Bytes writes left out because the device still read their place (counted per write).
+    send_buffer_held_bytes: int
     unsent_bytes: int
     recv_buffer_bytes: int
     readable_bytes: int
