@@ -26,7 +26,7 @@ from netoffload.cli import main
 from netoffload.device.base import DeviceError
 from netoffload.device.names import open_device
 from netoffload.device.xdp import SendRegion, XdpDevice, af_xdp_missing
-from netoffload.device.xsk import DescRing
+from netoffload.device.xsk import XDP_PKT_CONTD, DescRing
 from netoffload.host import HostOffload
 from netoffload.netns import Netns
 from netoffload.offload import (
@@ -333,12 +333,21 @@ def test_bad_frames_are_delivered_or_counted_never_raised(pair: Netns) -> None:
     assert all(p.rx.l4 is not ChecksumStatus.VERIFIED for p in got)
 
 
-def test_bad_descriptors_are_dropped_and_the_good_ones_delivered(dev: XdpDevice) -> None:
-    # A ring of our own in place of the kernel's: descriptors nobody checked.
+def _fake_rx(dev: XdpDevice, descriptors: list[tuple[int, int, int]]) -> None:
+    """A ring of our own in place of the kernel's, holding ``(addr, len, options)``
+    descriptors nobody checked."""
     assert dev._xsk is not None
     mem = bytearray(128 + 8 * 16)
     fake = DescRing(mem, producer=0, consumer=64, desc=128, size=8)
     dev._xsk.rx = fake
+    slots = fake.slots(len(descriptors))
+    fake.addr[slots] = [a for a, _, _ in descriptors]
+    fake.len[slots] = [n for _, n, _ in descriptors]
+    fake.options[slots] = [o for _, _, o in descriptors]
+    struct.pack_into("=I", mem, 0, len(descriptors))
+
+
+def test_bad_descriptors_are_dropped_and_the_good_ones_delivered(dev: XdpDevice) -> None:
     fs = dev.frame_size
     rx_bytes = dev.rx_frames * fs
     cases = [
@@ -349,10 +358,7 @@ def test_bad_descriptors_are_dropped_and_the_good_ones_delivered(dev: XdpDevice)
         (3 * fs + 256, 60),  # good
         (3 * fs + 256, 60),  # the same chunk again: held now, not the kernel's
     ]
-    slots = fake.slots(len(cases))
-    fake.addr[slots] = [a for a, _ in cases]
-    fake.len[slots] = [n for _, n in cases]
-    struct.pack_into("=I", mem, 0, len(cases))
+    _fake_rx(dev, [(a, n, 0) for a, n in cases])
     got = dev.recv(64)
     assert [len(p.data) for p in got] == [60]
     assert dev.stats().drops == {"malformed_frame": 5}
@@ -420,3 +426,13 @@ def test_send_memory_is_not_settled_while_the_kernel_still_has_its_descriptors(
         assert sock.recv(2000) == body
         assert ring.write(b"\xff" * 300) == 300
     region.close()
+
+
+def test_a_frame_in_several_receive_descriptors_is_dropped_whole(dev: XdpDevice) -> None:
+    # Bound for multi-buffer, the kernel may hand a frame longer than a chunk in pieces.
+    fs = dev.frame_size
+    _fake_rx(dev, [(3 * fs + 256, 60, XDP_PKT_CONTD), (4 * fs + 256, 60, 0), (5 * fs + 256, 60, 0)])
+    got = dev.recv(64)
+    assert [len(p.data) for p in got] == [60] and dev.rx_held == 1
+    assert dev.stats().drops == {"too_large": 1}
+    dev.release(got)

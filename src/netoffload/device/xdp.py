@@ -78,6 +78,7 @@ from netoffload.offload import (
 from netoffload.wire import MacAddress
 
 ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 MIN_FRAME = 14  # an Ethernet header
 #: How long link facts (MTU) are trusted on the send path before they are read again.
@@ -88,6 +89,8 @@ _FREE, _LENT, _FLIGHT = 0, 1, 2
 _RETIRED = 3  # send memory given back, perhaps still read by the kernel
 #: Chunks one frame's second piece may touch (the kernel takes 17 fragments a frame).
 _MAX_PIECES = 16
+#: Descriptors a transmit chunk's frame may need in send memory (headers, two pieces, one spare).
+_DESCS_PER_FRAME = 4
 _WITH_KERNEL, _HELD = 0, 1
 _NO_SELECTION = Selection()
 
@@ -217,6 +220,8 @@ class XdpDevice(Device):
         kernel (before 6.6) or the driver in zero-copy mode refuses it; then no lending."""
 
         def make(bind_flags: int, region_chunks: int) -> XskSocket:
+            # A frame in send memory takes two or three descriptors: rings to match.
+            descs = self.tx_frames * (_DESCS_PER_FRAME if region_chunks else 1)
             return XskSocket(
                 self.name,
                 self._ifindex,
@@ -224,9 +229,9 @@ class XdpDevice(Device):
                 frames=self.frames + region_chunks,
                 frame_size=self.frame_size,
                 fill_size=self.rx_frames,
-                comp_size=self.tx_frames,
+                comp_size=descs,
                 rx_size=self.rx_frames,
-                tx_size=self.tx_frames,
+                tx_size=descs,
                 bind_flags=bind_flags,
             )
 
@@ -579,16 +584,11 @@ class XdpDevice(Device):
                     spare = self._take(room - len(addrs))
                     if not spare:
                         break
-                index = spare.pop()
-                base = self._tx_base(index)
-                try:
-                    mem[base : base + len(head)] = head  # the headers: the one piece copied
-                except (TypeError, ValueError):
-                    spare.append(index)
+                base = self._copy_in(mem, spare, (head,))  # the headers: the one piece copied
+                if base is None:
                     stats.drop(DropReason.BAD_REQUEST)
                     taken += 1
                     continue
-                state[index] = _FLIGHT
                 addrs.append(base)
                 lengths.append(len(head))
                 options.append(XDP_PKT_CONTD)
@@ -629,21 +629,11 @@ class XdpDevice(Device):
                 spare = self._take(room - len(addrs))
                 if not spare:
                     break  # every chunk is lent or in flight: the caller keeps the rest
-            index = spare.pop()
-            base = self._tx_base(index)
-            try:
-                if head:
-                    split = base + len(head)
-                    mem[base:split] = head
-                    mem[split : base + size] = data
-                else:
-                    mem[base : base + size] = data
-            except (TypeError, ValueError):
-                spare.append(index)
+            base = self._copy_in(mem, spare, (head, data) if head else (data,))
+            if base is None:
                 stats.drop(DropReason.BAD_REQUEST)
                 taken += 1
                 continue
-            state[index] = _FLIGHT
             addrs.append(base)
             lengths.append(size)
             options.append(0)
@@ -667,6 +657,22 @@ class XdpDevice(Device):
             stats.tx_bytes += sum(lengths)
         self._kick(xsk)
         return taken
+
+    def _copy_in(self, mem: memoryview, spare: list[int], parts: tuple[Buffer, ...]) -> int | None:
+        """Copy ``parts`` end to end into a chunk from ``spare`` (then in flight): its UMEM
+        address, or None, the chunk put back, when a part is not a buffer of bytes."""
+        index = spare.pop()
+        base = at = self._tx_base(index)
+        try:
+            for part in parts:
+                end = at + len(part)
+                mem[at:end] = part
+                at = end
+        except (TypeError, ValueError):
+            spare.append(index)
+            return None
+        self._tx_state[index] = _FLIGHT
+        return base
 
     def _kick(self, xsk: XskSocket) -> None:
         """Have the kernel send what the TX ring holds (each kick sends a budget's worth)."""
