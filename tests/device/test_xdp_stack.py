@@ -1,10 +1,10 @@
 """Our stack on an XdpDevice talks TCP to the kernel across a veth pair, frames built in UMEM.
 
 The issue's acceptance: 100 MB from our stack to a kernel socket, byte-exact,
-the connection's send buffer in the UMEM and every data segment posted as
-AF_XDP multi-buffer: its headers (checksummed by the host over headers and
-payload) in a chunk of their own, its payload where the application's bytes
-were written. The counters show that no payload byte was copied after that
+the connection's send buffer in the UMEM, its super-packets cut by the host
+around their payload, and every segment posted as AF_XDP multi-buffer: its
+headers (checksummed by the host over headers and payload) in a chunk of
+their own, its payload where the application's bytes were written. The counters show that no payload byte was copied after that
 one copy, by the host or the device. Both directions, IPv4 and IPv6, in a
 smaller exchange.
 """
@@ -137,11 +137,12 @@ def test_100_mb_from_our_stack_built_in_umem_arrive_byte_exact(
         info = handle.conn.info()
         sent, resent = info.bytes_sent, info.bytes_retransmitted
     assert tcp.send_buffers_in_device == 1 and tcp.send_buffers_in_host == 0
-    # Every TCP segment had its checksum filled by the host and was posted where it lay:
-    # data segments as their headers and the send buffer's bytes, control segments
-    # (SYN, ACK-only, FIN) in a UMEM row the host was lent.
+    # The stack handed over super-packets, which the host cut around their payload: each
+    # segment its own headers (checksums filled by the host) before the send buffer's
+    # bytes, posted where they lay; control segments (SYN, ACK-only, FIN) were built in
+    # a UMEM row the host was lent.
     assert tcp.segments_out > len(data) // 1448
-    assert host.fallbacks["checksum/not_enabled"] == tcp.segments_out
+    assert host.tasks["tcp_segmentation"] == tcp.super_packets_out > len(data) // 65536
     assert device.tx_in_place == tcp.segments_out > lent[0]
     # The payload: the application's bytes were copied into the send buffer, and then
     # neither the host nor the device copied a byte of it again.

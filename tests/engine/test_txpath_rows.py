@@ -11,6 +11,7 @@ against scapy (``checksums_ok``).
 from __future__ import annotations
 
 import ctypes
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -218,9 +219,47 @@ def test_payload_sent_in_place_gives_the_frames_of_the_copying_path(
         field_in_head = req.checksum is not None and (
             req.checksum.start + req.checksum.offset + 2 <= len(packet.head)
         )
-        if checksum_only and field_in_head and Task.CHECKSUM in tasks:
+        if checksum_only and field_in_head and Task.CHECKSUM in tasks and ring.owns(packet.data):
             assert out[0].data is packet.data  # the payload stayed where it was
     assert mapped.payload_copy_bytes == copies
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([4, 6]), st.integers(1, 20000), st.sampled_from([1448, 536, 7])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_a_super_packet_in_place_is_cut_around_its_payload_as_the_copying_path_cuts_it(
+    shapes: list[tuple[int, int, int]], fixed_id: bool
+) -> None:
+    ring = SendRing(1 << 20)
+    packets = []
+    for version, n, mss in shapes:
+        frame = tcp4(DATA[:n]) if version == 4 else tcp6(DATA[:n])
+        kind = GsoType.TCPV4 if version == 4 else GsoType.TCPV6
+        hlen = 54 if version == 4 else 74
+        packet = _tso(frame, kind, mss, hlen)
+        seg = replace(packet.tx.segmentation, fixed_id=fixed_id) if fixed_id else None
+        tx = replace(packet.tx, segmentation=seg) if seg is not None else packet.tx
+        packets.append(ring.put(Packet(packet.data, tx), hlen))  # split where the headers end
+    mapped = transmit(packets, ALL, rows=Lender(), in_place=ring.owns)
+    copied = transmit(packets, ALL)
+    assert [bytes(p.frame()) for p in mapped.packets] == [bytes(p.frame()) for p in copied.packets]
+    assert (mapped.drops, mapped.tasks, mapped.sources) == (
+        copied.drops,
+        copied.tasks,
+        copied.sources,
+    )
+    assert mapped.payload_copy_bytes == 0 and copied.payload_copy_bytes > 0
+    for p, source in zip(mapped.packets, mapped.sources, strict=True):
+        original = packets[source]
+        assert p.head and ring.owns(p.data) and p.tx == TxRequest()
+        assert isinstance(original.data, memoryview) and p.data.obj is original.data.obj
+    assert all(checksums_ok(bytes(p.frame())) for p in mapped.packets[:20])
 
 
 def test_a_checksum_fill_leaves_the_payload_where_it_lies() -> None:

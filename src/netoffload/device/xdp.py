@@ -147,8 +147,6 @@ class XdpDevice(Device):
         self.tx_frames = frames - self.rx_frames
         self._region_chunks = -(-send_memory_bytes // frame_size)
         self._region_state = np.zeros(self._region_chunks, np.uint8)
-        # ``posts_in_place`` answers what ``send`` then needs: id -> (data, pieces).
-        self._known: dict[int, tuple[memoryview, list[tuple[int, int]]]] = {}
         #: Descriptors into send memory the kernel has not completed: UMEM chunk ->
         #: [[address, end], ...] (a descriptor never crosses a chunk).
         self._outstanding: dict[int, list[list[int]]] = {}
@@ -477,21 +475,16 @@ class XdpDevice(Device):
         """Send memory given back: lent again once the kernel reads none of it."""
         if region.count and not self._closed:
             self._region_state[region.first : region.first + region.count] = _RETIRED
-            self._known.clear()
         region.count = 0
 
     def posts_in_place(self, data: object) -> bool:
-        """Whether ``data`` (a frame's second piece) lies in send memory this device lent,
-        so that ``send`` posts it where it lies."""
-        pieces = self._pieces(data)
-        if pieces is None:
-            return False
-        assert isinstance(data, memoryview)
-        self._known[id(data)] = (data, pieces)
-        return True
+        """Whether ``data`` (a frame's second piece, or a super-packet's payload to be cut
+        around) lies in send memory this device lent, which ``send`` posts where it lies."""
+        return self._lent_offset(data, 1 << 30) is not None
 
-    def _pieces(self, data: object) -> list[tuple[int, int]] | None:
-        """``data`` in lent send memory as (UMEM address, length) per chunk it touches."""
+    def _lent_offset(self, data: object, most_chunks: int) -> int | None:
+        """The UMEM offset of ``data`` when it lies in lent send memory, touching at most
+        ``most_chunks`` chunks."""
         umem: object = self._umem
         if not self._region_chunks or type(data) is not memoryview or data.obj is not umem:
             return None  # (a cheap first look: not a view of the UMEM at all)
@@ -502,13 +495,23 @@ class XdpDevice(Device):
         fs = self.frame_size
         first = offset // fs - self.frames
         last = (offset + n - 1) // fs - self.frames
-        if n <= 0 or first < 0 or last - first >= _MAX_PIECES:
+        if n <= 0 or first < 0 or last - first >= most_chunks:
             return None
         state = self._region_state
         if state[first] != _LENT or state[last] != _LENT:
             return None
         if last - first > 1 and (state[first + 1 : last] != _LENT).any():
             return None
+        return offset
+
+    def _pieces(self, data: object) -> list[tuple[int, int]] | None:
+        """``data`` in lent send memory as (UMEM address, length) per chunk it touches."""
+        offset = self._lent_offset(data, _MAX_PIECES)
+        if offset is None:
+            return None
+        assert isinstance(data, memoryview)
+        n = data.nbytes
+        fs = self.frame_size
         pieces: list[tuple[int, int]] = []
         end = offset + n
         while offset < end:
@@ -550,7 +553,6 @@ class XdpDevice(Device):
         spare: list[int] = []  # chunks taken for copies, not used yet
         taken = 0
         posted = 0
-        known = self._known
         for packet in batch:
             if len(addrs) >= room:
                 break
@@ -573,10 +575,7 @@ class XdpDevice(Device):
                 reason = DropReason.MTU_EXCEEDED
             else:
                 reason = None
-            pieces = None
-            if head and reason is None:
-                hit = known.pop(id(data), None) if known else None
-                pieces = hit[1] if hit is not None and hit[0] is data else self._pieces(data)
+            pieces = self._pieces(data) if head and reason is None else None
             if pieces is not None:
                 if len(addrs) + 1 + len(pieces) > room:
                     break
@@ -645,7 +644,6 @@ class XdpDevice(Device):
             taken += 1
         if spare:
             state[spare] = _FREE
-        known.clear()
         if addrs:
             slots = tx.slots(len(addrs))
             tx.addr[slots] = addrs

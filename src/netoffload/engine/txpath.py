@@ -23,7 +23,9 @@ Given also ``in_place`` (the device's ``XdpDevice.posts_in_place``), a frame
 in two pieces whose second piece the device sends where it lies (a send
 buffer in its memory) and that only needs its L4 checksum keeps its pieces:
 the checksum is summed over both and written into a copy of the first (the
-headers), and the payload is read, never copied. ``TxOutcome``'s
+headers), and the payload is read, never copied; a TCP super-packet so placed
+is cut the same way (``gso_in_place``): a header row per segment, each
+before a slice of the payload where it lies. ``TxOutcome``'s
 ``payload_copy_bytes`` counts the second-piece bytes that were copied all
 the same (gathered, joined, cut anew).
 """
@@ -47,6 +49,7 @@ from netoffload.engine.checksum import (
     request_valid,
 )
 from netoffload.engine.gso_batch import RowSource, SegmentBatch, rows_fit, segment_batch
+from netoffload.engine.gso_in_place import cut_in_place
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import ChecksumRequest, TxRequest
 from netoffload.offload.packet import Packet
@@ -110,6 +113,8 @@ class _Work:
     done: Counter[Task] = field(default_factory=Counter)
     filled: dict[int, Buffer] = field(default_factory=dict)
     heads: dict[int, bytearray] = field(default_factory=dict)  # filled in the first piece only
+    #: Cut with the payload where it lies: each segment's headers and payload.
+    pieces: dict[int, list[tuple[memoryview, memoryview]]] = field(default_factory=dict)
     batch: SegmentBatch | None = None
     position: dict[int, int] = field(default_factory=dict)  # input -> index in ``cut``
     whole: set[int] = field(default_factory=set)  # segmentation asked, sent whole by a fill
@@ -220,18 +225,18 @@ def transmit(
     ``in_place`` payload the device sends in place stays where it is (module doc).
     """
     if rows is not None:
-        outcome = _transmit_mapped(packets, tasks, rows, in_place)
-    else:
-        flat = _flat(packets)
-        work = _classify(flat, tasks)
-        _run(flat, work, 0)
-        outcome = _outcome(flat, work, {})
-    outcome.payload_copy_bytes = _payload_copies(packets, outcome)
+        return _transmit_mapped(packets, tasks, rows, in_place)
+    flat = _flat(packets)
+    work = _classify(flat, tasks)
+    _run(flat, work, 0)
+    outcome = _outcome(flat, work, {})
+    outcome.payload_copy_bytes = _payload_copies(packets, outcome, frozenset())
     return outcome
 
 
-def _payload_copies(packets: Sequence[Packet], outcome: TxOutcome) -> int:
-    """Bytes of the inputs' second pieces that no output frame carries as it was."""
+def _payload_copies(packets: Sequence[Packet], outcome: TxOutcome, cut: Set[int]) -> int:
+    """Bytes of the inputs' second pieces that no output frame carries as it was (``cut``:
+    inputs whose frames carry slices of it)."""
     if not any(p.head for p in packets):
         return 0
     kept = {id(p.data) for p in outcome.packets}
@@ -239,7 +244,7 @@ def _payload_copies(packets: Sequence[Packet], outcome: TxOutcome) -> int:
     return sum(
         len(p.data)
         for i, p in enumerate(packets)
-        if p.head and i not in dropped and id(p.data) not in kept
+        if p.head and i not in dropped and i not in cut and id(p.data) not in kept
     )
 
 
@@ -255,12 +260,18 @@ def _outcome(packets: Sequence[Packet], work: _Work, placed: dict[int, memoryvie
         if i in dropped:
             continue
         k = work.position.get(i)
-        if k is not None and batch is not None:
+        cut = work.pieces.get(i)
+        if (k is not None and batch is not None) or cut is not None:
             req = packet.tx
             residual = replace(req, checksum=None, ipv4_header_checksum=False, segmentation=None)
             if residual == cut_done:
                 residual = cut_done  # one object for a flow's many segments
             cut_done = residual
+            if cut is not None:
+                out += [Packet(data, residual, packet.rx, head) for head, data in cut]
+                sources += [i] * len(cut)
+                continue
+            assert k is not None and batch is not None
             segments = batch.segments(k)
             out += [Packet(s, residual, packet.rx) for s in segments]
             sources += [i] * len(segments)
@@ -349,13 +360,25 @@ def _transmit_mapped(
     """``transmit`` building its frames in lent rows; see the module doc."""
     per_packet = None if isinstance(tasks, Set) else tasks
     inputs = list(packets)
+    pieces: dict[int, list[tuple[memoryview, memoryview]]] = {}
     for i, packet in enumerate(packets):
         seg = packet.tx.segmentation
         if packet.head and seg is not None:
             allowed = tasks if per_packet is None else per_packet[i]
             if seg.task in allowed:
+                data = packet.data
+                if in_place is not None and isinstance(data, memoryview) and in_place(data):
+                    cut = cut_in_place(packet.head, data, packet.tx)
+                    if cut is not None:
+                        pieces[i] = cut  # new headers before the payload where it lies
+                        inputs[i] = _NOTHING_TO_DO
+                        continue
                 inputs[i] = packet.flat()  # planned and cut as one piece
     work = _classify(inputs, tasks)
+    if pieces:
+        work.done[Task.TCP_SEGMENTATION] += len(pieces)
+        work.done[Task.CHECKSUM] += len(pieces)
+    work.pieces = pieces
     _cut(inputs, work, 0, rows)
     # L4-only fills and gathered frames go to rows; a fill of the IPv4 header, or one
     # whose offsets are wrong, takes the copying path (and its checks).
@@ -385,7 +408,7 @@ def _transmit_mapped(
         else:
             copied.append(i)
             copied_jobs.append(FillJob(packets[i].frame(), l4, job.ipv4_header))
-    busy = set(work.cut) | set(work.fills)
+    busy = set(work.cut) | set(work.fills) | set(pieces)
     gathered = [i for i, p in enumerate(packets) if p.head and i not in busy]
     built = _gather(packets, mapped + gathered, rows)
     placed: dict[int, memoryview] = {}
@@ -405,7 +428,9 @@ def _transmit_mapped(
             work.filled[i] = placed.pop(i)
     work.fills, work.jobs = copied, copied_jobs
     _fill(work)
-    return _outcome(packets, work, placed)
+    outcome = _outcome(packets, work, placed)
+    outcome.payload_copy_bytes = _payload_copies(packets, outcome, pieces.keys())
+    return outcome
 
 
 def _gather(
@@ -440,6 +465,7 @@ def _put(mem: memoryview, begin: int, end: int, piece: Buffer) -> None:
 
 
 _FILLED = frozenset({Task.CHECKSUM})
+_NOTHING_TO_DO = Packet(b"")
 _FILLED_WHOLE = frozenset({Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
 
 

@@ -444,14 +444,18 @@ class TcpLayer:
         self.stats.send_buffers_in_host += 1
 
     def _max_payload(self, flow: _Flow) -> int:
-        """The largest payload one segment may carry: a super-packet when the device cuts."""
+        """The largest payload one segment may carry: a super-packet when the device cuts,
+        or when the send buffer is in the device's memory (the host cuts around it)."""
         mss = flow.conn.mss_bytes
         seg = flow.iface.segmentation
-        if not seg.tcp(flow.version):
+        if seg.tcp(flow.version):
+            limit = min(seg.tcp_max_bytes or 65536, 65535) - flow.ip_header - TCP_HLEN - 40
+            if seg.tcp_max_segments:
+                limit = min(limit, seg.tcp_max_segments * mss)
+        elif flow.memory is not None:
+            limit = 65535 - flow.ip_header - TCP_HLEN - 40
+        else:
             return mss
-        limit = min(seg.tcp_max_bytes or 65536, 65535) - flow.ip_header - TCP_HLEN - 40
-        if seg.tcp_max_segments:
-            limit = min(limit, seg.tcp_max_segments * mss)
         return max(mss, limit - limit % mss)
 
     def _transmit(self, flow: _Flow, now_ns: int) -> None:
