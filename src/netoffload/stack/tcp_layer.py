@@ -14,7 +14,9 @@ and checksums; the payload is never copied on the way.
 
 Where the device lends memory it sends from in place (``XdpDevice``'s UMEM),
 an established connection keeps its send buffer there: the application's
-bytes are then copied once, into memory the device transmits from.
+bytes are then copied once, into memory the device transmits from. Such a
+connection sends super-packets even without TSO: the host cuts them around
+their payload, which stays where it is.
 """
 
 from __future__ import annotations
