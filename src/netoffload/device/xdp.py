@@ -34,7 +34,8 @@ and by the kernel should the process die).
   checksum or segmentation offload (AF_XDP's TX metadata checksum request,
   Linux 6.8+, is not used), so a request naming any task is dropped
   (``outside_capability``). ``HostOffload`` does that work on the host, in
-  UMEM rows the device lends it.
+  UMEM rows the device lends it, or, for payload in send memory, in new
+  headers before the payload where it lies (``posts_in_place``).
 
 In copy mode (``zero_copy=False``, the only mode a veth has) the kernel
 itself copies each frame between the UMEM and its socket buffers; the
@@ -532,7 +533,9 @@ class XdpDevice(Device):
 
         Returns how many packets were taken; each is sent (``tx_packets``) or
         dropped with its reason (``drops``). Frames built in lent chunks are
-        posted in place; the rest are copied into free chunks.
+        posted in place, frames whose second piece lies in lent send memory are
+        posted as a copied first piece and that memory; the rest are copied into
+        free chunks.
         """
         xsk = self._open()
         self._reap()
