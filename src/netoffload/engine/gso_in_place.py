@@ -30,20 +30,15 @@ import numpy.typing as npt
 
 from netoffload.engine import rows as rowsum
 from netoffload.engine.checksum import fill_partial_split
+from netoffload.engine.dissect import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPV4_DF
+from netoffload.engine.gso_batch import TCP_CWR, TCP_FIN, TCP_PSH
+from netoffload.engine.gso_batch import _complement as complement
 from netoffload.offload.extension import GsoType, TxRequest
 from netoffload.wire.checksum import ones_sum
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 IntArray: TypeAlias = npt.NDArray[np.int64]
 
-ETH_HLEN = 14
-_ETH_P_IP = 0x0800
-_ETH_P_IPV6 = 0x86DD
-_IPPROTO_TCP = 6
-_IPV4_DF = 0x4000
-TCP_FIN = 0x01
-TCP_PSH = 0x08
-TCP_CWR = 0x80
 _BE16 = np.dtype(">u2")
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -65,16 +60,16 @@ def cut_in_place(
         return None
     (ethertype,) = _U16.unpack_from(head, 12)
     l3 = ETH_HLEN
-    if ethertype == _ETH_P_IP and seg.gso_type is GsoType.TCPV4:
+    if ethertype == ETH_P_IP and seg.gso_type is GsoType.TCPV4:
         l4 = l3 + 20
         frag = _U16.unpack_from(head, l3 + 6)[0]
-        if head[l3] != 0x45 or head[l3 + 9] != _IPPROTO_TCP or frag & ~_IPV4_DF:
+        if head[l3] != 0x45 or head[l3 + 9] != IPPROTO_TCP or frag & ~IPV4_DF:
             return None
-        if seg.fixed_id and not frag & _IPV4_DF:
+        if seg.fixed_id and not frag & IPV4_DF:
             return None
-    elif ethertype == _ETH_P_IPV6 and seg.gso_type is GsoType.TCPV6:
+    elif ethertype == ETH_P_IPV6 and seg.gso_type is GsoType.TCPV6:
         l4 = l3 + 40
-        if head[l3] >> 4 != 6 or head[l3 + 6] != _IPPROTO_TCP:
+        if head[l3] >> 4 != 6 or head[l3 + 6] != IPPROTO_TCP:
             return None
     else:
         return None
@@ -116,7 +111,7 @@ def cut_in_place(
         rest -= int(header_words[w3 + 5])
         words[:, w3 + 1] = total
         words[:, w3 + 2] = ident
-        words[:, w3 + 5] = _complement(rest + total + ident)
+        words[:, w3 + 5] = complement(rest + total + ident)
         addresses = int(header_words[w3 + 6 : w3 + 10].sum())
     else:
         words[:, w3 + 2] = (hlen - l3 - 40) + plen
@@ -127,8 +122,8 @@ def cut_in_place(
     rest = int(tcp.sum()) - int(tcp[2] + tcp[3] + tcp[6] + tcp[8])
     sums = _payload_sums(payload, mss, count)
     tcp_len = (hlen - l4) + plen
-    words[:, w4 + 8] = _complement(
-        addresses + _IPPROTO_TCP + rest + tcp_len + (seq >> 16) + (seq & 0xFFFF) + word + sums
+    words[:, w4 + 8] = complement(
+        addresses + IPPROTO_TCP + rest + tcp_len + (seq >> 16) + (seq & 0xFFFF) + word + sums
     )
     flat = rows.reshape(-1).data
     return [
@@ -149,9 +144,3 @@ def _payload_sums(payload: memoryview, mss: int, count: int) -> IntArray:
     if full < count:
         sums[full] = ones_sum(payload[full * mss :])
     return sums
-
-
-def _complement(total: IntArray) -> IntArray:
-    """The complemented one's-complement sum of terms adding up to ``total``."""
-    value: IntArray = 0xFFFE - (total - 1) % 0xFFFF
-    return value
