@@ -78,6 +78,8 @@ PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
 TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
 
@@ -511,6 +513,17 @@ class PacketDevice(Device):
         snapshot = DeviceStats()
         snapshot.merge(self._stats)
         return snapshot
+
+    def set_promiscuous(self) -> None:
+        """Receive every frame on the interface, not only those for its MAC (a switch's
+        uplink). Held by this socket: it ends when the device is closed."""
+        sock = self._open()
+        index = socket.if_nametoindex(self.name)
+        mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        except OSError as exc:
+            raise DeviceError(f"{self.name}: promiscuous mode: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self._closed:

@@ -166,6 +166,9 @@ class SoftNic(Device):
     names (the default gives them).
     """
 
+    #: The module run as the firmware process (``python -m``).
+    firmware_module = "netoffload.device.softnic.firmware"
+
     def __init__(
         self,
         caps: Sequence[AnyRecord] | None = None,
@@ -250,7 +253,7 @@ class SoftNic(Device):
         res.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
             res.proc = subprocess.Popen(
-                [sys.executable, "-m", "netoffload.device.softnic.firmware", json.dumps(config)],
+                [sys.executable, "-m", self.firmware_module, json.dumps(config)],
                 pass_fds=(
                     mem_fd,
                     self._nic_bell,
