@@ -4,7 +4,8 @@ The switch starts it with its end of a socket pair in ``$NETOFFLOAD_VSWITCH_FD``
 It makes its own window and rings (``GuestPort``), attaches, and then:
 
 * ``sink``: announces itself (one frame per VLAN, so the switch can learn
-  its MAC, as a virtual machine monitor announces a guest), receives
+  its MAC, as a virtual machine monitor announces a guest; not with
+  ``--quiet``), receives
   everything, checks every load frame (``load.check_frame``) and releases
   it at once; with ``--check-residue`` it also checks that nothing but the
   frame is in the buffer (zeroed after it);
@@ -69,8 +70,10 @@ def announce(port: GuestPort) -> int:
 
 
 def sink(port: GuestPort, stop: _Stop, args: argparse.Namespace) -> dict[str, Any]:
-    counters: Counter[str] = Counter()
-    counters["announced"] = announce(port)
+    counters: Counter[str] = Counter(frames=0)
+    if not args.quiet:
+        counters["announced"] = announce(port)
+    port.report(dict(counters))
     mac, vlans = port.attachment.mac, port.attachment.vlans
     last = time.monotonic()
     residue = args.check_residue
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ring-entries", type=int, default=256)
     parser.add_argument("--post", type=int, default=None, help="receive buffers to post")
     parser.add_argument("--check-residue", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="sink: send no announcement")
     parser.add_argument("--address", action="append", default=[])
     parser.add_argument("--policy", default="always")
     parser.add_argument("--seed", type=int, default=1)

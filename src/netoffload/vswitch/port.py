@@ -150,7 +150,10 @@ class GuestPort(Device):
             self._release()
             raise
         self._mem = memoryview(self._window)
-        self.rings: dict[str, Queue] = layout_.queues(memoryview(self._rings_map))
+        #: The guest's own ring memory (the rings live in it). The switch trusts none of it.
+        self.ring_memory = memoryview(self._rings_map)
+        self.ring_layout = layout_
+        self.rings: dict[str, Queue] = layout_.queues(self.ring_memory)
         self._stats = DeviceStats()
         self._errors: list[DescriptorError] = []
         self._encode_tx = Memo(layout.encode_tx_ext)
@@ -497,10 +500,11 @@ class GuestPort(Device):
 
     def _release(self) -> None:
         self._closed = True
-        view = getattr(self, "_mem", None)
-        if isinstance(view, memoryview):
-            with contextlib.suppress(BufferError):
-                view.release()
+        for name in ("_mem", "ring_memory"):
+            view = getattr(self, name, None)
+            if isinstance(view, memoryview):
+                with contextlib.suppress(BufferError):
+                    view.release()
         for attr in ("_window", "_rings_map"):
             region = getattr(self, attr, None)
             if isinstance(region, mmap.mmap):

@@ -348,6 +348,7 @@ class VSwitch:
         guest.state = GuestState.GONE
         guest.gone_reason = reason
         guest.unmap()
+        self._last_words(guest)
         guest.sock.close()
         if guest.pidfd is not None:
             os.close(guest.pidfd)
@@ -359,6 +360,20 @@ class VSwitch:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=_STOP_TIMEOUT_S)
         self.counters["reclaimed"] += 1
+
+    def _last_words(self, guest: Guest) -> None:
+        """Reports a guest sent before it went (its socket may still hold them)."""
+        for _ in range(64):
+            try:
+                got = recv_message(guest.sock)
+            except (OSError, ProtocolError):
+                return
+            if got is None:
+                return
+            message, fds = got
+            close_all(fds)
+            if message.get("op") == "report" and isinstance(message.get("data"), dict):
+                guest.report = message["data"]
 
     def _reap(self) -> None:
         """Reclaim every guest whose process has exited (one poll of their pidfds)."""
