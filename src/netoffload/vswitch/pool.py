@@ -18,13 +18,15 @@ at most ``quota.tx_in_flight`` frames in flight; what goes beyond is refused,
 and costs no other guest anything.
 
 Batches are checked as a whole with NumPy (one pass per batch, not per
-descriptor); a buffer named twice in one batch is taken once and the other
-descriptor is stale. Nothing here does I/O.
+descriptor), with the result of checking them one after the other: a batch
+that names a buffer twice (which only a confused guest sends) is checked a
+descriptor at a time. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +105,8 @@ class BufferTable:
     def _check(
         self, buffers: IntArray, gens: IntArray, low: int, high: int, states: tuple[State, ...]
     ) -> tuple[BoolArray, IntArray, IntArray]:
-        """Range, generation and state of each descriptor; duplicates after the first are
-        stale. Returns (ok, index clipped into range, status)."""
+        """Range, generation and state of each descriptor of a batch that names every
+        buffer at most once. Returns (ok, index clipped into range, status)."""
         n = len(buffers)
         status = np.full(n, int(Status.OK), dtype=np.int64)
         inside = (buffers >= low) & (buffers < high)
@@ -116,19 +118,29 @@ class BufferTable:
         state = self.state[index]
         allowed = np.isin(state, [int(s) for s in states])
         status[fresh & ~allowed] = Status.NOT_OWNED
-        ok = fresh & allowed
-        if ok.sum() > 1:
-            candidates = np.flatnonzero(ok)
-            _, first = np.unique(buffers[candidates], return_index=True)
-            repeated = np.ones(len(candidates), dtype=bool)
-            repeated[first] = False
-            ok[candidates[repeated]] = False
-            status[candidates[repeated]] = Status.STALE
-        return ok, index, status
+        return fresh & allowed, index, status
+
+    @staticmethod
+    def _repeats(buffers: IntArray) -> bool:
+        return len(buffers) > 1 and len(np.unique(buffers)) < len(buffers)
+
+    def _one_by_one(
+        self, check: Callable[[IntArray, IntArray], Checked], buffers: IntArray, gens: IntArray
+    ) -> Checked:
+        """A batch that names a buffer twice, checked a descriptor at a time (so a later
+        descriptor sees what an earlier one did): only a confused guest sends one."""
+        parts = [check(buffers[i : i + 1], gens[i : i + 1]) for i in range(len(buffers))]
+        return Checked(
+            np.concatenate([p.ok for p in parts]),
+            np.concatenate([p.gens for p in parts]),
+            np.concatenate([p.status for p in parts]),
+        )
 
     # -- receive buffers --------------------------------------------------------------
     def post(self, buffers: IntArray, gens: IntArray) -> Checked:
         """A guest posts receive buffers (new ones, or held ones it releases)."""
+        if self._repeats(buffers):
+            return self._one_by_one(self.post, buffers, gens)
         ok, index, status = self._check(
             buffers, gens, 0, self.rx_buffers, (State.GUEST, State.HELD)
         )
@@ -150,6 +162,11 @@ class BufferTable:
 
     def fill(self, buffers: IntArray, gens: IntArray) -> BoolArray:
         """The NIC side filled posted buffers: each becomes held (if the descriptor is right)."""
+        if self._repeats(buffers):
+            return np.array(
+                [self.fill(buffers[i : i + 1], gens[i : i + 1])[0] for i in range(len(buffers))],
+                dtype=bool,
+            )
         ok, index, _ = self._check(buffers, gens, 0, self.rx_buffers, (State.POSTED,))
         taken = index[ok]
         self.state[taken] = State.HELD
@@ -168,6 +185,8 @@ class BufferTable:
     # -- transmit buffers -------------------------------------------------------------
     def transmit(self, buffers: IntArray, gens: IntArray) -> Checked:
         """A guest sends frames from its transmit buffers."""
+        if self._repeats(buffers):
+            return self._one_by_one(self.transmit, buffers, gens)
         ok, index, status = self._check(
             buffers, gens, self.rx_buffers, self.buffers, (State.GUEST,)
         )
@@ -185,6 +204,14 @@ class BufferTable:
 
     def complete(self, buffers: IntArray, gens: IntArray) -> BoolArray:
         """The NIC side is done with transmit buffers: the guest has them again."""
+        if self._repeats(buffers):
+            return np.array(
+                [
+                    self.complete(buffers[i : i + 1], gens[i : i + 1])[0]
+                    for i in range(len(buffers))
+                ],
+                dtype=bool,
+            )
         ok, index, _ = self._check(buffers, gens, self.rx_buffers, self.buffers, (State.IN_FLIGHT,))
         taken = index[ok]
         self.state[taken] = State.GUEST
