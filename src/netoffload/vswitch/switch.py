@@ -409,13 +409,13 @@ class VSwitch:
         self._extra[fd] = on_ready
 
     def step(self, max_wait_s: float = MAX_WAIT_S) -> bool:
-        """One turn; waits (at most ``max_wait_s``) only when there was nothing to do."""
+        """One turn, then the guests' sockets and watched descriptors; waits (at most
+        ``max_wait_s``) only when the turn had nothing to do."""
         if self._closed:
             raise DeviceError(f"{self.name} is closed")
-        if self._turn():
-            return True
-        self._wait(max_wait_s)
-        return self._turn()
+        moved = self._turn()
+        self._wait(0.0 if moved else max_wait_s)
+        return moved
 
     def run_until(self, done: Callable[[], bool], timeout_s: float) -> bool:
         """Step until ``done()``; False when ``timeout_s`` passed first."""

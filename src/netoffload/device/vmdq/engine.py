@@ -260,30 +260,41 @@ class PoolEngine:
             if kind is Kind.GROUP or kind is Kind.FLOOD:
                 flags = RX_GROUP | RX_COPIED
                 for pool in steer.pools:
-                    if self._write(
+                    size = self._write(
                         pool, frame, packet.rx, vlan=steer.vlan, flags=flags, copy_kind=COPY_GROUP
-                    ):
-                        written += 1
-                        nbytes += len(frame)
+                    )
+                    written += int(size > 0)
+                    nbytes += size
                 continue
-            if self._write(
+            size = self._write(
                 steer.pools[0],
                 frame,
                 packet.rx,
                 vlan=steer.vlan,
                 flags=RX_COPIED if copied else 0,
                 copy_kind=copied,
-            ):
-                written += 1
-                nbytes += len(frame)
-                if copied:
-                    self.unicast_rx_copied_bytes += len(frame)
-        self._publish()
+            )
+            written += int(size > 0)
+            nbytes += size
+            if copied:
+                self.unicast_rx_copied_bytes += size
+        self.publish()
         return written, nbytes
+
+    def prefill(self, pool: int, buffer: int, frame: bytes) -> None:
+        """Write ``frame`` into a receive buffer ahead of time, the rest of it zeroed: what a
+        NIC's DMA left there. ``deliver_in_place`` hands it over later (benchmarks)."""
+        p = self.pools[pool]
+        start = p.geometry.offset(buffer) + HEADROOM
+        end = start + len(frame)
+        p.mem[start:end] = frame
+        p.bytes[end : int(p.dirty[buffer])] = 0
+        p.dirty[buffer] = end
 
     def deliver_in_place(self, pool: int, buffer: int, gen: int, length: int) -> bool:
         """Hand over a buffer the NIC has filled already (its DMA wrote the frame there):
-        steer it by its own header and queue its descriptor, writing nothing."""
+        steer it by its own header and queue its descriptor, writing nothing
+        (``publish`` sends what was queued)."""
         p = self.pools.get(pool)
         if p is None:
             return False
@@ -314,24 +325,25 @@ class PoolEngine:
         vlan: int,
         flags: int,
         copy_kind: str | None,
-    ) -> bool:
-        """One frame into one posted buffer of ``pool``; False (counted) when it cannot."""
+    ) -> int:
+        """One frame into one posted buffer of ``pool``; the bytes written, 0 (counted)
+        when it cannot be."""
         p = self.pools.get(pool)
         if p is None:
             self.switching["drop_pool_gone"] += 1
-            return False
+            return 0
         egress = self.table.egress(frame, vlan, pool)
         size = len(frame) + egress.delta
         counters = p.counters
         if size > p.geometry.frame_capacity:
             counters.drops["too_large"] += 1
-            return False
+            return 0
         if not p.free:
             # Buffers posted after this batch began are on the fill queue: take them first.
             self.take_fills()
             if not p.free:
                 counters.drops["no_buffer"] += 1
-                return False
+                return 0
         buffer, gen = p.free.popleft()
         start = p.geometry.offset(buffer) + HEADROOM
         end = start + size
@@ -354,7 +366,7 @@ class PoolEngine:
         if copy_kind is not None:
             counters.copies[copy_kind] += 1
             counters.copied_bytes[copy_kind] += size
-        return True
+        return size
 
     def _shift(self, info: RxInfo, delta: int) -> RxInfo:
         key = (info, delta)
@@ -365,8 +377,8 @@ class PoolEngine:
             shifted = self._shifted[key] = shift_rx_info(info, delta)
         return shifted
 
-    def _publish(self) -> None:
-        """Queue the gathered receive descriptors for the switch and ring it."""
+    def publish(self) -> None:
+        """Queue the receive descriptors gathered since the last call for the switch."""
         rows = self._rows
         n = len(rows)
         if not n:
@@ -456,7 +468,7 @@ class PoolEngine:
                 self._loop_back(steer.pools, frame, request, steer.vlan, group)
             if steer.uplink:
                 out.append(self._to_uplink(frame, request, steer.vlan))
-        self._publish()
+        self.publish()
         return TxWork(out, done)
 
     def _loop_back(
