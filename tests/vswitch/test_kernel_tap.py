@@ -1,5 +1,7 @@
-"""A guest talks TCP to the Linux kernel through the switch's TAP uplink, both ways, over
-IPv4 and IPv6, in a private namespace (198.18.0.0/15 and fd00::/8 only)."""
+"""A guest talks TCP to the Linux kernel through the switch's Linux uplink: a TAP, both ways,
+over IPv4 and IPv6; and a veth through AF_PACKET whose offloads are off, so the switch does
+the guest's segmentation and checksums itself. In private namespaces (198.18.0.0/15 and
+fd00::/8 only)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from netoffload.device.packet import PacketDevice
 from netoffload.device.tap import TapDevice
 from netoffload.netns import Netns
 from netoffload.vswitch import GuestConfig, LinuxUplink, VSwitch
@@ -158,3 +161,50 @@ def test_the_kernel_connects_to_a_guest_echo_through_a_tap_uplink(version: int) 
     assert side.error is None, side.error
     assert bytes(got) == payload
     assert report_of(sw, "srv")["echoed"] == SIZE
+
+
+def test_over_a_veth_without_offloads_the_switch_does_the_guests_segmentation() -> None:
+    with Netns() as ns:
+        ns.add_veth("nsovsa", "nsovsb")
+        for ifname in ("nsovsa", "nsovsb"):
+            ns.set_link(ifname, up=True)
+        off = ("tx-tcp-segmentation", "tx-tcp6-segmentation", "tx-checksum-ip-generic")
+        ns.set_features("nsovsa", dict.fromkeys(off, False))
+        ns.add_address("nsovsb", f"{KERNEL[4]}/24")
+        with ns.entered():
+            device = PacketDevice("nsovsa", ring_frames=256)
+            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.bind((KERNEL[4], 5002))
+        server.listen(1)
+        server.settimeout(60)
+        side = Echo()
+
+        def serve() -> None:
+            with server:
+                conn, _ = server.accept()
+            _echo_loop(conn, side)
+
+        _in_thread(serve, side)
+        sw = VSwitch(LinuxUplink(device, enable_offloads=False), name="vethsw")
+        try:
+            argv = stack_guest(
+                "cli", "--address", f"{GUEST[4]}/24", "--connect", KERNEL[4], "5002",
+                "--bytes", str(SIZE),
+            )  # fmt: skip
+            sw.spawn_guest(GuestConfig("cli"), argv)
+            assert sw.run_until(lambda: bool((sw.guest("cli").report or {}).get("final")), 120)
+            assert side.done.wait(30)
+            stats = sw.stats()
+            sw.stop_guests()
+        finally:
+            sw.close()
+    assert side.error is None, side.error
+    client = report_of(sw, "cli")
+    assert client["match"] is True and side.received == SIZE
+    assert client["stack"]["super_packets_out"] > 0  # type: ignore[index]
+    host = stats["uplink"]["host"]
+    # The device took no TSO request: the switch cut the super-packets (and filled the
+    # checksums) with the same engine, and said why.
+    assert any(key.startswith("tcp_segmentation/") for key in host["fallbacks"]), host
+    assert host["tasks"]["tcp_segmentation"] > 0
+    assert "tcp_segmentation" not in stats["uplink"]["device"]["tasks"]

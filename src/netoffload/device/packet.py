@@ -41,6 +41,7 @@ from netoffload.device.ethtool import (
 )
 from netoffload.device.link import (
     interface_exists,
+    interface_index,
     interface_mac,
     interface_mtu,
     interface_up,
@@ -518,7 +519,7 @@ class PacketDevice(Device):
         """Receive every frame on the interface, not only those for its MAC (a switch's
         uplink). Held by this socket: it ends when the device is closed."""
         sock = self._open()
-        index = socket.if_nametoindex(self.name)
+        index = interface_index(self.name, self._link_sock)
         mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
         try:
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)

@@ -135,11 +135,17 @@ class SoftNicUplink(Uplink):
 
 
 class LinuxUplink(Uplink):
-    """A TAP or AF_PACKET device; this process is the NIC side (see the module docstring)."""
+    """A TAP or AF_PACKET device; this process is the NIC side (see the module docstring).
+
+    The device's offloads the switch can pass through are enabled, unless
+    ``enable_offloads`` is False: then it keeps the ones it has.
+    """
 
     maps_windows = True
 
-    def __init__(self, device: Device, *, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self, device: Device, *, capacity: int = DEFAULT_CAPACITY, enable_offloads: bool = True
+    ) -> None:
         self.device = device
         self.name = device.name
         self.kind = "packet" if isinstance(device, PacketDevice) else "tap"
@@ -153,9 +159,10 @@ class LinuxUplink(Uplink):
         self.engine = PoolEngine(layout.queues(mem), None, host_memory=True)
         if isinstance(device, PacketDevice):
             device.set_promiscuous()  # a switch takes frames for its guests' MACs
-        offered = [r for r in device.capabilities() if isinstance(r, CapabilityRecord)]
-        with contextlib.suppress(SelectionError):
-            device.enable(Selection(r for r in offered if r.task in UPLINK_TASKS))
+        if enable_offloads:  # else the device keeps what it has (and the switch does the rest)
+            offered = [r for r in device.capabilities() if isinstance(r, CapabilityRecord)]
+            with contextlib.suppress(SelectionError):
+                device.enable(Selection(r for r in offered if r.task in UPLINK_TASKS))
         self.host = HostOffload(device)
         self._pending: collections.deque[TxWork] = collections.deque()
         self._closed = False
