@@ -74,7 +74,13 @@ def _guest_argv(name: str, address: str | None) -> list[str]:
 
 
 @vswitch.command("run")
-@click.option("--guests", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option(
+    "--guests",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Guest processes to start (g0, g1, ...).",
+)
 @click.option(
     "--uplink",
     "uplink_spec",
@@ -100,7 +106,12 @@ def _guest_argv(name: str, address: str | None) -> list[str]:
     show_default=True,
     help="Receive buffers per guest (its quota too).",
 )
-@click.option("--duration", type=click.FloatRange(min=0.1), default=None, help="Stop after this.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Stop after this many seconds (default: at Ctrl-C or SIGTERM).",
+)
 def run_command(
     *,
     guests: int,
@@ -210,7 +221,14 @@ def _find_switch(name: str | None) -> str:
 @vswitch.command("stats")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as the switch sent them.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.01), default=2.0)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.01),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for an answer.",
+)
 def stats_command(name: str | None, as_json: bool, timeout_s: float) -> None:
     """Per guest: packets, bytes, buffers posted and held, copies, drops by reason."""
     target = _find_switch(name)
