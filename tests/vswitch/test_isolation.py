@@ -97,8 +97,10 @@ def test_a_killed_guest_is_reclaimed_before_anything_more_is_delivered_to_it() -
             + switching.get("drop_unknown", 0)
         )
         assert lost == 1
-        # The NIC side unmapped the window; the MAC table forgot the guest.
+        # The NIC side unmapped the window, the switch the rings; the MAC table forgot it.
         assert windows(memfd_maps(rig.nic.firmware_pid)) == {"k1"}
+        rings = {name for _, name in memfd_maps(os.getpid()) if name.startswith("vswitch-rings")}
+        assert rings == {"vswitch-rings-k1"}
         assert all(e["pool"] != k0.pool for e in sw.demux.entries())
         assert k0.pool not in sw.stats()["uplink"]["nic"]["posted"]
         sw.stop_guests()

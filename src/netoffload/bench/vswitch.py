@@ -30,6 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.device.base import DeviceError
 from netoffload.device.vmdq.engine import PoolEngine
 from netoffload.device.vmdq.queue import sealed_memfd
 from netoffload.device.vmdq.steer import PortVlans, SteeringTable
@@ -59,10 +60,10 @@ class ReplayUplink(Uplink):
     kind = "replay"
     maps_windows = True
 
-    def __init__(self, size: int, *, zero_copy: bool, capacity: int = 4096) -> None:
+    def __init__(self, *, capacity: int = 4096) -> None:
         self.name = "replay"
-        self.size = size
-        self.zero_copy = zero_copy
+        self.size = 0
+        self.zero_copy = True
         self.capacity = capacity
         layout = nic_queues(capacity)
         self._fd = sealed_memfd("vswitch-bench-queues", layout.total_bytes)
@@ -89,14 +90,24 @@ class ReplayUplink(Uplink):
     def filenos(self) -> list[int]:
         return []
 
-    def load(self, pool: int, mac: MacAddress) -> None:
-        """Put the packets for ``pool`` in place: in its buffers, or in this process."""
+    def pause(self) -> None:
+        """Deliver nothing more (the buffers guests post stay with the NIC side)."""
+        self._loaded.clear()
+
+    def idle(self) -> bool:
+        """Every receive buffer of every pool is back with the NIC side."""
+        self.engine.take_fills()
+        return all(len(p.free) == p.geometry.rx_buffers for p in self.engine.pools.values())
+
+    def load(self, pool: int, mac: MacAddress, size: int, *, zero_copy: bool) -> None:
+        """Put ``size``-byte packets for ``pool`` in place: in its buffers (every one of
+        them is with the NIC side: see ``idle``), or in this process."""
+        self.size, self.zero_copy = size, zero_copy
         header = EthernetRepr(mac, _SOURCE, 0x88B5)
         frames = [
-            header.to_bytes(bytes([i]) * (self.size - header.header_len))
-            for i in range(_HOST_FRAMES)
+            header.to_bytes(bytes([i]) * (size - header.header_len)) for i in range(_HOST_FRAMES)
         ]
-        if self.zero_copy:
+        if zero_copy:
             geometry = self.engine.pools[pool].geometry
             for buffer in range(geometry.rx_buffers):
                 self.engine.prefill(pool, buffer, frames[buffer % _HOST_FRAMES])
@@ -139,52 +150,59 @@ class ReplayUplink(Uplink):
         os.close(self._fd)
 
 
-def _measure(size: int, *, zero_copy: bool, seconds: float) -> dict[str, float]:
-    uplink = ReplayUplink(size, zero_copy=zero_copy)
-    switch = VSwitch(uplink, name="bench", config=SwitchConfig())
-    try:
-        names = [f"b{i}" for i in range(GUESTS)]
-        for name in names:
+class _Bench:
+    """One switch, its replaying uplink and 4 guest processes, for every case in turn."""
+
+    def __init__(self) -> None:
+        self.uplink = ReplayUplink()
+        self.switch = VSwitch(self.uplink, name="bench", config=SwitchConfig())
+        self.names = [f"b{i}" for i in range(GUESTS)]
+        for name in self.names:
             argv = [sys.executable, "-m", "netoffload.vswitch.guest", "--name", name]
             argv += ["--quiet", "--bare", "--rx-buffers", str(BUFFERS), "--tx-buffers", "1"]
             argv += ["--ring-entries", str(BUFFERS)]
             quota = Quota(rx_buffers=BUFFERS, ring_entries=BUFFERS)
-            switch.spawn_guest(GuestConfig(name, quota=quota), argv)
-        attached = switch.run_until(
-            lambda: all(switch.guest(n).attached and switch.guest(n).report for n in names), 60
-        )
-        if not attached:
-            raise RuntimeError("the benchmark's guests did not attach")
-        for name in names:
+            self.switch.spawn_guest(GuestConfig(name, quota=quota), argv)
+        switch = self.switch
+        if not switch.run_until(
+            lambda: all(switch.guest(n).attached and switch.guest(n).report for n in self.names),
+            60,
+        ):
+            raise DeviceError("the benchmark's guests did not attach")
+
+    def delivered(self) -> int:
+        return sum(self.switch.guest(n).counters.rx_packets for n in self.names)
+
+    def measure(self, size: int, *, zero_copy: bool, seconds: float) -> dict[str, float]:
+        switch, uplink = self.switch, self.uplink
+        uplink.pause()
+        if not switch.run_until(uplink.idle, 20):
+            raise DeviceError("the benchmark's guests did not give their buffers back")
+        for name in self.names:
             guest = switch.guest(name)
             assert guest.pool is not None
-            uplink.load(guest.pool, guest.mac)
-
-        def delivered() -> int:
-            return sum(switch.guest(n).counters.rx_packets for n in names)
-
+            uplink.load(guest.pool, guest.mac, size, zero_copy=zero_copy)
         warm = time.monotonic() + min(0.3, seconds / 3)
         while time.monotonic() < warm:
             switch.step(0.001)
         copied_before = uplink.copied_bytes()
-        start_packets, start = delivered(), time.perf_counter()
+        start_packets, start = self.delivered(), time.perf_counter()
         end = start + seconds
         while time.perf_counter() < end:
             switch.step(0.001)
         elapsed = time.perf_counter() - start
-        packets = delivered() - start_packets
-        copied = uplink.copied_bytes() - copied_before
-        switch.stop_guests(timeout_s=5.0)
-    finally:
-        switch.close()
-    pps = packets / elapsed
-    return {
-        "packets": packets,
-        "seconds": elapsed,
-        "pps": pps,
-        "gbit_per_s": pps * size * 8 / 1e9,
-        "payload_bytes_copied": copied,
-    }
+        packets = self.delivered() - start_packets
+        pps = packets / elapsed
+        return {
+            "packets": packets,
+            "seconds": elapsed,
+            "pps": pps,
+            "gbit_per_s": pps * size * 8 / 1e9,
+            "payload_bytes_copied": uplink.copied_bytes() - copied_before,
+        }
+
+    def close(self) -> None:
+        self.switch.close()
 
 
 def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
@@ -193,11 +211,16 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     progress.stage("vswitch", 4)
     cases: dict[str, dict[str, float]] = collections.OrderedDict()
     step = 0
-    for label, size in SIZES.items():
-        for mode, zero_copy in (("zero_copy", True), ("copy", False)):
-            cases[f"{mode}_{label}"] = _measure(size, zero_copy=zero_copy, seconds=seconds)
-            step += 1
-            progress.update(step)
+    bench = _Bench()
+    try:
+        for label, size in SIZES.items():
+            for mode, zero_copy in (("zero_copy", True), ("copy", False)):
+                case = bench.measure(size, zero_copy=zero_copy, seconds=seconds)
+                cases[f"{mode}_{label}"] = case
+                step += 1
+                progress.update(step)
+    finally:
+        bench.close()
     z64, c64 = cases["zero_copy_64k"], cases["copy_64k"]
     z15, c15 = cases["zero_copy_1500"], cases["copy_1500"]
     ratio_64k = z64["gbit_per_s"] / c64["gbit_per_s"] if c64["gbit_per_s"] else 0.0

@@ -70,6 +70,7 @@ from netoffload.wire import MacAddress
 MAX_WAIT_S = 0.2
 _BATCH = 512  # descriptors taken from one queue or ring per turn
 _STOP_TIMEOUT_S = 5.0
+_AGE_EVERY_NS = 1_000_000_000
 
 
 class GuestState(enum.StrEnum):
@@ -189,6 +190,7 @@ class VSwitch:
         q = uplink.queues
         self._fill, self._rx, self._tx, self._done = q["fill"], q["rx"], q["tx"], q["done"]
         self._pushed = -1
+        self._aged_ns = 0
         self._nic_work = False
         self._extra: dict[int, Callable[[], object]] = {}
         self.counters: collections.Counter[str] = collections.Counter()
@@ -512,6 +514,7 @@ class VSwitch:
         rows = self._done.take(_BATCH)
         if not len(rows):
             return False
+        self._reap()
         now = self.clock()
         for pool, idx in _by_pool(rows):
             guest = self._by_pool.get(pool)
@@ -619,7 +622,10 @@ class VSwitch:
 
     # -- the MAC table --------------------------------------------------------------------
     def _push_table(self) -> None:
-        self.demux.age(self.clock())
+        now = self.clock()
+        if now - self._aged_ns >= _AGE_EVERY_NS:
+            self._aged_ns = now
+            self.demux.age(now)
         if self.demux.version != self._pushed:
             self.uplink.set_table(self.demux.table())
             self._pushed = self.demux.version
