@@ -219,3 +219,26 @@ def test_a_frame_to_a_guest_arrives_with_nothing_of_earlier_frames_in_its_buffer
     report = report_of(sw, "z")
     assert report["frames"] == len(sizes)
     assert "residue" not in report  # every byte after each frame was zero
+
+
+def test_classification_rules_steer_in_the_firmware_before_the_mac_table() -> None:
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+
+    rules = ("flow-type udp4 dst-port 53 action 2", "flow-type tcp4 dst-port 22 action drop")
+    with softnic_switch(SwitchConfig(rules=rules)) as rig:
+        sw = rig.switch
+        for name in ("r1", "r2"):  # pools 1 and 2: numbered in the order guests are added
+            sw.spawn_guest(GuestConfig(name), sink(name))
+        wait_attached(sw, "r1", "r2")
+        r1, r2 = sw.guest("r1"), sw.guest("r2")
+        assert (r1.pool, r2.pool) == (1, 2)
+        ip = IP(src="198.18.0.1", dst="198.18.0.11")
+        to_r1 = Ether(dst=str(r1.mac), src="02:00:00:00:00:01") / ip
+        rig.peer.send(bytes(to_r1 / UDP(dport=53) / b"question"))  # a rule: to r2
+        rig.peer.send(bytes(to_r1 / TCP(dport=22)))  # a rule: dropped
+        rig.peer.send(bytes(to_r1 / UDP(dport=54) / b"other"))  # no rule: the MAC table
+        assert sw.run_until(lambda: r1.counters.rx_packets == 1 and r2.counters.rx_packets == 1, 20)
+        switching = sw.stats()["switching"]
+        sw.stop_guests()
+    assert switching["rule"] == 1 and switching["drop_rule"] == 1 and switching["unicast"] == 1

@@ -139,6 +139,10 @@ class Guest:
         self.final_buffers: dict[str, Any] | None = None
         self.stalled_since: float | None = None
         self.stopping = False
+        #: The pool it gets when it attaches (numbered in the order guests were added).
+        self.reserved_pool = 0
+        #: Transmit buffers given back that did not fit in its done ring yet.
+        self.pending_done: collections.deque[Descs] = collections.deque()
 
     @property
     def pid(self) -> int | None:
@@ -150,6 +154,7 @@ class Guest:
 
     def unmap(self) -> None:
         self.rings = {}
+        self.pending_done.clear()
         if self._rings_map is not None:
             with contextlib.suppress(BufferError):
                 self._rings_map.close()
@@ -242,6 +247,8 @@ class VSwitch:
         sock.setblocking(False)
         mac = config.mac or default_mac(self.name, config.name)
         guest = Guest(config, mac, sock)
+        guest.reserved_pool = self._next_pool
+        self._next_pool += 1
         self.guests[config.name] = guest
         return guest
 
@@ -310,10 +317,9 @@ class VSwitch:
         guest._rings_fd = os.dup(rings_fd)
         guest.kick, guest.irq = os.dup(kick), os.dup(irq)
         guest.rings = layout.queues(memoryview(guest._rings_map))
-        pool = self._next_pool
+        pool = guest.reserved_pool
         # The NIC side gets the window; this process maps it only when it is the NIC side.
         self.uplink.attach(pool, window_fd, geometry, guest.config.vlans)
-        self._next_pool += 1
         guest.pool = pool
         guest.geometry = geometry
         guest.table = BufferTable(geometry.rx_buffers, geometry.tx_buffers, quota)
@@ -538,22 +544,52 @@ class VSwitch:
             self._to_guest_done(guest, out)
         return True
 
-    def _to_guest_done(self, guest: Guest, rows: Descs) -> None:
+    def _to_guest_done(self, guest: Guest, rows: Descs, *, refusals: bool = False) -> None:
+        """Put ``rows`` on the guest's done ring. Buffers given back wait for room (there
+        are no more of them than the guest has buffers); refusals that find no room are
+        only counted (a guest that floods bad descriptors is not owed an answer to each)."""
         ring = guest.rings.get("done")
         if ring is None or not len(rows):
             return
-        room = ring.space()
-        if room < len(rows):  # its done ring is bigger than all it can have out: it lied
-            self._reclaim(guest, "done ring overrun")
+        if refusals:
+            room = ring.space() if not guest.pending_done else 0
+            if room < len(rows):
+                guest.counters.drops["refusals_unreported"] += len(rows) - room
+                rows = rows[:room]
+            if len(rows):
+                ring.put(rows)
+        else:
+            guest.pending_done.append(rows)
+            self._flush_done(guest)
             return
-        ring.put(rows)
         if guest.irq is not None:
+            ring_eventfd(guest.irq)
+
+    def _flush_done(self, guest: Guest) -> None:
+        ring = guest.rings.get("done")
+        pending = guest.pending_done
+        if ring is None or not pending:
+            return
+        moved = False
+        while pending:
+            room = ring.space()
+            if not room:
+                break
+            rows = pending[0]
+            ring.put(rows[:room])
+            moved = True
+            if room >= len(rows):
+                pending.popleft()
+            else:
+                pending[0] = rows[room:]
+        if moved and guest.irq is not None:
             ring_eventfd(guest.irq)
 
     # -- guests -> NIC side -----------------------------------------------------------
     def _from_guests(self) -> bool:
         moved = False
         for guest in list(self._by_pool.values()):
+            self._flush_done(guest)
             moved |= self._take_posts(guest)
             moved |= self._take_sends(guest)
             if any(q.broken for q in guest.rings.values()):
@@ -618,7 +654,7 @@ class VSwitch:
         bad["gen"][inside] = table.gen[bad["buffer"][inside].astype(np.int64)]
         for reason in reasons.tolist():
             guest.counters.refused[Status(reason).name.lower()] += 1
-        self._to_guest_done(guest, bad)
+        self._to_guest_done(guest, bad, refusals=True)
 
     # -- the MAC table --------------------------------------------------------------------
     def _push_table(self) -> None:
