@@ -10,6 +10,15 @@ verification of packets the device left unchecked and, if asked, assembly.
 
 Because both sides run the same engine, the frames on the wire are
 byte-identical whichever side did the work; tests assert it.
+
+IPsec: the host keeps every SA context it has seen (``contexts``), so it can
+encrypt or decrypt any packet itself. A packet whose encryption the device
+does not take (not enabled, a handle outside its range, an algorithm it
+lacks, or the host's choice) has every task done here, encryption last, and
+goes to the device as finished frames. The first packet a device encrypts
+under a handle carries the SA's context, whether or not it was the handle's
+first packet. Inbound SAs are installed with ``install_sa`` (in the device
+too, when it decrypts); ESP the device left encrypted is decrypted here.
 """
 
 from __future__ import annotations
@@ -21,18 +30,34 @@ from collections.abc import Iterable, Sequence, Set
 from netoffload.device.base import Device
 from netoffload.engine import pipeline
 from netoffload.engine.admit import ASSEMBLY, SEGMENTATION, Limits
+from netoffload.engine.esp_sa import EspConfig
+from netoffload.engine.gso_batch import RowSource
+from netoffload.engine.ipsec_offload import (
+    Opened,
+    SecurityContexts,
+    decrypt_frames,
+    transmit_encrypted,
+)
 from netoffload.offload import (
+    NO_REQUEST,
     ChecksumStatus,
+    CryptoStatus,
     DeviceStats,
+    DropReason,
     Packet,
+    RxInfo,
     Selection,
     Task,
+    TxRequest,
 )
 
 TX_TASKS = frozenset(
     {Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION, Task.ENCRYPT, Task.DIGEST}
 )
 _NO_TASKS: frozenset[Task] = frozenset()
+#: Handles the host's own SA store takes (a device's record may offer fewer).
+HOST_SA_HANDLES = 1 << 20
+_DROPPED = Packet(b"")
 
 
 class HostOffload:
@@ -67,6 +92,13 @@ class HostOffload:
         self._derived_from: tuple[frozenset[Task] | None, frozenset[Task]] | None = None
         self._device_tasks = _NO_TASKS
         self._host_rx = _NO_TASKS
+        #: Every SA the host knows (outbound from the contexts it saw, inbound installed).
+        self.contexts = SecurityContexts(HOST_SA_HANDLES)
+        self._sa_context: dict[int, EspConfig] = {}
+        self._device_sas: set[int] = set()  # handles whose context the device was given
+        # A device that lends transmit memory (``XdpDevice.tx_rows``) gets the frames made
+        # here built in it: segments cut, checksums filled, pieces gathered where it sends.
+        self._rows: RowSource | None = getattr(device, "tx_rows", None)
 
     # -- who does what ----------------------------------------------------------------
     def device_limits(self) -> Limits:
@@ -126,6 +158,7 @@ class HostOffload:
         queued: list[Packet] = []
         host_work = False
         fallbacks = stats.fallbacks
+        sealed: list[Packet] = []  # packets the host encrypts (and does everything for)
         for packet in packets:
             request = packet.tx
             wanted = request.tasks()
@@ -133,17 +166,31 @@ class HostOffload:
                 mine.append(_NO_TASKS)
                 queued.append(packet)
                 continue
+            handle = request.sa_handle
+            if handle is not None:
+                checked = self._with_context(request)
+                if checked is None:
+                    stats.drop(DropReason.IPSEC_UNKNOWN_SPI)
+                    continue
+                request = checked
             admitted = limits.admit(packet.data, request, allow, head=packet.head)
             for task, refusal in admitted.refused:
                 fallbacks[f"{task.label}/{refusal.value}"] += 1
-            if admitted.request is not request:
+            if handle is not None and Task.ENCRYPT not in admitted.tasks:
+                sealed.append(Packet(packet.data, request, packet.rx, packet.head))
+                continue
+            if handle is not None:
+                self._device_sas.add(handle)
+            if admitted.request is not packet.tx:
                 packet = Packet(packet.data, admitted.request, packet.rx, packet.head)
             here = admitted.request.tasks() - admitted.tasks
             mine.append(here)
             queued.append(packet)
             host_work = host_work or bool(here)
-        if host_work:
-            outcome = pipeline.transmit(queued, mine)
+        if sealed:
+            self._seal(sealed)
+        if host_work or self._rows is not None:
+            outcome = pipeline.transmit(queued, mine, rows=self._rows)
             for _, reason in outcome.drops:
                 stats.drop(reason)
             for task, n in outcome.tasks.items():
@@ -157,6 +204,63 @@ class HostOffload:
         stats.tx_packets += len(handed)
         stats.tx_bytes += sum(len(packets[i]) for i in handed)
         return self.push()
+
+    # -- IPsec ----------------------------------------------------------------------
+    def _with_context(self, request: TxRequest) -> TxRequest | None:
+        """``request`` with the context the device will need: the SA's context rides the
+        first packet the device sees under a handle. ``None`` when the handle is unknown."""
+        handle = request.sa_handle
+        assert handle is not None
+        context = request.sa_context
+        if context is not None:
+            if isinstance(context, EspConfig) and self._sa_context.get(handle) != context:
+                self._sa_context[handle] = context
+                self._device_sas.discard(handle)  # a new SA under an old handle
+                self.contexts.install_outbound(handle, context)
+            return request
+        if handle in self._device_sas:
+            return request
+        known = self._sa_context.get(handle)
+        if known is None:
+            return None if self.contexts.outbound(handle) is None else request
+        assert request.esp_seq is not None
+        return request.encrypted(handle, request.esp_seq, known)
+
+    def _seal(self, packets: list[Packet]) -> None:
+        """Segment, checksum and encrypt ``packets`` here; the frames join the backlog."""
+        flat = [p if not p.head else Packet(bytes(p.head) + bytes(p.data), p.tx) for p in packets]
+        outcome = transmit_encrypted(flat, self.contexts)
+        stats = self.stats
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        self._backlog.extend(Packet(frame, NO_REQUEST) for frame in outcome.frames)
+        handed = sorted(set(outcome.sources))
+        stats.tx_packets += len(handed)
+        stats.tx_bytes += sum(len(flat[i]) for i in handed)
+
+    def add_outbound_sa(self, handle: int, config: EspConfig) -> None:
+        """Make an outbound SA known under ``handle``: requests may then carry the handle
+        alone, and the context rides the first packet the device encrypts with it."""
+        if self._sa_context.get(handle) != config:
+            self._sa_context[handle] = config
+            self._device_sas.discard(handle)
+            self.contexts.install_outbound(handle, config)
+
+    def install_sa(self, handle: int, config: EspConfig) -> None:
+        """Install an inbound SA: here, and in the device when it decrypts."""
+        self.contexts.install_inbound(handle, config)
+        if Task.DECRYPT in self.device_limits().tasks:
+            self.device.install_sa(handle, config)
+
+    def revoke_sa(self, handle: int) -> None:
+        """Remove the SA under ``handle`` everywhere (host and device, either direction)."""
+        self.contexts.revoke(handle)
+        self._sa_context.pop(handle, None)
+        if handle in self._device_sas or Task.DECRYPT in self.device_limits().tasks:
+            self._device_sas.discard(handle)
+            self.device.revoke_sa(handle)
 
     def push(self) -> int:
         """Offer the backlog to the device again; returns how many it took."""
@@ -193,6 +297,8 @@ class HostOffload:
         stats = self.stats
         stats.rx_packets += len(packets)
         stats.rx_bytes += sum(map(len, packets))
+        if len(self.contexts.inbound):
+            packets = self._open(packets)
         mine = self.host_rx_tasks()
         if Task.CHECKSUM in mine and not mine & ASSEMBLY:
             unchecked = ChecksumStatus.NOT_CHECKED
@@ -210,6 +316,31 @@ class HostOffload:
             kept = {id(p.data) for p in outcome.packets}
             self.device.release([p for p in packets if id(p.data) not in kept])
         return outcome.packets
+
+    def _open(self, packets: list[Packet]) -> list[Packet]:
+        """Decrypt the ESP the device left encrypted; refused ESP is dropped (counted)."""
+        todo = [i for i, p in enumerate(packets) if p.rx.crypto is CryptoStatus.NONE]
+        if not todo:
+            return packets
+        results = decrypt_frames(self.contexts, [packets[i].data for i in todo])
+        if not any(r is not None for r in results):
+            return packets
+        out = list(packets)
+        gone: list[Packet] = []
+        stats = self.stats
+        for i, result in zip(todo, results, strict=True):
+            if result is None:
+                continue
+            gone.append(packets[i])
+            if isinstance(result, Opened):
+                info = RxInfo(crypto=CryptoStatus.DECRYPTED, sa_handle=result.handle)
+                out[i] = Packet(result.frame, NO_REQUEST, info)
+                stats.task_done(Task.DECRYPT)
+            else:
+                stats.drop(DropReason(result.value))
+                out[i] = _DROPPED
+        self.device.release(gone)  # copied out (or dropped): their buffers go back
+        return [p for p in out if p is not _DROPPED]
 
     def release(self, packets: Iterable[Packet]) -> None:
         """Hand received packets' buffers back to the device (see ``Device.release``)."""

@@ -11,6 +11,7 @@ import logging
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
@@ -38,6 +39,7 @@ from netoffload.engine.esp import (
     encrypt_batch,
     encrypt_with,
 )
+from netoffload.engine.ipsec_ip import inbound_layout, outbound_layout, quick_layout
 from netoffload.engine.ipsec_sa import ReplayWindow
 from netoffload.wire import EspPacket, EspRepr, Ipv4Packet, UdpPacket
 from netoffload.wire.pcap import LINKTYPE_RAW, PcapWriter
@@ -170,6 +172,36 @@ def test_ipv6_extension_headers_that_routers_read_stay_in_front() -> None:
         ESP,
     ]
     assert decrypt(tx.twin(), sealed) == plain
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    protocol=st.sampled_from([6, 17, 50, 132, 0, 43, 44, 60]),
+    size=st.integers(0, 80),
+    options=st.booleans(),
+    more_fragments=st.booleans(),
+    extra=st.integers(0, 3),
+)
+def test_quick_layout_agrees_with_the_walk(
+    *, version: int, protocol: int, size: int, options: bool, more_fragments: bool, extra: int
+) -> None:
+    """The shortcut for common packets and the full header walk never disagree."""
+    if version == 4:
+        ip = IP(src=SRC4, dst=DST4, proto=protocol, flags="MF" if more_fragments else 0)
+        if options:
+            ip.options = b"\x94\x04\x00\x00"
+        data = bytes(ip / Raw(bytes(size)))
+    else:
+        data = bytes(IPv6(src="fd00::1", dst="fd00::2", nh=protocol) / Raw(bytes(size)))
+    data += bytes(extra)  # link-layer padding after the packet
+    view = memoryview(data)
+    quick = quick_layout(view)
+    # IPv4 options, fragments and IPv6 extension headers need the walk.
+    common = not (options or more_fragments) if version == 4 else protocol not in (0, 43, 44, 60)
+    assert (quick is not None) == (common and extra == 0)
+    if quick is not None:
+        assert quick == outbound_layout(view) == inbound_layout(view)
 
 
 # --- sequence numbers and IVs: the host owns them ------------------------------------------
@@ -595,6 +627,7 @@ def test_batch_equals_one_by_one(
         start = 1
     packets = [_shaped(v, n, x, i % 251) for i, (v, n, x) in enumerate(shapes)]
     packets += [udp4(b"r" * 300, ttl=i) for i in range(12)]  # an equal-length group
+    packets += [bytes(IP(src=SRC4, dst=DST4, proto=132, id=i) / Raw(b"s" * 99)) for i in range(9)]
     a = ours(keys_for(name), esn=esn, initial_sequence=start)
     b = ours(keys_for(name), esn=esn, initial_sequence=start)
     batch = encrypt_batch(a, packets, headroom=headroom)
@@ -607,6 +640,34 @@ def test_batch_equals_one_by_one(
         assert bytes(framed[headroom:]) == expected[i]
     assert a.counters == b.counters
     assert a.next_seq == b.next_seq
+    if start == 1:  # and back (a receiver's window starts below the 2**32 start)
+        back = decrypt_batch(a.twin(), expected)
+        assert [None if p is None else bytes(p) for p in back.packets] == packets
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_batch_from_a_matrix_of_packets(version: int) -> None:
+    """Equal-length packets as matrix rows (the segments of a super-packet) give the same
+    bytes; a row the matrix path cannot take goes one by one."""
+    rows = [packet(version, bytes([i]) * 90) for i in range(12)]
+    if version == 4:
+        rows[5] = udp4(bytes([5]) * 90, flags="MF", frag=0)  # a fragment: refused
+        rows[7] = udp4(bytes([7]) * 86, options=b"\x94\x04\x00\x00")  # same length, an option
+    assert len({len(r) for r in rows}) == 1
+    matrix = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(12, -1)
+    tx = ours(GCM, version=version)
+    batch = encrypt_batch(tx, matrix, headroom=14)
+    single = ours(GCM, version=version)
+    expected: list[bytes | None] = []
+    for row in rows:
+        try:
+            expected.append(encrypt(single, row))
+        except EspError:
+            expected.append(None)
+    assert [None if p is None else bytes(p) for p in batch.packets] == expected
+    assert batch.reasons.count(R.FRAGMENT) == (1 if version == 4 else 0)
+    with pytest.raises(ValueError, match="matrix"):
+        encrypt_batch(tx, matrix.astype(np.uint16))
 
 
 def test_batch_with_host_sequence_numbers_and_ivs() -> None:

@@ -101,6 +101,7 @@ def test_tx_request_raises_only_its_typed_error(
             ipv4_header_checksum=header,  # type: ignore[arg-type]
             sa_handle=sa,  # type: ignore[arg-type]
             launch_time_ns=launch,  # type: ignore[arg-type]
+            esp_seq=None if sa is None else 1,
         )
     except RequestError:
         assert not valid
@@ -122,7 +123,9 @@ def test_tx_request_raises_only_its_typed_error(
         lambda: SegmentationRequest(GsoType.NONE, 1448),
         lambda: SegmentationRequest(2, 1448),  # type: ignore[arg-type]
         lambda: DigestRequest(DigestAlgorithm.HMAC_SHA256_128 | DigestAlgorithm.CRC32C, 0, 0, 0, 0),
-        lambda: TxRequest(sa_handle=-1),
+        lambda: TxRequest(sa_handle=-1, esp_seq=1),
+        lambda: TxRequest(sa_handle=1, esp_seq=0),
+        lambda: TxRequest(sa_handle=1),  # no sequence number
         lambda: TxRequest(launch_time_ns=-5),
         lambda: TxRequest(checksum=(34, 16)),  # type: ignore[arg-type]
     ],

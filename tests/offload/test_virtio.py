@@ -133,7 +133,11 @@ def test_tx_request_fields() -> None:
 
 def test_tasks_without_a_virtio_form_are_refused() -> None:
     digest = DigestRequest(DigestAlgorithm.CRC32C, 0, 0, 10, 10)
-    for req in (TxRequest(sa_handle=7), TxRequest(digest=digest), TxRequest(launch_time_ns=1)):
+    for req in (
+        TxRequest(sa_handle=7, esp_seq=1),
+        TxRequest(digest=digest),
+        TxRequest(launch_time_ns=1),
+    ):
         with pytest.raises(VirtioHdrError, match="cannot carry"):
             VirtioNetHdr.from_tx_request(req)
 

@@ -31,7 +31,8 @@ from netoffload.netns import Netns
 from netoffload.policy import OffloadPolicy
 from netoffload.stack._netaddr import IpAddress
 from netoffload.stack.stack import Stack
-from netoffload.stack.tcp import TcpConfig
+from netoffload.stack.tcp import PeerClosed, TcpConfig, TcpState
+from netoffload.stack.tcp_layer import TcpHandle
 
 KERNEL = {4: "198.18.0.1", 6: "fd00::1"}
 OURS = {4: "198.18.0.2", 6: "fd00::2"}
@@ -273,3 +274,44 @@ def address(text: str) -> IpAddress:
     value = ip_address(text)
     assert isinstance(value, IPv4Address | IPv6Address)
     return value
+
+
+def two_way_transfer(
+    sa: Stack, sb: Stack, up: bytes, down: bytes, *, port: int = 5200, timeout_s: float = 240
+) -> tuple[bytes, bytes, TcpHandle, TcpHandle]:
+    """A connects to B on ``port``; A sends ``up`` and B sends ``down`` at the same time, each
+    closing its side when done; returns (what B got, what A got, A's handle, B's handle)."""
+    loop_a, loop_b = StackLoop(sa), StackLoop(sb)
+    listeners = sb.tcp_listen(port)
+    client = sa.tcp_connect(ip_address(OURS_B), port, time.monotonic_ns())
+    server: list[TcpHandle] = []
+    got_a, got_b = bytearray(), bytearray()
+    sent = {"a": 0, "b": 0}
+    end = time.monotonic() + timeout_s
+
+    def pump(handle: TcpHandle, data: bytes, key: str, got: bytearray) -> bool:
+        conn = handle.conn
+        while conn.readable():
+            got.extend(conn.recv(1 << 20))
+        n = sent[key]
+        if n <= len(data) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            n += conn.send(memoryview(data)[n : n + (1 << 20)])
+            if n == len(data):
+                conn.shutdown_write()
+                n += 1  # sent and shut
+            sent[key] = n
+        return any(isinstance(e, PeerClosed) for e in handle.events) and n > len(data)
+
+    def done() -> bool:
+        assert time.monotonic() < end, (len(got_a), len(got_b), client.state)
+        loop_b.step(0.0)
+        if not server:
+            h = sb.tcp_accept(listeners)
+            if h is not None:
+                server.append(h)
+        a_done = pump(client, up, "a", got_a)
+        b_done = bool(server) and pump(server[0], down, "b", got_b)
+        return a_done and b_done and len(got_a) == len(down) and len(got_b) == len(up)
+
+    loop_a.run_until(done, max_wait_s=0.002)
+    return bytes(got_b), bytes(got_a), client, server[0]

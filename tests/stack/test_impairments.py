@@ -16,26 +16,19 @@ import os
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from ipaddress import IPv4Address
 
 import pytest
 
 from netoffload.device.cable import Impairments
 from netoffload.device.softnic import SoftNic
-from netoffload.loop import StackLoop
 from netoffload.netns import Netns
-from netoffload.stack.stack import Stack
-from netoffload.stack.tcp import PeerClosed, TcpState
-from netoffload.stack.tcp_layer import TcpHandle
 from tests.stack.kernel_peer import (
     cli_popen,
     connect_when_listening,
     payload,
     stack_pair,
     tail,
+    two_way_transfer,
     wait_for_link,
 )
 
@@ -100,50 +93,12 @@ def _packets(line: str) -> list[str]:
 IMPAIRED = Impairments(loss=0.05, duplicate=0.05, reorder=0.05, corrupt=0.05, mtu=1500)
 
 
-@contextmanager
-def _pair(seed: int, policy: str = "always") -> Iterator[tuple[Stack, Stack, StackLoop]]:
-    with stack_pair(seed, IMPAIRED, policies=(policy, policy)) as (sa, sb):
-        yield sa, sb, StackLoop(sa)
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_20_mb_through_an_impaired_cable_both_ways(seed: int) -> None:
     up, down = os.urandom(20_000_000), os.urandom(2_000_000)
-    with _pair(seed) as (sa, sb, loop_a):
-        loop_b = StackLoop(sb)
-        listeners = sb.tcp_listen(5200)
-        client = sa.tcp_connect(IPv4Address("198.18.0.2"), 5200, time.monotonic_ns())
-        server: list[TcpHandle] = []
-        got_a, got_b = bytearray(), bytearray()
-        progress = {"a_sent": 0, "b_sent": 0}
-        end = time.monotonic() + 240
-
-        def pump(handle: TcpHandle, data: bytes, key: str, got: bytearray) -> bool:
-            conn = handle.conn
-            while conn.readable():
-                got.extend(conn.recv(1 << 20))
-            sent = progress[key]
-            if sent < len(data) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-                sent += conn.send(memoryview(data)[sent : sent + (1 << 20)])
-                progress[key] = sent
-                if sent == len(data):
-                    conn.shutdown_write()
-            events = list(handle.events)
-            return any(isinstance(e, PeerClosed) for e in events) and sent == len(data)
-
-        def done() -> bool:
-            assert time.monotonic() < end, (len(got_a), len(got_b), client.state)
-            loop_b.step(0.0)
-            if not server:
-                h = sb.tcp_accept(listeners)
-                if h is not None:
-                    server.append(h)
-            a_done = pump(client, up, "a_sent", got_a)
-            b_done = bool(server) and pump(server[0], down, "b_sent", got_b)
-            return a_done and b_done and len(got_a) == len(down) and len(got_b) == len(up)
-
-        loop_a.run_until(done, max_wait_s=0.002)
-        assert bytes(got_b) == up and bytes(got_a) == down
+    with stack_pair(seed, IMPAIRED) as (sa, sb):
+        got_b, got_a, _, _ = two_way_transfer(sa, sb, up, down)
+        assert got_b == up and got_a == down
         # The cable really was hostile in both directions.
         drops = [sa.interfaces[0].device, sb.interfaces[0].device]
         for dev in drops:

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
+from netoffload.apps.ipsec_config import load_policies
 from netoffload.device.base import Device, DeviceError
 from netoffload.device.names import open_device
 from netoffload.device.packet import PacketDevice
@@ -42,6 +43,8 @@ class StackOptions:
     policy: str = "always"
     seed: int | None = None
     tcp: TcpConfig = field(default_factory=TcpConfig)
+    #: A TOML file of security policies (``apps.ipsec_config``).
+    sa_config: str | None = None
 
 
 @dataclass(slots=True)
@@ -107,6 +110,12 @@ def build(options: StackOptions) -> RunningStack:
             stack.add_interface(device, addresses, gateways=gateways)
         except (OSError, ValueError) as exc:
             raise SetupError(str(exc)) from None
+        if options.sa_config is not None:
+            try:
+                for policy in load_policies(options.sa_config):
+                    stack.add_security_policy(policy)
+            except (ValueError, DeviceError) as exc:
+                raise SetupError(str(exc)) from None
     except BaseException:
         device.close()
         raise

@@ -119,7 +119,7 @@ _PROCESS_HELP = "Ask the running netoffload process NAME about its DEVICE instea
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of records.")
 @click.option("--process", metavar="NAME", help=_PROCESS_HELP)
 def caps(device: str, as_json: bool, process: str | None) -> None:
-    """Show the capability chain of DEVICE (softnic, tap:NAME, packet:IFNAME, IFNAME)."""
+    """Show the capability chain of DEVICE (softnic, tap:NAME, [packet:]IFNAME, xdp:IFNAME)."""
     if process is not None:
         records = _ask(process, "caps", {"device": device})
         if as_json:

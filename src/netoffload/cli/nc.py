@@ -31,7 +31,7 @@ def _stack_options(f: click.decorators.FC) -> click.decorators.FC:
                 "--device",
                 "device",
                 required=True,
-                help="softnic, tap:NAME (created if absent), packet:IFNAME or IFNAME.",
+                help="softnic, tap:NAME (created if absent), packet:IFNAME, xdp:IFNAME or IFNAME.",
             ),
             click.option(
                 "--address",
@@ -59,6 +59,13 @@ def _stack_options(f: click.decorators.FC) -> click.decorators.FC:
                 show_default=True,
                 help="Who does the per-packet work: the device when it can, the host, or "
                 "by the load.",
+            ),
+            click.option(
+                "--sa",
+                "sa_config",
+                type=click.Path(dir_okay=False),
+                default=None,
+                help="Protect traffic with IPsec ESP: a TOML file of security policies.",
             ),
             click.option(
                 "--stats", "show_stats", is_flag=True, help="Print the stack's counters on exit."
@@ -153,6 +160,7 @@ def nc(
     gateways: tuple[str, ...],
     peer_addresses: tuple[str, ...],
     policy: str,
+    sa_config: str | None,
     show_stats: bool,
     name: str | None,
     target: tuple[str, ...],
@@ -181,6 +189,7 @@ def nc(
         gateways=gateways,
         peer_addresses=peer_addresses,
         policy=policy,
+        sa_config=sa_config,
     )
     sys.stdout.flush()
     with _running(options, "nc", name) as running:
@@ -236,6 +245,7 @@ def ping(
     gateways: tuple[str, ...],
     peer_addresses: tuple[str, ...],
     policy: str,
+    sa_config: str | None,
     show_stats: bool,
     name: str | None,
     host: str,
@@ -251,6 +261,7 @@ def ping(
         gateways=gateways,
         peer_addresses=peer_addresses,
         policy=policy,
+        sa_config=sa_config,
     )
     with _running(options, "ping", name) as running:
         stack = running.stack

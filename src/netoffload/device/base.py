@@ -52,6 +52,7 @@ import abc
 import select
 from collections.abc import Iterable, Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from netoffload.offload import (
     AnyRecord,
@@ -62,6 +63,9 @@ from netoffload.offload import (
     Selection,
 )
 from netoffload.wire import MacAddress
+
+if TYPE_CHECKING:
+    from netoffload.engine.esp_sa import EspConfig
 
 
 class DeviceError(Exception):
@@ -147,6 +151,17 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def recv(self, max_packets: int = 64) -> list[Packet]:
         """Up to ``max_packets`` received packets; never blocks (empty list if none)."""
+
+    def install_sa(self, handle: int, config: EspConfig) -> None:
+        """Install an inbound security association under ``handle`` (ESP with its SPI is
+        then decrypted here). Outbound SAs need no call: the first packet that uses a
+        handle carries its context. Raises ``DeviceError`` on a device without IPsec."""
+        raise DeviceError(f"{self.name} does not decrypt IPsec")
+
+    def revoke_sa(self, handle: int) -> None:
+        """Remove the SA under ``handle`` (either direction); later packets that name it
+        are dropped and counted."""
+        raise DeviceError(f"{self.name} does not offload IPsec")
 
     def release(self, packets: Iterable[Packet] | None = None) -> None:
         """Give received packets' buffers back (``None``: every packet still held).

@@ -3,6 +3,7 @@
 ``softnic``          a SoftNic with its default capabilities
 ``tap:NAME``         a TAP interface (created, or attached to if it exists)
 ``packet:IFNAME``    an existing interface through AF_PACKET rings
+``xdp:IFNAME``       an existing interface through an AF_XDP socket and its UMEM
 ``IFNAME``           short for ``packet:IFNAME``
 """
 
@@ -10,21 +11,22 @@ from __future__ import annotations
 
 from netoffload.device.base import Device, DeviceError
 
-SCHEMES = ("softnic", "tap", "packet")
+SCHEMES = ("softnic", "tap", "packet", "xdp")
 
 
 def open_device(spec: str, *, data_path: bool = True) -> Device:
     """Open the device ``spec`` names; ``DeviceError`` (one line) when it cannot.
 
     ``data_path=False`` skips what only sending and receiving need (the
-    AF_PACKET rings), for callers that only query or change capabilities.
+    AF_PACKET rings; the AF_XDP socket and its XDP program), for callers that
+    only query or change capabilities.
     """
     spec = spec.strip()
     scheme, sep, rest = spec.partition(":")
     if not sep:
         if spec == "softnic":
             return _softnic()
-        if spec in ("tap", "packet"):
+        if spec in ("tap", "packet", "xdp"):
             raise DeviceError(f"{spec!r} needs an interface name: {spec}:NAME")
         scheme, rest = "packet", spec
     if not rest and scheme != "softnic":
@@ -41,8 +43,13 @@ def open_device(spec: str, *, data_path: bool = True) -> Device:
         from netoffload.device.packet import PacketDevice
 
         return PacketDevice(rest, rings=data_path)
+    if scheme == "xdp":
+        from netoffload.device.xdp import XdpDevice
+
+        return XdpDevice(rest, data_path=data_path)
     raise DeviceError(
-        f"unknown device {spec!r}; use softnic, tap:NAME, packet:IFNAME or an interface name"
+        f"unknown device {spec!r}; use softnic, tap:NAME, packet:IFNAME, xdp:IFNAME "
+        "or an interface name"
     )
 
 

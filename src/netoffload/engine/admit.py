@@ -46,7 +46,11 @@ from netoffload.offload.caps import (
     CapabilityRecord,
     ChecksumCaps,
     ChecksumFlags,
+    CryptoAlgorithm,
+    CryptoFeatures,
+    EncryptCaps,
     IpVersions,
+    KeySizes,
     TcpAssemblyCaps,
     TcpSegmentationCaps,
     UdpAssemblyCaps,
@@ -82,6 +86,10 @@ class Refusal(enum.StrEnum):
     ECN = "ecn"
     UNPARSABLE = "unparsable"
     HOST_CHOICE = "host_choice"
+    #: An SA handle outside the record's ``0..max_sas-1``.
+    NO_SUCH_HANDLE = "no_such_handle"
+    #: An SA context whose algorithm, key size or mode the record does not offer.
+    ALGORITHM = "algorithm"
 
 
 class Admitted(NamedTuple):
@@ -172,6 +180,30 @@ class _SegLimits:
     max_segments: int
 
 
+def _context_features(context: object) -> CryptoFeatures:
+    """The features a context needs (read by name: the contract does not know its type)."""
+    wanted = CryptoFeatures.NONE
+    mode = getattr(context, "mode", None)
+    wanted |= (
+        CryptoFeatures.TUNNEL
+        if getattr(mode, "value", "") == "tunnel"
+        else (CryptoFeatures.TRANSPORT)
+    )
+    if getattr(context, "esn", False):
+        wanted |= CryptoFeatures.ESN
+    if getattr(context, "nat_t", None) is not None:
+        wanted |= CryptoFeatures.NAT_T
+    return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class _CryptoLimits:
+    algorithms: CryptoAlgorithm
+    key_sizes: KeySizes
+    max_sas: int
+    features: CryptoFeatures
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The per-packet limits of an enabled selection (see the module docstring).
@@ -188,6 +220,7 @@ class Limits:
     udp_segmentation: _SegLimits | None = None
     tcp_assembly: _SegLimits | None = None
     udp_assembly: _SegLimits | None = None
+    encrypt: _CryptoLimits | None = None
 
     @classmethod
     def from_records(cls, records: Iterable[object]) -> Limits:
@@ -195,12 +228,17 @@ class Limits:
         tasks: set[Task] = set()
         tx = rx = ChecksumFlags.NONE
         seg: dict[Task, _SegLimits] = {}
+        encrypt: _CryptoLimits | None = None
         for record in records:
             if not isinstance(record, CapabilityRecord):
                 continue
             tasks.add(record.task)
             if isinstance(record, ChecksumCaps):
                 tx, rx = record.tx, record.rx
+            elif isinstance(record, EncryptCaps):
+                encrypt = _CryptoLimits(
+                    record.algorithms, record.key_sizes, record.max_sas, record.features
+                )
             elif isinstance(
                 record,
                 TcpSegmentationCaps | UdpSegmentationCaps | TcpAssemblyCaps | UdpAssemblyCaps,
@@ -219,6 +257,7 @@ class Limits:
             seg.get(Task.UDP_SEGMENTATION),
             seg.get(Task.TCP_ASSEMBLY),
             seg.get(Task.UDP_ASSEMBLY),
+            encrypt,
         )
 
     @classmethod
@@ -252,6 +291,7 @@ class Limits:
             self.udp_segmentation if has(Task.UDP_SEGMENTATION) else None,
             self.tcp_assembly if has(Task.TCP_ASSEMBLY) else None,
             self.udp_assembly if has(Task.UDP_ASSEMBLY) else None,
+            self.encrypt if has(Task.ENCRYPT) else None,
         )
 
     # -- transmit -------------------------------------------------------------------
@@ -284,6 +324,10 @@ class Limits:
             # checksum segments it cuts after the host has filled the super-packet's).
             refused += [(t, Refusal.HOST_CHOICE) for t in sorted(tasks & SEGMENTATION)]
             tasks -= SEGMENTATION
+        if request.sa_handle is not None and Task.ENCRYPT not in tasks and tasks:
+            # Encryption on the host: it comes last, so everything before it is the host's.
+            refused += [(t, Refusal.HOST_CHOICE) for t in sorted(tasks)]
+            tasks = set()
         return Admitted(frozenset(tasks), admitted.request, tuple(refused))
 
     def _admit(self, frame: _Pieces, request: TxRequest) -> Admitted:
@@ -317,9 +361,37 @@ class Limits:
         for task in request.tasks() - tasks - {Task.CHECKSUM, *SEGMENTATION}:
             if task not in self.tasks:
                 refused.append((task, Refusal.NOT_ENABLED))
+            elif task is Task.ENCRYPT:
+                refusal = self._admit_encrypt(request)
+                if refusal is not None:
+                    refused.append((task, refusal))
+                else:
+                    tasks.add(task)
             else:
-                tasks.add(task)  # crypto, digest, scheduling: admitted by name until their engines
+                tasks.add(task)  # digest, scheduling: admitted by name until their engines
+        if request.sa_handle is not None and Task.ENCRYPT not in tasks and tasks:
+            # The host encrypts, and encryption comes last: the host does it all.
+            return Admitted(
+                _NONE, request, (*refused, *((t, Refusal.HOST_CHOICE) for t in sorted(tasks)))
+            )
         return Admitted(frozenset(tasks), request, tuple(refused))
+
+    def _admit_encrypt(self, request: TxRequest) -> Refusal | None:
+        """Whether the device may encrypt with ``request``'s SA: a handle in its range, and a
+        context (when the packet carries one) it offers the algorithm, key size and mode of."""
+        limits = self.encrypt
+        handle = request.sa_handle
+        if limits is None or handle is None or handle >= limits.max_sas:
+            return Refusal.NO_SUCH_HANDLE
+        context = request.sa_context
+        if context is None:
+            return None
+        if context.algorithm & ~limits.algorithms or context.key_size & ~limits.key_sizes:
+            return Refusal.ALGORITHM
+        wanted = _context_features(context)
+        if wanted & ~limits.features:
+            return Refusal.ALGORITHM
+        return None
 
     def _admit_segmentation(
         self, pieces: _Pieces, request: TxRequest, seg: SegmentationRequest

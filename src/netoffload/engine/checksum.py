@@ -153,13 +153,13 @@ def ipv4_header_checksum(header: Buffer) -> int:
     return ~s & 0xFFFF
 
 
-def fill_ipv4_header(frame: bytearray, l3: int) -> None:
+def fill_ipv4_header(frame: bytearray | memoryview, l3: int) -> None:
     """Recompute the IPv4 header checksum of ``frame`` in place."""
     ihl = (frame[l3] & 0x0F) * 4
     _U16.pack_into(frame, l3 + 10, ipv4_header_checksum(frame[l3 : l3 + ihl]))
 
 
-def fill_partial(frame: bytearray, request: ChecksumRequest) -> None:
+def fill_partial(frame: bytearray | memoryview, request: ChecksumRequest) -> None:
     """Do one CHECKSUM_PARTIAL fill in place (the caller has checked the offsets)."""
     s = ones_sum(memoryview(frame)[request.start :])
     _U16.pack_into(frame, request.start + request.offset, complement_for_wire(s))
@@ -262,6 +262,66 @@ def _fill_general(jobs: Sequence[FillJob]) -> list[bytes | DropReason]:
             _U16.pack_into(target, req.start + req.offset, complement_for_wire(_fold_le(total)))
             out[i] = bytes(target)
     return [r if r is not None else DropReason.MALFORMED_FRAME for r in out]
+
+
+def fill_rows_in_place(
+    m: npt.NDArray[np.uint8],
+    lengths: Sequence[int],
+    requests: Sequence[tuple[ChecksumRequest | None, bool]],
+) -> list[DropReason | None]:
+    """``fill_batch`` for frames already in the rows of a writable C-contiguous ``m``.
+
+    Row ``k`` holds a frame in its first ``lengths[k]`` bytes; ``requests[k]``
+    is its L4 request and whether its IPv4 header checksum is wanted. Each
+    frame is filled where it lies, nothing is copied (the rows can be a
+    device's transmit memory). Gives ``None`` per filled frame, or the reason
+    it cannot be (the frame is then left as it was, or half filled: drop it).
+    """
+    n = len(requests)
+    stride = m.shape[1] if m.ndim == 2 else 0
+    flat = m.reshape(-1)
+    mem = flat.data
+    out: list[DropReason | None] = [None] * n
+    rows_at: list[int] = []
+    begins: list[int] = []
+    ends: list[int] = []
+    for k, (l4, ipv4_header) in enumerate(requests):
+        length = lengths[k]
+        at = k * stride
+        if length > stride:
+            out[k] = DropReason.TOO_LARGE
+            continue
+        if l4 is not None and not request_valid(length, l4):
+            out[k] = DropReason.CSUM_OFFSETS_INVALID
+            continue
+        frame = mem[at : at + length]
+        if ipv4_header:
+            try:
+                d = dissect(frame, l4=False)
+            except DissectError as exc:
+                out[k] = exc.reason
+                continue
+            if d.version != 4:
+                out[k] = DropReason.MALFORMED_FRAME
+                continue
+            fill_ipv4_header(frame, d.l3)
+        if l4 is None:
+            continue
+        if l4.start & 1 or length - l4.start < 2 or at + length > len(flat) - 2:
+            fill_partial(frame, l4)  # an odd start begins its own words; the last bytes of m
+            continue
+        rows_at.append(k)
+        begins.append(at + l4.start)
+        ends.append(at + length)
+    if rows_at:
+        joined = _Joined(flat, flat.view("<u2"), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        begin = np.asarray(begins, dtype=np.int64)
+        sums = _span_sums_le(joined, begin, np.asarray(ends, dtype=np.int64)).tolist()
+        for k, start, total in zip(rows_at, begins, sums, strict=True):
+            l4 = requests[k][0]
+            assert l4 is not None
+            _U16.pack_into(mem, start + l4.offset, complement_for_wire(_fold_le(total)))
+    return out
 
 
 # -- receive -------------------------------------------------------------------

@@ -324,30 +324,35 @@ class _Batch:
         self._cache: dict[str, npt.NDArray[np.generic]] = {}
 
     def meta(self) -> IntArray:
+        """``version * 256 + proto`` (version 0, 4 or 6): the index of the meta table."""
         got = self._cache.get("meta")
         if got is None:
             f = self.fields
-            code = np.where(f.l2, np.where(f.version == 4, 1, np.where(f.version == 6, 2, 0)), 3)
-            got = code * 256 + f.proto
+            got = f.version * 256 + f.proto
             self._cache["meta"] = got
         return got  # type: ignore[return-value]
 
-    def words(self, which: str) -> tuple[WordArray, WordArray]:
-        """(high, low) 64-bit words of the source or destination address (IPv4: low 32 bits)."""
-        got = self._cache.get(which + "_hi")
+    def words(self, which: str, version: int) -> tuple[WordArray, WordArray]:
+        """(high, low) 64-bit words of every frame's source or destination address, read as
+        an address of ``version`` (IPv4: high 0, low the address). Rows of the other
+        version hold meaningless values: a residual test only ever narrows rows its rule's
+        interval lookup has let through, which are of its version.
+        """
+        key = f"{which}{version}"
+        got = self._cache.get(key + "hi")
         if got is None:
             f = self.fields
-            begin = 8 if which == "src" else 24
-            hi = f.ip[:, begin : begin + 8].view(">u8")[:, 0].astype(np.uint64)
-            lo = f.ip[:, begin + 8 : begin + 16].view(">u8")[:, 0].astype(np.uint64)
-            v4begin = 12 if which == "src" else 16
-            v4 = f.ip[:, v4begin : v4begin + 4].view(">u4")[:, 0].astype(np.uint64)
-            is4 = f.version == 4
-            hi = np.where(is4, _U64(0), hi)
-            lo = np.where(is4, v4, lo)
-            self._cache[which + "_hi"], self._cache[which + "_lo"] = hi, lo
+            if version == 4:
+                at = 12 if which == "src" else 16
+                lo = f.ip[:, at : at + 4].view(">u4")[:, 0].astype(np.uint64)
+                hi = np.zeros(len(lo), dtype=np.uint64)
+            else:
+                at = 8 if which == "src" else 24
+                hi = f.ip[:, at : at + 8].view(">u8")[:, 0].astype(np.uint64)
+                lo = f.ip[:, at + 8 : at + 16].view(">u8")[:, 0].astype(np.uint64)
+            self._cache[key + "hi"], self._cache[key + "lo"] = hi, lo
             return hi, lo
-        return got, self._cache[which + "_lo"]  # type: ignore[return-value]
+        return got, self._cache[key + "lo"]  # type: ignore[return-value]
 
 
 @dataclass(slots=True)
@@ -360,7 +365,7 @@ class _Table:
 
 @dataclass(slots=True)
 class _Intervals:
-    """An interval lookup: ``masks[searchsorted(bounds, column, 'right') - 1]``."""
+    """An interval lookup: ``masks[searchsorted(bounds, column, 'right')]``."""
 
     column: Callable[[Fields], WordArray]
     bounds: WordArray
@@ -368,16 +373,18 @@ class _Intervals:
 
 
 def _meta_pred(m: Match) -> BoolArray:
-    """Over ``code * 256 + proto`` (code 0 not IP, 1 IPv4, 2 IPv6, 3 not intact)."""
-    code = np.arange(1024) // 256
-    proto = np.arange(1024) % 256
-    ok: BoolArray = code != 3
+    """Over ``version * 256 + proto`` (version 0 without an intact IP header, 4 or 6)."""
+    version = np.arange(_META) // 256
+    proto = np.arange(_META) % 256
+    ok: BoolArray = (version == 0) | (version == 4) | (version == 6)
     if m.needs_ip:
-        version = m.version
-        ok &= (code == 1) | (code == 2) if version is None else code == (1 if version == 4 else 2)
+        ok &= (version != 0) if m.version is None else version == m.version
     if m.proto is not None:
-        ok &= (proto & m.proto.mask) == (m.proto.value & m.proto.mask)
+        ok &= (proto & m.proto.mask) == m.proto.value
     return ok
+
+
+_META = 7 * 256
 
 
 def _masked_pred(cond: Masked | PortRange, domain: int) -> BoolArray:
@@ -412,7 +419,7 @@ class _Compiled:
         self.queue_rules = np.zeros((MAX_QUEUE + 1, w), dtype=np.uint64)
         self.uses_queue = False
 
-        meta = np.zeros((1024, w), dtype=np.uint64)
+        meta = np.zeros((_META, w), dtype=np.uint64)
         for pos, (_, rule) in enumerate(rules):
             _set_bits(meta, _meta_pred(rule.match), pos)
         self.meta = meta
@@ -449,20 +456,17 @@ class _Compiled:
         for which in ("dst_mac", "src_mac"):
             self._macs(rules, which)
 
+        # One more entry in each: what a frame no rule matched gets.
+        actions = [rule.action for _, rule in rules]
+        self.ids = np.array([*self.ids.tolist(), NO_RULE], dtype=np.int64)
         self.fate_queue = np.array(
-            [rule.action.queue if rule.action.fate is Fate.QUEUE else NONE for _, rule in rules],
-            dtype=np.int64,
+            [a.queue if a.fate is Fate.QUEUE else NONE for a in actions] + [NONE], dtype=np.int64
         )
-        self.fate_drop = np.array([rule.action.fate is Fate.DROP for _, rule in rules], dtype=bool)
-        self.mark = np.array(
-            [NONE if rule.action.mark is None else rule.action.mark for _, rule in rules],
-            dtype=np.int64,
-        )
-        self.mirror = np.array(
-            [NONE if rule.action.mirror is None else rule.action.mirror for _, rule in rules],
-            dtype=np.int64,
-        )
-        self.count_bytes = np.array([rule.action.count for _, rule in rules], dtype=bool)
+        self.fate_drop = np.array([a.fate is Fate.DROP for a in actions] + [False], dtype=bool)
+        self.mark = np.array([NONE if a.mark is None else a.mark for a in actions] + [NONE])
+        self.mirror = np.array([NONE if a.mirror is None else a.mirror for a in actions] + [NONE])
+        self.count_bytes = np.array([a.count for a in actions] + [False], dtype=bool)
+        self.rules = r
         self.any_drop = bool(self.fate_drop.any())
         self.any_count = bool(self.count_bytes.any())
 
@@ -480,14 +484,15 @@ class _Compiled:
                     cuts.add(s[1] + 1)
         bounds = np.array(sorted(cuts), dtype=np.uint64)
         starts = [int(b) for b in bounds]
-        masks = np.zeros((len(bounds), self.words), dtype=np.uint64)
+        # Row i + 1 is the interval from bounds[i]: searchsorted(..., "right") indexes it.
+        masks = np.zeros((len(bounds) + 1, self.words), dtype=np.uint64)
         for pos, s in enumerate(spans):
             if s is None:
-                _set_bits(masks, slice(None), pos)
+                _set_bits(masks, slice(1, None), pos)
             else:
                 lo = starts.index(s[0])
                 hi = len(starts) if s[1] == (1 << 64) - 1 else starts.index(s[1] + 1)
-                _set_bits(masks, slice(lo, hi), pos)
+                _set_bits(masks, slice(lo + 1, hi + 1), pos)
         self.intervals.append(_Intervals(column, bounds, masks))
 
     def _addresses(self, rules: list[tuple[int, Rule]], which: str) -> None:
@@ -525,8 +530,10 @@ class _Compiled:
         hv, hm = _U64(value >> 64), _U64(mask >> 64)
         lv, lm = _U64(value & _ALL_INT), _U64(mask & _ALL_INT)
 
+        version = cond.version
+
         def test(batch: _Batch) -> BoolArray:
-            hi, lo = batch.words(which)
+            hi, lo = batch.words(which, version)
             ok: BoolArray = ((lo & lm) == lv) & ((hi & hm) == hv)
             return ok
 
@@ -556,19 +563,23 @@ class _Compiled:
         """Every frame's mask of matching rules, ``(n, words)``."""
         batch = _Batch(fields)
         bits: WordArray = self.meta[batch.meta()]
+        if not fields.l2.all():
+            bits[~fields.l2] = 0  # a rule matches only an intact Ethernet header
         for t in self.tables:
             bits &= t.masks[t.column(fields)]
         for iv in self.intervals:
-            at = np.searchsorted(iv.bounds, iv.column(fields), side="right") - 1
-            bits &= iv.masks[at]
+            bits &= iv.masks[np.searchsorted(iv.bounds, iv.column(fields), side="right")]
         if self.uses_queue:
             if isinstance(ingress_queue, (int, np.integer)):
                 bits &= self.queue_rules[int(ingress_queue)]
             else:
                 bits &= self.queue_rules[np.asarray(ingress_queue, dtype=np.int64)]
         for word, bit, test in self.residuals:
+            mask = _U64(1 << bit)
+            if not (bits[:, word] & mask).any():
+                continue  # no frame left for the check to narrow
             ok = test(batch)
-            bits[:, word] &= np.where(ok, _ALL, ~_U64(1 << bit))
+            bits[:, word] &= np.where(ok, _ALL, ~mask)
         return bits
 
 
@@ -638,9 +649,9 @@ def first_set_bit(bits: WordArray) -> tuple[IntArray, BoolArray]:
         x = bits[np.arange(n), word]
     matched: BoolArray = x != 0
     low = x & (~x + _U64(1))
-    # A power of two converts to float64 exactly; frexp gives its exponent + 1.
-    _, exponent = np.frexp(low.astype(np.float64))
-    index: IntArray = word * 64 + exponent.astype(np.int64) - 1
+    # A power of two converts to float64 exactly: its biased exponent is the bit's index.
+    exponent = (low.astype(np.float64).view(np.int64) >> 52) - 1023
+    index: IntArray = exponent if words == 1 else word * 64 + exponent
     return index, matched
 
 
@@ -705,10 +716,10 @@ class Classifier:
     def _fold(self) -> None:
         """Move the batch counters of the compiled order into the per-id counters."""
         compiled = self._compiled
-        if compiled is None or not len(compiled.ids):
+        if compiled is None or not compiled.rules:
             return
         for rid, hits, drops, nbytes in zip(
-            compiled.ids.tolist(),
+            compiled.ids[: compiled.rules].tolist(),
             self._hits.tolist(),
             self._drops.tolist(),
             self._bytes.tolist(),
@@ -727,7 +738,7 @@ class Classifier:
         if compiled is None:
             compiled = _Compiled(self.rules())
             self._compiled = compiled
-            r = len(compiled.ids)
+            r = compiled.rules
             self._hits = np.zeros(r, dtype=np.int64)
             self._drops = np.zeros(r, dtype=np.int64)
             self._bytes = np.zeros(r, dtype=np.int64)
@@ -749,34 +760,32 @@ class Classifier:
         """
         n = len(fields)
         compiled = self._compile()
-        default = np.broadcast_to(np.asarray(default_queue, dtype=np.int64), (n,))
-        if not len(compiled.ids) or not n:
+        if not compiled.rules or not n:
             none = np.full(n, NONE, dtype=np.int64)
-            return Classification(
-                none.copy(), default.copy(), np.zeros(n, dtype=bool), none.copy(), none
-            )
+            default = np.broadcast_to(np.asarray(default_queue, dtype=np.int64), (n,)).copy()
+            return Classification(none.copy(), default, np.zeros(n, dtype=bool), none.copy(), none)
         bits = compiled.match(fields, ingress_queue)
         first, matched = first_set_bit(bits)
-        first = np.where(matched, first, 0)
-        rule = np.where(matched, compiled.ids[first], NO_RULE)
-        fate = np.where(matched, compiled.fate_queue[first], NONE)
-        queue = np.where(fate >= 0, fate, default)
-        mark = np.where(matched, compiled.mark[first], NONE)
-        mirror = np.where(matched, compiled.mirror[first], NONE)
-        r = len(compiled.ids)
-        hit_rows = first[matched]
-        self._hits += np.bincount(hit_rows, minlength=r)
+        r = compiled.rules
+        # Position r of every per-rule array is "no rule matched".
+        first[~matched] = r
+        rule = compiled.ids[first]
+        fate = compiled.fate_queue[first]
+        queue = np.where(fate >= 0, fate, default_queue)
+        mark = compiled.mark[first]
+        mirror = compiled.mirror[first]
+        self._hits += np.bincount(first, minlength=r + 1)[:r]
         if compiled.any_drop:
-            drop = matched & compiled.fate_drop[first]
+            drop = compiled.fate_drop[first]
             queue[drop] = NONE
-            self._drops += np.bincount(first[drop], minlength=r)
+            self._drops += np.bincount(first[drop], minlength=r + 1)[:r]
         else:
             drop = np.zeros(n, dtype=bool)
         if compiled.any_count:
-            counted = matched & compiled.count_bytes[first]
+            counted = compiled.count_bytes[first]
             self._bytes += np.bincount(
-                first[counted], weights=fields.length[counted], minlength=r
-            ).astype(np.int64)
+                first[counted], weights=fields.length[counted], minlength=r + 1
+            )[:r].astype(np.int64)
         return Classification(rule, queue, drop, mark, mirror)
 
     def classify_batch(

@@ -35,7 +35,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from netoffload.engine.esp_rows import MIN_ROWS, rows_eligible, seal_rows
+from netoffload.engine.esp_rows import MIN_ROWS, ByteMatrix, rows_eligible, seal_rows
 from netoffload.engine.esp_sa import (
     ESP_HEADER_LEN,
     ICV_LEN,
@@ -54,7 +54,6 @@ from netoffload.engine.ipsec_ip import (
     IPPROTO_IPV6,
     IPPROTO_NONE,
     IPPROTO_UDP,
-    IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
     UnsupportedHeaderError,
     ecn_decapsulate,
@@ -62,7 +61,9 @@ from netoffload.engine.ipsec_ip import (
     inner_packet_len,
     inner_tos,
     outbound_layout,
+    quick_layout,
     set_transport_header,
+    truncated,
     tunnel_protocol,
 )
 from netoffload.engine.ipsec_sa import (
@@ -116,6 +117,11 @@ _NON_ESP_MARKER: Final = b"\x00\x00\x00\x00"
 _NAT_KEEPALIVE: Final = 0xFF
 #: The default padding (RFC 4303 2.4): 1, 2, 3, ...
 _PADDING: Final = tuple(bytes(range(1, n + 1)) for n in range(256))
+#: Padding, pad length and next header, by pad length (up to an AES block) and next header.
+_TRAILERS: Final = tuple(
+    tuple(_PADDING[pad] + bytes((pad, next_header)) for next_header in range(256))
+    for pad in range(16)
+)
 
 
 class RowBlock(NamedTuple):
@@ -143,6 +149,10 @@ class EspBatch:
     headroom: int = 0
     singles: dict[int, bytearray] = field(default_factory=dict)
     blocks: list[RowBlock] = field(default_factory=list)
+    # Packet index -> (block, row), built the first time ``framed`` needs it.
+    _rows_of: dict[int, tuple[RowBlock, int]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.reasons)
@@ -152,14 +162,18 @@ class EspBatch:
         single = self.singles.get(i)
         if single is not None:
             return memoryview(single)
-        for block in self.blocks:
-            try:
-                j = block.members.index(i)
-            except ValueError:
-                continue
-            start = block.rows[j] * block.stride
-            return memoryview(block.arena)[start : start + self.headroom + block.length]
-        return None
+        if self.blocks and not self._rows_of:
+            for block in self.blocks:
+                self._rows_of.update(
+                    (member, (block, row))
+                    for member, row in zip(block.members, block.rows, strict=True)
+                )
+        found = self._rows_of.get(i)
+        if found is None:
+            return None
+        block, row = found
+        start = row * block.stride
+        return memoryview(block.arena)[start : start + self.headroom + block.length]
 
     def packet(self, i: int) -> memoryview | None:
         """Packet ``i``, or ``None`` when it was dropped."""
@@ -176,9 +190,13 @@ class EspBatch:
         for block in self.blocks:
             base = memoryview(block.arena)
             stride = block.stride
-            for i, r in zip(block.members, block.rows, strict=True):
-                start = r * stride + h
-                out[i] = base[start : start + block.length]
+            n = block.length
+            starts = (r * stride + h for r in block.rows)
+            views: list[memoryview | None] = [base[s : s + n] for s in starts]
+            if len(views) == len(out):
+                return views  # one block holds the whole batch
+            for i, view in zip(block.members, views, strict=True):
+                out[i] = view
         return out
 
     @property
@@ -205,8 +223,7 @@ def _seal(
     sa: SecurityAssociation, packet: Buffer, seq: int, iv: bytes, headroom: int
 ) -> tuple[bytearray, int]:
     """The ESP packet (``headroom`` bytes first) and the protected packet's length."""
-    c = sa.config
-    view = byte_view(packet)
+    view = packet if type(packet) is memoryview else byte_view(packet)
     outer = sa._outer
     try:
         if outer is not None:
@@ -216,7 +233,7 @@ def _seal(
             version = outer.version
             front = outer.header_len
         else:
-            layout = outbound_layout(view)
+            layout = quick_layout(view) or outbound_layout(view)
             if layout.fragment:
                 raise EspError(
                     IpsecDropReason.FRAGMENT,
@@ -231,63 +248,56 @@ def _seal(
         raise EspError(
             IpsecDropReason.MALFORMED, f"not an IP packet ESP can protect: {err}", spi=sa.spi
         ) from None
-    nat_t = c.nat_t
+    nat_t = sa._nat_t
     if nat_t is not None:
         front += UDP_HEADER_LEN
     iv_len = len(iv)
     plen = end - keep
-    pad = -(plen + 2) % c.align
-    ctl = plen + pad + 2
-    total = front + ESP_HEADER_LEN + iv_len + ctl + ICV_LEN
+    pad = -(plen + 2) % sa._align
+    ct = headroom + front + ESP_HEADER_LEN + iv_len  # where the ciphertext starts in ``out``
+    tag = ct + plen + pad + 2  # and where the ICV does
+    total = tag + ICV_LEN - headroom
     if total > IP_MAX_LEN + (IPV6_HEADER_LEN if version == 6 else 0):
         raise EspError(
             IpsecDropReason.TOO_BIG, f"{total} bytes with ESP: too big for IP", spi=sa.spi
         )
 
     out = bytearray(headroom + total)
-    with memoryview(out) as whole:
-        pkt = whole[headroom:]
-        ip_protocol = IPPROTO_UDP if nat_t is not None else IPPROTO_ESP
-        if outer is not None:
-            tos, dont_frag = inner_tos(view)
-            outer.write(pkt, total, ip_protocol, tos=tos, dont_frag=dont_frag, ident=seq)
-        else:
-            pkt[:keep] = view[:keep]
-            set_transport_header(pkt, layout, total, ip_protocol)
-        esp = front
-        if nat_t is not None:
-            _UDP.pack_into(
-                pkt,
-                esp - UDP_HEADER_LEN,
-                nat_t.src_port,
-                nat_t.dst_port,
-                total - esp + UDP_HEADER_LEN,
-                0,
-            )
-        _ESP.pack_into(pkt, esp, sa.spi, seq & U32_MAX)
-        ct = esp + ESP_HEADER_LEN + iv_len
-        pkt[esp + ESP_HEADER_LEN : ct] = iv
-        trailer = ct + plen
-        pkt[ct:trailer] = view[keep:end]
-        pkt[trailer : trailer + pad] = _PADDING[pad]
-        pkt[trailer + pad] = pad
-        pkt[trailer + pad + 1] = protocol
-        if sa._aead is not None:
-            aad = _AAD_ESN.pack(sa.spi, seq) if sa.esn else _ESP.pack(sa.spi, seq & U32_MAX)
-            sa._aead.encrypt_into(
-                sa._salt + iv, pkt[ct : ct + ctl], aad, pkt[ct : ct + ctl + ICV_LEN]
-            )
-        else:
-            assert sa._aes is not None
-            encryptor = Cipher(sa._aes, modes.CBC(iv)).encryptor()
-            # update_into wants a block of room past the data: the ICV's place gives it.
-            encryptor.update_into(pkt[ct : ct + ctl], pkt[ct : ct + ctl + ICV_LEN])
-            encryptor.finalize()
-            pkt[ct + ctl : ct + ctl + ICV_LEN] = _cbc_icv(sa, pkt[esp : ct + ctl], seq)
-        if nat_t is not None and version == 6:
-            # A zero UDP checksum is not allowed over IPv6 (RFC 8200 8.1); Linux fills it in too.
-            udp = UdpPacket(pkt[esp - UDP_HEADER_LEN : total])
-            udp.fill_checksum(bytes(pkt[8:24]), bytes(pkt[24:40]))
+    pkt = memoryview(out)
+    ip_protocol = IPPROTO_UDP if nat_t is not None else IPPROTO_ESP
+    if outer is not None:
+        tos, dont_frag = inner_tos(view)
+        outer.write(pkt[headroom:], total, ip_protocol, tos=tos, dont_frag=dont_frag, ident=seq)
+    elif headroom:
+        pkt[headroom : headroom + keep] = view[:keep]
+        set_transport_header(pkt[headroom:], layout, total, ip_protocol)
+    else:
+        pkt[:keep] = view[:keep]
+        set_transport_header(out, layout, total, ip_protocol)
+    esp = headroom + front
+    if nat_t is not None:
+        udp_len = total - front + UDP_HEADER_LEN
+        _UDP.pack_into(out, esp - UDP_HEADER_LEN, nat_t.src_port, nat_t.dst_port, udp_len, 0)
+    _ESP.pack_into(out, esp, sa.spi, seq & U32_MAX)
+    pkt[ct - iv_len : ct] = iv
+    trailer = ct + plen
+    pkt[ct:trailer] = view[keep:end]
+    pkt[trailer:tag] = _TRAILERS[pad][protocol]
+    if sa._aead is not None:
+        aad = _AAD_ESN.pack(sa.spi, seq) if sa.esn else _ESP.pack(sa.spi, seq & U32_MAX)
+        sa._aead.encrypt_into(sa._salt + iv, pkt[ct:tag], aad, pkt[ct : tag + ICV_LEN])
+    else:
+        assert sa._aes is not None
+        encryptor = Cipher(sa._aes, modes.CBC(iv)).encryptor()
+        # update_into wants a block of room past the data: the ICV's place gives it.
+        encryptor.update_into(pkt[ct:tag], pkt[ct : tag + ICV_LEN])
+        encryptor.finalize()
+        pkt[tag : tag + ICV_LEN] = _cbc_icv(sa, pkt[esp:tag], seq)
+    if nat_t is not None and version == 6:
+        # A zero UDP checksum is not allowed over IPv6 (RFC 8200 8.1); Linux fills it in too.
+        udp = UdpPacket(pkt[esp - UDP_HEADER_LEN : headroom + total])
+        o = headroom
+        udp.fill_checksum(bytes(pkt[o + 8 : o + 24]), bytes(pkt[o + 24 : o + 40]))
     return out, end
 
 
@@ -295,15 +305,19 @@ def _seal_counted(
     sa: SecurityAssociation, packet: Buffer, seq: int, iv: Buffer, headroom: int
 ) -> bytearray:
     try:
-        sa.admit()
-        sa.check_sequence(seq)
-        if not isinstance(iv, bytes | bytearray | memoryview) or len(iv) != sa.config.iv_len:
+        if sa._hard_reached:
+            sa.admit()
+        if type(seq) is not int or not 0 < seq <= sa.seq_max:
+            sa.check_sequence(seq)
+        if type(iv) is not bytes:
+            iv = bytes(iv) if isinstance(iv, bytes | bytearray | memoryview) else b""
+        if len(iv) != sa._iv_len:
             raise EspError(
                 IpsecDropReason.BAD_REQUEST,
-                f"SA {sa.spi:#010x} takes a {sa.config.iv_len}-byte IV",
+                f"SA {sa.spi:#010x} takes a {sa._iv_len}-byte IV",
                 spi=sa.spi,
             )
-        out, protected = _seal(sa, packet, seq, bytes(iv), headroom)
+        out, protected = _seal(sa, packet, seq, iv, headroom)
     except EspError as err:
         sa.drop(err.reason)
         raise
@@ -333,7 +347,7 @@ def encrypt(sa: SecurityAssociation, ip_packet: Buffer) -> bytes:
 
 def encrypt_batch(
     sa: SecurityAssociation,
-    packets: Sequence[Buffer],
+    packets: Sequence[Buffer] | ByteMatrix,
     *,
     seqs: Sequence[int] | None = None,
     ivs: Sequence[bytes] | None = None,
@@ -341,9 +355,14 @@ def encrypt_batch(
 ) -> EspBatch:
     """``encrypt`` (or, with ``seqs`` and ``ivs``, ``encrypt_with``) over a batch.
 
-    Without ``seqs`` the SA allocates them; without ``ivs`` each is
-    ``sa.iv_for(seq)``. Packets that cannot be protected get a reason instead.
+    ``packets`` is a list of packets, or a 2-D uint8 matrix whose rows are
+    packets of one length (the segments of a super-packet, say), which are
+    taken in with one copy. Without ``seqs`` the SA allocates them; without
+    ``ivs`` each is ``sa.iv_for(seq)``. Packets that cannot be protected get a
+    reason instead.
     """
+    if isinstance(packets, np.ndarray) and (packets.ndim != 2 or packets.dtype != np.uint8):
+        raise ValueError("a matrix of packets is 2-D uint8, one packet per row")
     k = len(packets)
     if ivs is not None and (seqs is None or len(ivs) != k):
         raise ValueError("ivs need seqs, one of each per packet")
@@ -365,9 +384,12 @@ def encrypt_batch(
         return batch
     reasons = batch.reasons
     singles = batch.singles
-    for i, packet in enumerate(packets):
+    for i in range(k):
         if i in done:
             continue
+        packet = packets[i]
+        if isinstance(packet, np.ndarray):
+            packet = np.ascontiguousarray(packet).data
         try:
             if given is None:
                 try:
@@ -392,7 +414,7 @@ def encrypt_batch(
 
 def _rows(
     sa: SecurityAssociation,
-    packets: Sequence[Buffer],
+    packets: Sequence[Buffer] | ByteMatrix,
     *,
     seqs: Sequence[int],
     ivs: Sequence[bytes] | None,
@@ -402,11 +424,15 @@ def _rows(
     k = len(packets)
     if k < MIN_ROWS or not rows_eligible(sa):
         return set()
-    lengths = list(map(len, packets))
-    total = sum(lengths)
+    if isinstance(packets, np.ndarray):
+        lengths = [packets.shape[1]]
+        total = packets.size
+    else:
+        lengths = list(map(len, packets))
+        total = sum(lengths)
     if not sa.room(k, total):
         return set()  # a hard limit falls inside this batch: the per-packet path stops there
-    if lengths.count(lengths[0]) == k:
+    if isinstance(packets, np.ndarray) or lengths.count(lengths[0]) == k:
         groups = {lengths[0]: list(range(k))}
     else:
         groups = {}
@@ -433,6 +459,7 @@ def _rows(
             if not all(isinstance(v, bytes) and len(v) == iv_len for v in chosen_ivs):
                 continue
             iv_blob = b"".join(chosen_ivs)
+        # (A matrix is always one whole group.)
         group = packets if len(members) == k else [packets[i] for i in members]
         sealed = seal_rows(sa, group, seq_array, ivs=iv_blob, headroom=batch.headroom)
         if sealed is None:
@@ -456,19 +483,6 @@ def _rows(
 # --- inbound -------------------------------------------------------------------------
 
 
-def _truncated(view: memoryview) -> bool:
-    """True when the IP header says the packet is longer than the bytes that came."""
-    n = len(view)
-    if n == 0:
-        return True
-    version = view[0] >> 4
-    if version == 4:
-        return n < IPV4_HEADER_LEN or _U16.unpack_from(view, 2)[0] > n
-    if version == 6:
-        return n < IPV6_HEADER_LEN or IPV6_HEADER_LEN + _U16.unpack_from(view, 4)[0] > n
-    return False
-
-
 def _reject(
     owner: SecurityAssociation | SaTable[SecurityAssociation],
     reason: IpsecDropReason,
@@ -489,9 +503,9 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
     """The packet ``packet`` protected, or ``EspError``: RFC 4303 3.4's steps in order."""
     view = byte_view(packet)
     try:
-        layout = inbound_layout(view)
+        layout = quick_layout(view) or inbound_layout(view)
     except (WireError, UnsupportedHeaderError) as err:
-        reason = IpsecDropReason.TRUNCATED if _truncated(view) else IpsecDropReason.MALFORMED
+        reason = IpsecDropReason.TRUNCATED if truncated(view) else IpsecDropReason.MALFORMED
         raise _reject(inbound, reason, f"not an IP packet: {err}") from None
     if layout.fragment:
         raise _reject(inbound, IpsecDropReason.FRAGMENT, "a fragment: reassemble it before ESP")
@@ -528,24 +542,25 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
     if found is None:
         raise _reject(inbound, IpsecDropReason.UNKNOWN_SPI, f"no SA has SPI {spi:#010x}", spi)
     sa = found
-    if encapsulated != (sa.nat_t is not None):
+    if encapsulated != (sa._nat_t is not None):
         raise _reject(
             sa,
             IpsecDropReason.ENCAPSULATION_MISMATCH,
             f"SA {spi:#010x}: wrong UDP encapsulation",
             spi,
         )
-    if sa.hard_expired:
+    if sa._hard_reached:
         raise _reject(sa, IpsecDropReason.LIFETIME_EXPIRED, f"SA {spi:#010x} has expired", spi)
-    c = sa.config
-    ct = esp + ESP_HEADER_LEN + c.iv_len
+    aead = sa._aead
+    align = sa._align
+    ct = esp + ESP_HEADER_LEN + sa._iv_len
     icv = end - ICV_LEN
     ctl = icv - ct
-    if ctl < (2 if c.aead else c.align):
+    if ctl < (2 if aead is not None else align):
         raise _reject(
             sa, IpsecDropReason.TRUNCATED, f"{end - esp} bytes of ESP for SA {spi:#010x}", spi
         )
-    if not c.aead and ctl % c.align:
+    if aead is None and ctl % align:
         raise _reject(sa, IpsecDropReason.MALFORMED, f"{ctl} bytes of AES-CBC ciphertext", spi)
 
     # 2. The replay pre-check, with the high-order bits inferred under ESN.
@@ -556,14 +571,15 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
         )
 
     # 3. The ICV (and, AEAD, decryption in the same call).
-    keep = 0 if c.mode is EspMode.TUNNEL else at
-    iv = bytes(view[esp + ESP_HEADER_LEN : ct])
-    if sa._aead is not None:
+    tunnel = sa._outer is not None
+    keep = 0 if tunnel else at
+    iv = view[esp + ESP_HEADER_LEN : ct].tobytes()
+    if aead is not None:
         out = bytearray(keep + ctl)
         aad = _AAD_ESN.pack(spi, seq) if sa.esn else _ESP.pack(spi, seq_low)
         with memoryview(out) as target:
             try:
-                sa._aead.decrypt_into(sa._salt + iv, view[ct:end], aad, target[keep:])
+                aead.decrypt_into(sa._salt + iv, view[ct:end], aad, target[keep:])
             except InvalidTag:
                 target[keep:] = bytes(ctl)  # nothing unverified stays behind
                 raise _reject(
@@ -573,7 +589,7 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
         assert sa._aes is not None
         if not compare_digest(_cbc_icv(sa, view[esp:icv], seq), view[icv:end]):
             raise _reject(sa, IpsecDropReason.BAD_ICV, f"SA {spi:#010x}: ICV mismatch", spi)
-        out = bytearray(keep + ctl + c.align - 1)
+        out = bytearray(keep + ctl + align - 1)
         decryptor = Cipher(sa._aes, modes.CBC(iv)).decryptor()
         with memoryview(out) as target:
             decryptor.update_into(view[ct:icv], target[keep:])
@@ -593,7 +609,7 @@ def _open(inbound: Inbound, packet: Buffer) -> bytearray:
         )
     if next_header == IPPROTO_NONE:
         raise _reject(sa, IpsecDropReason.DUMMY, f"SA {spi:#010x}: a dummy packet", spi)
-    if c.mode is EspMode.TUNNEL:
+    if tunnel:
         if next_header not in (IPPROTO_IPIP, IPPROTO_IPV6):
             raise _reject(
                 sa, IpsecDropReason.MODE_MISMATCH, f"next header {next_header} in tunnel mode", spi

@@ -17,7 +17,9 @@ copied once, to the place where it is encrypted.
 from __future__ import annotations
 
 import functools
+import operator
 import struct
+from collections import deque
 from collections.abc import Sequence
 from typing import Final, NamedTuple, TypeAlias
 
@@ -42,6 +44,7 @@ from netoffload.engine.ipsec_ip import (
 )
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
+ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
 
 #: Fewer equal-length packets than this go the per-packet way (the matrix set-up costs more).
 MIN_ROWS: Final = 8
@@ -52,13 +55,21 @@ _BE64 = np.dtype(">u8")
 # What goes in front of the ciphertext: the IP header as big-endian words, then ESP and IV.
 _FRONT4 = np.dtype([("ip", ">u2", (10,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
 _FRONT6 = np.dtype([("ip", ">u2", (20,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
-# An IPv4 header without options, whole: version 4 and IHL 5, the length, no MF nor offset.
-_V4_MASK = np.array([0xFF00, 0xFFFF, 0, 0x3FFF, 0, 0, 0, 0, 0, 0], dtype=np.int64)
-_V4_EXPECT = np.array([0x4500, 0, 0, 0, 0, 0, 0, 0, 0, 0], dtype=np.int64)
+#: Bytes read from each packet before it is copied: the IPv4 header up to its protocol,
+#: the IPv6 header up to its next header.
+_LEAD_LEN = 10
+_lead = operator.itemgetter(slice(0, _LEAD_LEN))
+#: Packets longer than this are copied and encrypted in one pass each.
+_FUSE_ABOVE = 4096
+# The first 8 bytes of an IPv4 header as one big-endian word: version and IHL, total
+# length, and flags with fragment offset; and what they are in a whole packet without options.
+_V4_SPLIT = np.dtype([("head", ">u8"), ("rest", f"V{_LEAD_LEN - 8}")])
+_V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
+_V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
 # Every word but the length and the checksum.
 _V4_SUM = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.int64)
-_NONCE = np.dtype([("salt", ">u4"), ("iv", ">u8")])
-_AAD_ESN = np.dtype([("spi", ">u4"), ("seq", ">u8")])
+_INPUTS = np.dtype([("salt", ">u4"), ("iv", ">u8"), ("spi", ">u4"), ("seq", ">u4")])
+_INPUTS_ESN = np.dtype([("salt", ">u4"), ("iv", ">u8"), ("spi", ">u4"), ("seq", ">u8")])
 #: The padding bytes 1, 2, ... and the pad length, for each pad length.
 _PADS = tuple(np.array([*range(1, n + 1), n], dtype=np.uint8) for n in range(16))
 
@@ -81,14 +92,14 @@ def rows_eligible(sa: SecurityAssociation) -> bool:
 
 def seal_rows(
     sa: SecurityAssociation,
-    packets: Sequence[Buffer],
+    packets: Sequence[Buffer] | ByteMatrix,
     seqs: npt.NDArray[np.uint64],
     *,
     ivs: bytes | None,
     headroom: int,
 ) -> SealedRows | None:
-    """Encrypt ``packets`` (all one length) with sequence numbers ``seqs`` and the joined
-    ``ivs`` (``None``: each row's ``iv_for``).
+    """Encrypt ``packets`` (all one length; a list, or the rows of a matrix) with sequence
+    numbers ``seqs`` and the joined ``ivs`` (``None``: each row's ``iv_for``).
 
     Each packet is copied once, to where its payload is encrypted in place;
     its header is then moved in front of the ESP header. Rows that are not
@@ -100,7 +111,7 @@ def seal_rows(
     assert aead is not None
     k = len(packets)
     length = len(packets[0])
-    version = packets[0][0] >> 4 if length else 0
+    version = int(packets[0][0]) >> 4 if length else 0
     if version == 4:
         h = IPV4_HEADER_LEN
     elif version == 6:
@@ -119,62 +130,115 @@ def seal_rows(
         return None
     stride = headroom + olen
     o = headroom
-    ct = o + h + shift
+    first = o + shift  # where each packet is copied: its payload lands where it is encrypted
+    ct = first + h
+    trailer = ct + plen
+    end = ctl + ICV_LEN
+
     arena = bytearray(k * stride)
     view = memoryview(arena)
-    first = o + shift
-    for start, packet in zip(range(first, k * stride, stride), packets, strict=True):
-        view[start : start + length] = packet
     m = np.frombuffer(arena, dtype=np.uint8).reshape(k, stride)
-    words = np.ascontiguousarray(m[:, first : first + h]).view(_BE16).astype(np.int64)
-    front = np.empty(k, dtype=_FRONT4 if version == 4 else _FRONT6)
-
+    # Large packets are copied and encrypted one at a time, while each is in the cache;
+    # small ones are all copied first (the cache holds them) and then encrypted.
+    fused = length > _FUSE_ABOVE and not isinstance(packets, np.ndarray)
+    if isinstance(packets, np.ndarray):
+        m[:, first : first + length] = packets
+    elif not fused:
+        for start, stop, packet in zip(
+            range(first, k * stride, stride),
+            range(first + length, k * stride + length, stride),
+            packets,
+            strict=True,
+        ):
+            view[start:stop] = packet
+    # The first bytes of every packet say whether it can go this way, and its next
+    # header, before anything is encrypted.
+    if fused:
+        lead = np.frombuffer(b"".join(map(_lead, packets)), dtype=np.uint8).reshape(k, _LEAD_LEN)
+    else:
+        lead = np.ascontiguousarray(m[:, first : first + _LEAD_LEN])
     if version == 4:
-        next_header = words[:, 4] & 0xFF
-        expect = _V4_EXPECT.copy()
-        expect[1] = length
-        done = ((words & _V4_MASK) == expect).all(axis=1)
+        next_header = lead[:, 9].astype(np.int64)
+        # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
+        done = (lead.view(_V4_SPLIT)["head"][:, 0] & _V4_MASK) == (_V4_WHOLE | length << 32)
+    else:
+        next_header = lead[:, 6].astype(np.int64)
+        payload_len = lead[:, 4].astype(np.int64) << 8 | lead[:, 5]
+        done = (lead[:, 0] >> 4 == 6) & (payload_len == plen) & ~_IPV6_EXT[next_header]
+    rows: Sequence[int] = range(k) if done.all() else np.flatnonzero(done).tolist()
+
+    m[:, trailer : trailer + pad + 1] = _PADS[pad]
+    m[:, trailer + pad + 1] = next_header
+    iv_column = seqs if ivs is None else np.frombuffer(ivs, dtype=_BE64)
+    # Each row's nonce (salt, IV) and AAD (SPI, sequence number: 32 bits, or 64 with ESN)
+    # side by side, cut apart in one call.
+    inputs = np.empty(k, dtype=_INPUTS_ESN if sa.esn else _INPUTS)
+    inputs["salt"] = sa._nonce_base >> 64
+    inputs["iv"] = iv_column
+    inputs["spi"] = sa.spi
+    inputs["seq"] = seqs
+    cut = _splitter(inputs.dtype.itemsize, k).unpack(inputs.tobytes())
+    nonces, aads = cut[0::2], cut[1::2]
+
+    encrypt_into = aead.encrypt_into
+    if not fused:
+        starts = [r * stride + ct for r in rows]
+        plaintexts = [view[s : s + ctl] for s in starts]
+        outputs = [view[s : s + end] for s in starts]
+        chosen = (nonces, aads) if len(rows) == k else _pick(rows, nonces, aads)
+        # The only per-packet work left: one AEAD call each, in place, looped in C.
+        deque(map(encrypt_into, chosen[0], plaintexts, chosen[1], outputs), maxlen=0)
+    elif len(rows) == k:
+        size = k * stride
+        for start, stop, text, text_end, icv_end, packet, nonce_bytes, aad_bytes in zip(
+            range(first, size, stride),
+            range(first + length, size + length, stride),
+            range(ct, size, stride),
+            range(ct + ctl, size + ctl, stride),
+            range(ct + end, size + end, stride),
+            packets,
+            nonces,
+            aads,
+            strict=True,
+        ):
+            view[start:stop] = packet
+            encrypt_into(nonce_bytes, view[text:text_end], aad_bytes, view[text:icv_end])
+    else:
+        for r in rows:
+            s = r * stride + first
+            view[s : s + length] = packets[r]
+            s += h
+            encrypt_into(nonces[r], view[s : s + ctl], aads[r], view[s : s + end])
+    if len(rows) < k:
+        m[~done] = 0  # what was copied of the packets left to the one-by-one path
+
+    # Now the headers, all at once: moved in front of ESP header and IV, and patched.
+    words = np.ascontiguousarray(m[:, first:ct]).view(_BE16).astype(np.int64)
+    if version == 4:
         # The sum of the header's words with the new length and protocol, checksum left out.
         total = words @ _V4_SUM - next_header + (olen + IPPROTO_ESP)
         words[:, 1] = olen
         words[:, 4] += IPPROTO_ESP - next_header
         words[:, 5] = 0xFFFF - ((total - 1) % 0xFFFF + 1)
     else:
-        next_header = words[:, 3] >> 8
-        done = ((words[:, 0] >> 12) == 6) & (words[:, 2] == plen) & ~_IPV6_EXT[next_header]
         words[:, 2] = olen - IPV6_HEADER_LEN
         words[:, 3] += (IPPROTO_ESP - next_header) << 8
+    front = np.empty(k, dtype=_FRONT4 if version == 4 else _FRONT6)
     front["ip"] = words
     front["spi"] = sa.spi
     front["seq"] = seqs & 0xFFFF_FFFF
-    front["iv"] = seqs if ivs is None else np.frombuffer(ivs, dtype=_BE64)
+    front["iv"] = iv_column
     m[:, o:ct] = front.view(np.uint8).reshape(k, ct - o)
-    trailer = ct + plen
-    m[:, trailer : trailer + pad + 1] = _PADS[pad]
-    m[:, trailer + pad + 1] = next_header
-
-    nonce = np.empty(k, dtype=_NONCE)
-    nonce["salt"] = sa._nonce_base >> 64
-    nonce["iv"] = front["iv"]
-    nonces = _splitter(12, k).unpack(nonce.tobytes())
-    if sa.esn:
-        aad = np.empty(k, dtype=_AAD_ESN)
-        aad["spi"] = sa.spi
-        aad["seq"] = seqs
-        aads = _splitter(12, k).unpack(aad.tobytes())
-    else:
-        aads = _splitter(ESP_HEADER_LEN, k).unpack(m[:, o + h : o + h + ESP_HEADER_LEN].tobytes())
-
-    encrypt_into = aead.encrypt_into
-    end = ctl + ICV_LEN
-    rows = range(k) if done.all() else np.flatnonzero(done).tolist()
-    for i in rows:
-        start = i * stride + ct
-        encrypt_into(nonces[i], view[start : start + ctl], aads[i], view[start : start + end])
     return SealedRows(arena, stride, olen, done)
+
+
+def _pick(
+    rows: Sequence[int], nonces: tuple[bytes, ...], aads: tuple[bytes, ...]
+) -> tuple[list[bytes], list[bytes]]:
+    return [nonces[r] for r in rows], [aads[r] for r in rows]
 
 
 @functools.lru_cache(maxsize=64)
 def _splitter(size: int, count: int) -> struct.Struct:
-    """Cuts ``count`` joined ``size``-byte values apart in one call."""
-    return struct.Struct(f"{size}s" * count)
+    """Cuts ``count`` joined rows of a 12-byte nonce and a ``size - 12``-byte AAD apart."""
+    return struct.Struct(f"12s{size - 12}s" * count)

@@ -202,7 +202,19 @@ class SecurityAssociation(SaBase):
     in ``auth_key``. ``initial_sequence`` is the first outbound number.
     """
 
-    __slots__ = ("_aead", "_aes", "_hmac", "_iv_ecb", "_nonce_base", "_outer", "_salt", "config")
+    __slots__ = (
+        "_aead",
+        "_aes",
+        "_align",
+        "_hmac",
+        "_iv_ecb",
+        "_iv_len",
+        "_nat_t",
+        "_nonce_base",
+        "_outer",
+        "_salt",
+        "config",
+    )
 
     error: ClassVar[type[EspError]] = EspError
 
@@ -249,6 +261,10 @@ class SecurityAssociation(SaBase):
         self._iv_ecb: CipherContext | None = None
         self._salt = b""
         self._nonce_base = 0
+        # Read per packet: kept as plain attributes.
+        self._align = config.align
+        self._iv_len = config.iv_len
+        self._nat_t = config.nat_t
         if config.algorithm is EspAlgorithm.AES_GCM:
             self._aead = AESGCM(config.key[:-SALT_LEN])
         elif config.algorithm is EspAlgorithm.CHACHA20_POLY1305:

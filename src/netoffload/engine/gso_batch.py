@@ -20,12 +20,16 @@ one, with the same result byte for byte (see ``gso`` for the Linux rules):
 With ``headroom`` bytes before each row (4: the cable's length prefix),
 ``write_length_prefixes`` frames every segment in place and ``wire_chunks``
 gives the few contiguous spans that hold them all, ready for one ``sendmsg``.
+
+Given ``rows`` (a device's lender of transmit memory, such as
+``XdpDevice.tx_rows``), the matrix is the device's memory: every segment is
+cut straight into a buffer the device sends from, with no copy after.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -43,6 +47,8 @@ from netoffload.wire.checksum import ones_sum
 Buffer: TypeAlias = bytes | bytearray | memoryview
 IntArray: TypeAlias = npt.NDArray[np.int64]
 ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
+#: Lends ``count`` rows of at least ``width`` bytes as one C-contiguous uint8 matrix, or None.
+RowSource: TypeAlias = Callable[[int, int], ByteMatrix | None]
 
 TCP_FIN = 0x01
 TCP_PSH = 0x08
@@ -252,6 +258,7 @@ def segment_batch(
     *,
     fixed_id: Sequence[bool] | None = None,
     headroom: int = 0,
+    rows: RowSource | None = None,
 ) -> SegmentBatch:
     """Segment every frame as its plan says (``plan_vnet_hdr``); never raises on bad input.
 
@@ -260,6 +267,8 @@ def segment_batch(
     input ``i`` (SKB_GSO_TCP_FIXEDID; refused without DF). ``headroom`` (even)
     bytes are reserved before every frame. A plan without GSO gives the frame
     itself, its checksum filled when the plan asks (as ``gso.segment``).
+    ``rows``, when given, is asked for the matrix first (the segments are then
+    cut into its rows); when it has none, the matrix is allocated here.
     """
     if headroom < 0 or headroom % 2:
         raise ValueError(f"headroom must be even and not negative, not {headroom}")
@@ -317,7 +326,7 @@ def segment_batch(
                     del groups[key]
                     continue
         cols[key] = c
-    return _fill(n, groups, cols, errors=errors, whole=whole, headroom=headroom)
+    return _fill(n, groups, cols, errors=errors, whole=whole, headroom=headroom, rows=rows)
 
 
 def sent_whole(frame: Buffer, plan: VnetPlan, headroom: int = 0) -> bytearray | DropReason:
@@ -349,6 +358,7 @@ def _fill(
     errors: list[DropReason | None],
     whole: dict[int, bytearray],
     headroom: int,
+    rows: RowSource | None,
 ) -> SegmentBatch:
     """Lay out the rows, copy the payloads, and compute every header field."""
     counts = [0] * n
@@ -365,11 +375,29 @@ def _fill(
         total += c
     first[n] = total
     stride = headroom + width + (width & 1)  # even: 16-bit columns stay aligned
-    matrix = np.empty((total, stride), np.uint8)
+    lent = rows(total, stride) if rows is not None and total else None
+    if lent is not None and rows_fit(lent, total, stride):
+        matrix = lent
+    else:
+        matrix = np.empty((total, stride), np.uint8)
     lengths = np.zeros(total, np.int64)
     for key, group in groups.items():
         _fill_group(matrix, lengths, first, group, cols[key], h=headroom)
     return SegmentBatch(matrix, headroom, lengths, first, whole, errors)
+
+
+def rows_fit(matrix: ByteMatrix, total: int, stride: int) -> bool:
+    """Whether a lent matrix can hold ``total`` rows of ``stride`` bytes: uint8, writable,
+    C-contiguous, and rows of an even width at least that wide."""
+    return (
+        matrix.dtype == np.uint8
+        and matrix.ndim == 2
+        and matrix.shape[0] == total
+        and matrix.shape[1] >= stride
+        and matrix.shape[1] % 2 == 0
+        and matrix.flags.c_contiguous
+        and matrix.flags.writeable
+    )
 
 
 @dataclass(slots=True)

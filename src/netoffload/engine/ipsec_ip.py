@@ -49,6 +49,8 @@ IPV6_OPTION_MUTABLE: Final = 0x20
 
 _U16 = struct.Struct("!H")
 _IPV4_LEN_ID_FRAG = struct.Struct("!HHH")
+_V4_LEN_FRAG = struct.Struct("!H2xH")
+_IPV4_WORDS = struct.Struct("!10H")
 
 
 class UnsupportedHeaderError(Exception):
@@ -110,6 +112,36 @@ def _ipv6_walk(view: memoryview, *, outbound: bool) -> IpLayout:
     return IpLayout(6, offset, protocol, protocol_at, end, protocol == IPPROTO_FRAGMENT)
 
 
+_SIMPLE_V6_NEXT = frozenset(range(256)) - {
+    IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING,
+    IPPROTO_FRAGMENT,
+    IPPROTO_DSTOPTS,
+}
+
+
+def quick_layout(view: memoryview) -> IpLayout | None:
+    """The layout of the common packet without a walk: IPv4 without options and not a
+    fragment, or IPv6 without extension headers, exactly as long as its header says.
+    ``None`` for anything else. Where it answers, ``outbound_layout`` and
+    ``inbound_layout`` give the same answer (a test holds them together)."""
+    n = len(view)
+    if n < IPV4_HEADER_LEN:
+        return None
+    first = view[0]
+    if first == 0x45:
+        total, frag = _V4_LEN_FRAG.unpack_from(view, 2)
+        if total != n or frag & (FLAG_MF | FRAG_OFFSET_MASK):
+            return None
+        return IpLayout(4, IPV4_HEADER_LEN, view[9], 9, n, False)
+    if first >> 4 == 6 and n >= IPV6_HEADER_LEN:
+        protocol = view[6]
+        if _U16.unpack_from(view, 4)[0] != n - IPV6_HEADER_LEN or protocol not in _SIMPLE_V6_NEXT:
+            return None
+        return IpLayout(6, IPV6_HEADER_LEN, protocol, 6, n, False)
+    return None
+
+
 def outbound_layout(view: memoryview) -> IpLayout:
     """Where transport-mode ESP/AH goes in the IPv4 or IPv6 packet ``view``."""
     if not view:
@@ -135,6 +167,19 @@ def inbound_layout(view: memoryview) -> IpLayout:
     raise WireError(f"IP version {version}", 0)
 
 
+def truncated(view: memoryview) -> bool:
+    """True when the IP header says the packet is longer than the bytes that came."""
+    n = len(view)
+    if n == 0:
+        return True
+    version = view[0] >> 4
+    if version == 4:
+        return n < IPV4_HEADER_LEN or _U16.unpack_from(view, 2)[0] > n
+    if version == 6:
+        return n < IPV6_HEADER_LEN or IPV6_HEADER_LEN + _U16.unpack_from(view, 4)[0] > n
+    return False
+
+
 def set_transport_header(
     out: memoryview | bytearray, layout: IpLayout, total: int, protocol: int
 ) -> None:
@@ -145,7 +190,13 @@ def set_transport_header(
         _U16.pack_into(out, 2, total)
         _U16.pack_into(out, 10, 0)
         header_len = (out[0] & 0x0F) * 4
-        _U16.pack_into(out, 10, internet_checksum(memoryview(out)[:header_len]))
+        if header_len == IPV4_HEADER_LEN:
+            words = sum(_IPV4_WORDS.unpack_from(out))
+            words = (words & 0xFFFF) + (words >> 16)
+            check = ~((words & 0xFFFF) + (words >> 16)) & 0xFFFF
+        else:
+            check = internet_checksum(memoryview(out)[:header_len])
+        _U16.pack_into(out, 10, check)
     else:
         _U16.pack_into(out, 4, total - IPV6_HEADER_LEN)
 

@@ -279,7 +279,15 @@ class SaBase:
 
     def next_sequence(self) -> int:
         """Allocate the next outbound sequence number."""
-        return self.allocate(1).start
+        seq = self._next_seq
+        if seq > self.seq_max:
+            raise self.error(
+                IpsecDropReason.SEQUENCE_EXHAUSTED,
+                f"SA {self.spi:#010x} has used its last sequence number: rekey",
+                spi=self.spi,
+            )
+        self._next_seq = seq + 1
+        return seq
 
     def allocate(self, count: int) -> range:
         """Allocate ``count`` consecutive outbound sequence numbers."""

@@ -186,6 +186,7 @@ class Rss:
     """
 
     __slots__ = (
+        "_family_tables",
         "_queues",
         "_reports",
         "_tables",
@@ -222,6 +223,11 @@ class Rss:
         self._tables = byte_tables(self.key)
         self._queues = np.array(entries, dtype=np.int64)
         self._reports, self._with_ports = _report_table(hash_types)
+        # Per family, the table of each column of ``hash_fields``'s layout (IPv6, then IPv4).
+        v4 = np.zeros((MAX_INPUT_BYTES, 256), dtype=np.uint32)
+        v4[4:12] = self._tables[0:8]
+        v4[32:36] = self._tables[8:12]
+        self._family_tables = np.concatenate([self._tables, v4]).reshape(-1)
 
     def hash_rows(self, data: U8Array) -> U32Array:
         """The Toeplitz hash of every row of a ``(n, L)`` byte matrix (``L <= 36``)."""
@@ -238,25 +244,42 @@ class Rss:
 
     def hash_fields(self, fields: Fields) -> RssResult:
         """Hash, report and queue of every frame whose header fields are ``fields``."""
-        n = len(fields)
         report = self._reports[fields.version * 512 + fields.proto * 2 + fields.l4_ok]
-        hashes = np.zeros(n, dtype=np.uint32)
-        for family, begin, size in ((4, 12, 4), (6, 8, 16)):
-            rows = np.flatnonzero((report != 0) & (fields.version == family))
-            if not len(rows):
-                continue
-            addresses = fields.ip[rows, begin : begin + 2 * size]
-            ports = fields.l4_head[rows, 0:4]
-            if self.symmetric:
-                addresses, ports = _sorted_pairs(addresses, ports, size)
-            data = np.concatenate([addresses.T, ports.T])
+        if self.symmetric:
+            hashes = self._hash_sorted(fields, report)
+        else:
+            # Column j of every frame: byte 8 + j of its IP header (j < 32), then its ports.
+            # IPv6 hashes columns 0..35 as they are; IPv4 maps its addresses (columns 4..11)
+            # and ports to table positions 0..11 and the other columns to zero tables.
+            # 16-bit table indexes (both families' tables have 18,432 entries), one row per
+            # column, C-ordered so that every step and the reduction run along rows.
+            index = np.empty((MAX_INPUT_BYTES, len(report)), dtype=np.uint16)
+            index[:32] = fields.ip[:, 8:40].T
+            index[32:] = fields.l4_head[:, 0:4].T
             # A zero byte adds nothing to the hash: a 2-tuple is a 4-tuple with zero ports.
-            data[2 * size :] *= self._with_ports[report[rows]]
-            hashes[rows] = _xor_columns(self._tables, data)
+            index[32:] *= self._with_ports[report]
+            index += _OFFSETS
+            index += (fields.version == 4) * np.uint16(MAX_INPUT_BYTES * 256)
+            hashes = np.bitwise_xor.reduce(np.take(self._family_tables, index), axis=0)
+            hashes *= report != 0
         queue = self.queue_of(hashes)
         if not report.all():
             queue[report == 0] = self.default_queue
         return RssResult(hashes, report, queue)
+
+    def _hash_sorted(self, fields: Fields, report: U8Array) -> U32Array:
+        hashes = np.zeros(len(fields), dtype=np.uint32)
+        for family, begin, size in ((4, 12, 4), (6, 8, 16)):
+            rows = np.flatnonzero((report != 0) & (fields.version == family))
+            if not len(rows):
+                continue
+            addresses, ports = _sorted_pairs(
+                fields.ip[rows, begin : begin + 2 * size], fields.l4_head[rows, 0:4], size
+            )
+            data = np.concatenate([addresses.T, ports.T])
+            data[2 * size :] *= self._with_ports[report[rows]]
+            hashes[rows] = _xor_columns(self._tables, data)
+        return hashes
 
     def hash_batch(self, batch: FrameBatch) -> RssResult:
         """``hash_fields`` of a batch, its fields extracted first."""
@@ -273,15 +296,16 @@ def _xor_columns(tables: U32Array, data: U8Array) -> U32Array:
     Byte ``j`` of every input is row ``j``, so each step runs over the whole
     batch and the reduction runs down contiguous rows.
     """
-    width, n = data.shape
-    index = np.empty((width, n), dtype=np.intp)
-    np.add(data, _OFFSETS[:width], out=index, casting="unsafe")
+    width = data.shape[0]
+    index = np.empty(data.shape, dtype=np.uint16)
+    index[:] = data
+    index += _OFFSETS[:width]
     parts = np.take(tables.reshape(-1), index)
     result: U32Array = np.bitwise_xor.reduce(parts, axis=0)
     return result
 
 
-_OFFSETS = (np.arange(MAX_INPUT_BYTES, dtype=np.intp) * 256)[:, None]
+_OFFSETS = (np.arange(MAX_INPUT_BYTES, dtype=np.uint16) * 256)[:, None]
 
 
 def _sorted_pairs(addresses: U8Array, ports: U8Array, size: int) -> tuple[U8Array, U8Array]:

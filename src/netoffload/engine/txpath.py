@@ -8,6 +8,16 @@ host fallback hands a device); ``transmit_framed`` gives the frames already
 in the SoftNic cable's framing (a 4-byte little-endian length before each
 frame) as a few contiguous spans, for one ``sendmsg`` and no object per
 segment.
+
+Given ``rows`` (a device's lender of transmit memory, ``XdpDevice.tx_rows``),
+``transmit`` builds the frames it makes in the device's memory: segments are
+cut into lent rows, a frame that only needs its L4 checksum is gathered
+(headers, then payload) into a row and filled there, and a frame in two
+pieces that needs nothing is gathered too. Each payload byte is then copied
+once, from the caller's buffer into the memory the device sends from. A
+super-packet in two pieces is joined once before it is cut (its headers are
+parsed against its whole length); when no rows are free, the frames are
+made as without ``rows``.
 """
 
 from __future__ import annotations
@@ -18,8 +28,11 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import TypeAlias
 
-from netoffload.engine.checksum import FillJob, fill_batch
-from netoffload.engine.gso_batch import SegmentBatch, segment_batch
+import numpy as np
+import numpy.typing as npt
+
+from netoffload.engine.checksum import FillJob, fill_batch, fill_rows_in_place, request_valid
+from netoffload.engine.gso_batch import RowSource, SegmentBatch, rows_fit, segment_batch
 from netoffload.engine.validate import VnetHdrRejected, VnetPlan, plan_vnet_hdr
 from netoffload.offload.extension import ChecksumRequest, TxRequest
 from netoffload.offload.packet import Packet
@@ -78,7 +91,7 @@ class _Work:
     jobs: list[FillJob] = field(default_factory=list)
     drops: list[tuple[int, DropReason]] = field(default_factory=list)
     done: Counter[Task] = field(default_factory=Counter)
-    filled: dict[int, bytes] = field(default_factory=dict)
+    filled: dict[int, Buffer] = field(default_factory=dict)
     batch: SegmentBatch | None = None
     position: dict[int, int] = field(default_factory=dict)  # input -> index in ``cut``
     whole: set[int] = field(default_factory=set)  # segmentation asked, sent whole by a fill
@@ -129,14 +142,23 @@ def _classify(packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet]) -> 
     return work
 
 
-def _run(packets: Sequence[Packet], work: _Work, headroom: int) -> None:
+def _run(
+    packets: Sequence[Packet], work: _Work, headroom: int, rows: RowSource | None = None
+) -> None:
     """Cut and fill everything ``work`` holds; drops and task counts recorded in it."""
+    _cut(packets, work, headroom, rows)
+    _fill(work)
+
+
+def _cut(packets: Sequence[Packet], work: _Work, headroom: int, rows: RowSource | None) -> None:
+    """Segment what ``work`` says to cut (into ``rows`` when given)."""
     if work.cut:
         batch = segment_batch(
             [packets[i].data for i in work.cut],
             work.plans,
             fixed_id=work.fixed,
             headroom=headroom,
+            rows=rows,
         )
         work.batch = batch
         for k, i in enumerate(work.cut):
@@ -149,6 +171,10 @@ def _run(packets: Sequence[Packet], work: _Work, headroom: int) -> None:
             work.done[req.segmentation.task] += 1
             if req.checksum is not None or req.ipv4_header_checksum:
                 work.done[Task.CHECKSUM] += 1
+
+
+def _fill(work: _Work) -> None:
+    """Do the checksum fills ``work`` holds, each into a copy of its frame."""
     if work.jobs:
         filled = 0
         for i, result in zip(work.fills, _fill_each(work.jobs), strict=True):
@@ -162,14 +188,27 @@ def _run(packets: Sequence[Packet], work: _Work, headroom: int) -> None:
     work.drops.sort()
 
 
-def transmit(packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet]) -> TxOutcome:
+def transmit(
+    packets: Sequence[Packet],
+    tasks: TaskSet | Sequence[TaskSet],
+    *,
+    rows: RowSource | None = None,
+) -> TxOutcome:
     """Do the allowed requested tasks of every packet; see the pipeline's docstring.
 
     ``tasks`` is one set for the whole batch, or a sequence with one set per packet.
+    With ``rows``, the frames made here are made in the memory it lends (module doc).
     """
+    if rows is not None:
+        return _transmit_mapped(packets, tasks, rows)
     packets = _flat(packets)
     work = _classify(packets, tasks)
     _run(packets, work, 0)
+    return _outcome(packets, work, {})
+
+
+def _outcome(packets: Sequence[Packet], work: _Work, placed: dict[int, memoryview]) -> TxOutcome:
+    """The frames of ``work`` in input order; ``placed`` are frames already built in rows."""
     dropped = {i for i, _ in work.drops}
     batch = work.batch
     residuals: dict[TxRequest, TxRequest] = {}
@@ -190,12 +229,14 @@ def transmit(packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet]) -> T
             out += [Packet(s, residual, packet.rx) for s in segments]
             sources += [i] * len(segments)
             continue
-        result = work.filled.get(i)
+        result: Buffer | None = work.filled.get(i)
         if result is not None:
             req = _checksum_done(packet.tx, residuals)
             if i in work.whole:
                 req = replace(req, segmentation=None)
             out.append(Packet(result, req, packet.rx))
+        elif i in placed:
+            out.append(Packet(placed[i], packet.tx, packet.rx))  # gathered, nothing to do
         else:
             out.append(packet)
         sources.append(i)
@@ -258,6 +299,88 @@ def transmit_framed(packets: Sequence[Packet], tasks: Sequence[TaskSet]) -> Fram
     if run_start >= 0 and batch is not None:
         chunks += batch.wire_chunks_of(run_start, run_end)
     return FramedOutcome(chunks, lengths, sent, residual, work.drops, work.done)
+
+
+def _transmit_mapped(
+    packets: Sequence[Packet], tasks: TaskSet | Sequence[TaskSet], rows: RowSource
+) -> TxOutcome:
+    """``transmit`` building its frames in lent rows; see the module doc."""
+    per_packet = None if isinstance(tasks, Set) else tasks
+    inputs = list(packets)
+    for i, packet in enumerate(packets):
+        seg = packet.tx.segmentation
+        if packet.head and seg is not None:
+            allowed = tasks if per_packet is None else per_packet[i]
+            if seg.task in allowed:
+                inputs[i] = packet.flat()  # planned and cut as one piece
+    work = _classify(inputs, tasks)
+    _cut(inputs, work, 0, rows)
+    # L4-only fills and gathered frames go to rows; a fill of the IPv4 header, or one
+    # whose offsets are wrong, takes the copying path (and its checks).
+    mapped: list[int] = []
+    requests: list[ChecksumRequest] = []
+    copied: list[int] = []
+    copied_jobs: list[FillJob] = []
+    for i, job in zip(work.fills, work.jobs, strict=True):
+        l4 = job.l4
+        if l4 is not None and not job.ipv4_header and request_valid(len(packets[i]), l4):
+            mapped.append(i)
+            requests.append(l4)
+        else:
+            copied.append(i)
+            copied_jobs.append(FillJob(packets[i].frame(), l4, job.ipv4_header))
+    busy = set(work.cut) | set(work.fills)
+    gathered = [i for i, p in enumerate(packets) if p.head and i not in busy]
+    built = _gather(packets, mapped + gathered, rows)
+    placed: dict[int, memoryview] = {}
+    if built is None:
+        for i, l4 in zip(mapped, requests, strict=True):
+            copied.append(i)
+            copied_jobs.append(FillJob(packets[i].frame(), l4))
+    else:
+        matrix, views = built
+        wanted = [(l4, False) for l4 in requests] + [(None, False)] * len(gathered)
+        reasons = fill_rows_in_place(matrix, [len(v) for v in views], wanted)
+        assert not any(reasons)  # offsets checked above, no IPv4 header to parse
+        if mapped:
+            work.done[Task.CHECKSUM] += len(mapped)
+        placed = dict(zip(mapped + gathered, views, strict=True))
+        for i in mapped:
+            work.filled[i] = placed.pop(i)
+    work.fills, work.jobs = copied, copied_jobs
+    _fill(work)
+    return _outcome(packets, work, placed)
+
+
+def _gather(
+    packets: Sequence[Packet], chosen: list[int], rows: RowSource
+) -> tuple[npt.NDArray[np.uint8], list[memoryview]] | None:
+    """Copy each chosen packet's pieces into a lent row: the rows, and each frame's view."""
+    if not chosen:
+        return None
+    lengths = [len(packets[i]) for i in chosen]
+    matrix = rows(len(chosen), max(lengths))
+    if matrix is None or not rows_fit(matrix, len(chosen), max(lengths)):
+        return None
+    stride = matrix.shape[1]
+    mem = matrix.reshape(-1).data
+    views: list[memoryview] = []
+    for k, (i, size) in enumerate(zip(chosen, lengths, strict=True)):
+        packet = packets[i]
+        at = k * stride
+        split = at + len(packet.head)
+        _put(mem, at, split, packet.head)
+        _put(mem, split, at + size, packet.data)
+        views.append(mem[at : at + size])
+    return matrix, views
+
+
+def _put(mem: memoryview, begin: int, end: int, piece: Buffer) -> None:
+    """``mem[begin:end] = piece`` for a piece of any buffer format (a view of shorts...)."""
+    try:
+        mem[begin:end] = piece
+    except (TypeError, ValueError):
+        mem[begin:end] = memoryview(piece).cast("B")
 
 
 _FILLED = frozenset({Task.CHECKSUM})

@@ -48,6 +48,16 @@ class CryptoAlgorithm(enum.IntFlag):
     AES_CBC_HMAC_SHA256 = 0x04
 
 
+class CryptoFeatures(enum.IntFlag):
+    """What else an IPsec record offers: modes, extended sequence numbers, UDP encapsulation."""
+
+    NONE = 0
+    TRANSPORT = 0x01
+    TUNNEL = 0x02
+    ESN = 0x04
+    NAT_T = 0x08
+
+
 class KeySizes(enum.IntFlag):
     NONE = 0
     BITS_128 = 0x01
@@ -149,6 +159,7 @@ for _flag in (
     ChecksumFlags,
     IpVersions,
     CryptoAlgorithm,
+    CryptoFeatures,
     KeySizes,
     DigestAlgorithm,
     RssHashTypes,
@@ -232,10 +243,14 @@ class UdpAssemblyCaps(_SegmentationCaps):
 
 @dataclass(frozen=True, slots=True)
 class _CryptoCaps(CapabilityRecord):
-    _layout: ClassVar[struct.Struct] = struct.Struct("<III")
+    """Security associations are referred to by handles ``0..max_sas-1``, allocated by the
+    host; ``features`` are the modes and options the device handles."""
+
+    _layout: ClassVar[struct.Struct] = struct.Struct("<IIII")
     algorithms: CryptoAlgorithm = CryptoAlgorithm.NONE
     key_sizes: KeySizes = KeySizes.NONE
     max_sas: int = 0
+    features: CryptoFeatures = CryptoFeatures.NONE
 
     def within(self, advertised: CapabilityRecord) -> bool:
         return (
@@ -244,6 +259,7 @@ class _CryptoCaps(CapabilityRecord):
             and _subset(self.algorithms, advertised.algorithms)
             and _subset(self.key_sizes, advertised.key_sizes)
             and self.max_sas <= advertised.max_sas
+            and _subset(self.features, advertised.features)
         )
 
 

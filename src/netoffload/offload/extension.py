@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
-from netoffload.offload.caps import DigestAlgorithm
+from netoffload.offload.caps import CryptoAlgorithm, DigestAlgorithm, KeySizes
 from netoffload.offload.errors import RequestError
 from netoffload.offload.task import Task
 
@@ -111,9 +112,34 @@ class DigestRequest:
         _check_int("digest result offset", self.result_offset, 0, U16_MAX)
 
 
+@runtime_checkable
+class SecurityContext(Protocol):
+    """The whole context of an outbound security association, as the first packet that
+    uses a handle carries it (``netoffload.engine.esp_sa.EspConfig`` is one).
+
+    The contract only needs what a device checks against its capability
+    record; the engine reads the rest. Its repr never shows a key.
+    """
+
+    @property
+    def spi(self) -> int: ...
+
+    @property
+    def algorithm(self) -> CryptoAlgorithm: ...
+
+    @property
+    def key_size(self) -> KeySizes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TxRequest:
-    """What the host asks the device to do to one transmitted packet."""
+    """What the host asks the device to do to one transmitted packet.
+
+    Encryption: ``sa_handle`` names the SA; ``esp_seq`` is the sequence
+    number the host allocated for the packet's first segment (the next ones
+    get ``esp_seq + 1``, ...); ``sa_context`` is the SA's whole context, on
+    the first packet that uses the handle (after that the handle alone).
+    """
 
     checksum: ChecksumRequest | None = None
     ipv4_header_checksum: bool = False
@@ -121,6 +147,8 @@ class TxRequest:
     sa_handle: int | None = None
     digest: DigestRequest | None = None
     launch_time_ns: int | None = None
+    esp_seq: int | None = None
+    sa_context: SecurityContext | None = None
     # Asked for on every packet on every hot path: computed once, when the request is made.
     _tasks: frozenset[Task] = field(init=False, repr=False, compare=False, hash=False)
 
@@ -137,6 +165,13 @@ class TxRequest:
             raise RequestError("ipv4_header_checksum is a boolean")
         if self.sa_handle is not None:
             _check_int("security association handle", self.sa_handle, 0, U32_MAX)
+            if self.esp_seq is None:
+                raise RequestError("an encryption request carries the sequence number (esp_seq)")
+            _check_int("ESP sequence number", self.esp_seq, 1, U64_MAX)
+            if self.sa_context is not None and not isinstance(self.sa_context, SecurityContext):
+                raise RequestError("sa_context must be a security context")
+        elif self.esp_seq is not None or self.sa_context is not None:
+            raise RequestError("esp_seq and sa_context go with an sa_handle")
         if self.launch_time_ns is not None:
             _check_int("launch time", self.launch_time_ns, 0, U64_MAX)
         object.__setattr__(self, "_tasks", self._compute_tasks())
@@ -180,6 +215,20 @@ class TxRequest:
         return cls(
             checksum=ChecksumRequest(l4_offset, _csum_offset(protocol)),
             segmentation=SegmentationRequest(kind, mss, header_len, ecn, fixed_id),
+        )
+
+    def encrypted(self, handle: int, seq: int, context: SecurityContext | None = None) -> TxRequest:
+        """This request with "encrypt with SA ``handle`` from sequence number ``seq``" added
+        (and the SA's ``context`` when this is the handle's first packet)."""
+        return TxRequest(
+            self.checksum,
+            self.ipv4_header_checksum,
+            self.segmentation,
+            handle,
+            self.digest,
+            self.launch_time_ns,
+            seq,
+            context,
         )
 
     def tasks(self) -> frozenset[Task]:

@@ -30,6 +30,37 @@ class DropReason(enum.StrEnum):
     GSO_UNSUPPORTED = "gso_unsupported"
     OUTSIDE_CAPABILITY = "outside_capability"
     BAD_REQUEST = "bad_request"
+    # IPsec: the engine's reasons (``engine.ipsec_sa.IpsecDropReason``), same names.
+    IPSEC_UNKNOWN_SPI = "ipsec_unknown_spi"  # also an unknown, revoked or foreign SA handle
+    IPSEC_REPLAY = "ipsec_replay"
+    IPSEC_BAD_ICV = "ipsec_bad_icv"
+    IPSEC_BAD_PADDING = "ipsec_bad_padding"
+    IPSEC_TRUNCATED = "ipsec_truncated"
+    IPSEC_LIFETIME_EXPIRED = "ipsec_lifetime_expired"
+    IPSEC_SEQUENCE_EXHAUSTED = "ipsec_sequence_exhausted"
+    IPSEC_MALFORMED = "ipsec_malformed"
+    IPSEC_NOT_IPSEC = "ipsec_not_ipsec"
+    IPSEC_NAT_KEEPALIVE = "ipsec_nat_keepalive"
+    IPSEC_DUMMY = "ipsec_dummy"
+    IPSEC_FRAGMENT = "ipsec_fragment"
+    IPSEC_TOO_BIG = "ipsec_too_big"
+    IPSEC_ENCAPSULATION_MISMATCH = "ipsec_encapsulation_mismatch"
+    IPSEC_MODE_MISMATCH = "ipsec_mode_mismatch"
+    IPSEC_BAD_REQUEST = "ipsec_bad_request"
+    IPSEC_UNSUPPORTED = "ipsec_unsupported"
+
+
+_COUNTERS = (
+    "tx_packets",
+    "tx_bytes",
+    "rx_packets",
+    "rx_bytes",
+    "tx_frames",
+    "rx_frames",
+    "tx_copies",
+    "tx_copy_bytes",
+    "tx_in_place",
+)
 
 
 @dataclass(slots=True)
@@ -52,6 +83,9 @@ class DeviceStats:
     rx_bytes: int = 0
     tx_frames: int = 0
     rx_frames: int = 0
+    tx_copies: int = 0
+    tx_copy_bytes: int = 0
+    tx_in_place: int = 0
     tasks: Counter[str] = field(default_factory=Counter)
     drops: Counter[str] = field(default_factory=Counter)
     fallbacks: Counter[str] = field(default_factory=Counter)
@@ -73,6 +107,9 @@ class DeviceStats:
         self.rx_bytes += other.rx_bytes
         self.tx_frames += other.tx_frames
         self.rx_frames += other.rx_frames
+        self.tx_copies += other.tx_copies
+        self.tx_copy_bytes += other.tx_copy_bytes
+        self.tx_in_place += other.tx_in_place
         self.tasks.update(other.tasks)
         self.drops.update(other.drops)
         self.fallbacks.update(other.fallbacks)
@@ -85,6 +122,9 @@ class DeviceStats:
             "rx_bytes": self.rx_bytes,
             "tx_frames": self.tx_frames,
             "rx_frames": self.rx_frames,
+            "tx_copies": self.tx_copies,
+            "tx_copy_bytes": self.tx_copy_bytes,
+            "tx_in_place": self.tx_in_place,
             "tasks": dict(sorted(self.tasks.items())),
             "drops": dict(sorted(self.drops.items())),
             "fallbacks": dict(sorted(self.fallbacks.items())),
@@ -94,7 +134,7 @@ class DeviceStats:
     def from_dict(cls, data: dict[str, object]) -> DeviceStats:
         """The inverse of ``as_dict`` (counters sent between processes as JSON)."""
         out = cls()
-        for name in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_frames", "rx_frames"):
+        for name in _COUNTERS:
             value = data.get(name, 0)
             setattr(out, name, int(value) if isinstance(value, int) else 0)
         for name in ("tasks", "drops", "fallbacks"):

@@ -55,6 +55,8 @@ STACK_TASKS = frozenset(
         Task.UDP_SEGMENTATION,
         Task.TCP_ASSEMBLY,
         Task.UDP_ASSEMBLY,
+        Task.ENCRYPT,
+        Task.DECRYPT,
     }
 )
 _NOTHING: frozenset[Task] = frozenset()

@@ -32,7 +32,7 @@ from ipaddress import (
 )
 
 from netoffload.device.base import Device
-from netoffload.offload import NO_REQUEST, ChecksumStatus, Packet, RxInfo, TxRequest
+from netoffload.offload import NO_REQUEST, ChecksumStatus, CryptoStatus, Packet, RxInfo, TxRequest
 from netoffload.policy import OffloadPolicy
 from netoffload.stack._netaddr import IpAddress, IpInterface
 from netoffload.stack.fragment import (
@@ -55,6 +55,7 @@ from netoffload.stack.interface import (
     Interface,
     Pending,
 )
+from netoffload.stack.ipsec import SecurityPolicies, SecurityPolicy
 from netoffload.stack.neighbor import NeighborConfig
 from netoffload.stack.ping import EchoClient
 from netoffload.stack.pmtu import PmtuCache
@@ -83,6 +84,7 @@ _ABSENT = ChecksumStatus.ABSENT
 _TCP = int(IpProtocol.TCP)
 _UDP = int(IpProtocol.UDP)
 _ICMP = int(IpProtocol.ICMP)
+_ESP = 50
 _ICMPV6 = int(IpProtocol.ICMPV6)
 _FRAG6 = int(IpProtocol.IPV6_FRAG)
 _NDP_TYPES = frozenset({133, 134, 135, 136, 137})
@@ -142,6 +144,7 @@ class Stack:
         self.isn = IsnSource(self.rng)
         self.tcp = TcpLayer(self, tcp or TcpConfig())
         self.pings: list[EchoClient] = []
+        self.ipsec = SecurityPolicies()
         self.stats = StackStats()
         self._local: dict[bytes, int] = {}  # our addresses (packed) -> interface index
         self._broadcast: set[bytes] = {b"\xff\xff\xff\xff"}
@@ -200,6 +203,42 @@ class Stack:
         return [a for a in out if version is None or a.version == version]
 
     # -- the application side ----------------------------------------------------------
+    def add_security_policy(self, policy: SecurityPolicy) -> SecurityPolicy:
+        """Protect ``policy``'s traffic: its SAs get handles from the range every
+        interface's device offers (or the host's), the inbound SA is installed on every
+        interface (in the device too when it decrypts), and TCP connections it covers
+        lower their MSS by the SA's overhead. Only connections opened afterwards are
+        covered."""
+        self.ipsec.add(policy, self._sa_handle_limit())
+        for iface in self.interfaces:
+            if policy.out_sa is not None:
+                iface.host.add_outbound_sa(policy.out_sa.handle, policy.out_sa.config)
+            if policy.inbound is not None and policy.in_handle is not None:
+                iface.host.install_sa(policy.in_handle, policy.inbound)
+        return policy
+
+    def _sa_handle_limit(self) -> int:
+        from netoffload.host import HOST_SA_HANDLES
+        from netoffload.offload import DecryptCaps, EncryptCaps
+
+        limit = HOST_SA_HANDLES
+        for iface in self.interfaces:
+            for record in iface.device.enabled().values():
+                if isinstance(record, EncryptCaps | DecryptCaps):
+                    limit = min(limit, record.max_sas)
+        return limit
+
+    def _protect(
+        self, packet: bytes | bytearray | memoryview, request: TxRequest, segments: int = 1
+    ) -> TxRequest | None:
+        """``request`` with encryption added when a policy covers ``packet``; ``None`` when
+        the packet's SA cannot send it (counted)."""
+        sa = self.ipsec.outbound_for_packet(packet)
+        if sa is None:
+            return request
+        seq = self.ipsec.allocate(sa, segments, len(packet))
+        return None if seq is None else request.encrypted(sa.handle, seq)
+
     def tcp_connect(self, address: IpAddress, port: int, now_ns: int) -> TcpHandle:
         """Open a connection (the SYN goes out at the next ``poll``).
 
@@ -260,6 +299,10 @@ class Stack:
         assert source is not None
         iface = self.interfaces[hop.interface]
         mtu = self.pmtu.get(address, iface.mtu, now_ns)
+        if self.ipsec:
+            sa = self.ipsec.outbound(source, address, _UDP, flow.local_port, port)
+            if sa is not None:
+                mtu -= sa.max_overhead  # each datagram is encrypted whole
         ip_len = 20 if address.version == 4 else 40
         sizes = [len(d) for d in datagrams]
         udp = UdpRepr(flow.local_port, port)
@@ -307,6 +350,11 @@ class Stack:
             header_len=ETH_HLEN + ip_len + 8,
         )
         ethertype = ETH_P_IP if address.version == 4 else ETH_P_IPV6
+        if self.ipsec:
+            sealed = self._protect(packet, request, -(-len(payload) // gso_size))
+            if sealed is None:
+                return
+            request = sealed
         iface.output(
             hop.address, ethertype, packet, b"", request=request, now_ns=now_ns, source=source
         )
@@ -439,9 +487,11 @@ class Stack:
             ip = memoryview(whole)
             total = len(ip)
             checked = ChecksumStatus.NOT_CHECKED  # the device saw fragments, not this
-        stats.delivered += 1
         protocol = ip[9]
         payload = ip[ihl:total]
+        if self.ipsec and not self._ipsec_ok(rx, src, dst, protocol, payload):
+            return
+        stats.delivered += 1
         if protocol == _TCP:
             if checked is not _VERIFIED and not _l4_ok(src, dst, _TCP, payload, checked):
                 stats.drops["tcp_checksum"] += 1
@@ -504,8 +554,10 @@ class Stack:
                     stats.drops["ipv6_extension"] += 1
                     return
             protocol, offset = chain.upper_protocol, chain.upper_offset
-        stats.delivered += 1
         payload = ip[offset:]
+        if self.ipsec and not self._ipsec_ok(rx, src, dst, protocol, payload):
+            return
+        stats.delivered += 1
         if protocol == _TCP:
             if checked is not _VERIFIED and not _l4_ok(src, dst, _TCP, payload, checked):
                 stats.drops["tcp_checksum"] += 1
@@ -533,6 +585,20 @@ class Stack:
             stats.drops["protocol"] += 1
             if not group:
                 self._icmp_error(IcmpErrorKind.PROTOCOL_UNREACHABLE, bytes(ip), now_ns)
+
+    def _ipsec_ok(
+        self, rx: RxInfo, src: bytes, dst: bytes, protocol: int, payload: memoryview
+    ) -> bool:
+        """The security policies' verdict on a received packet (counted when refused):
+        ESP nobody could open, or traffic a policy wants protected that was not."""
+        if protocol == _ESP:
+            self.stats.drops["ipsec_no_sa"] += 1
+            return False
+        handle = rx.sa_handle if rx.crypto is CryptoStatus.DECRYPTED else None
+        if self.ipsec.inbound_ok(handle, _addr(src), _addr(dst), protocol, payload):
+            return True
+        self.stats.drops["ipsec_policy"] += 1
+        return False
 
     def _udp(
         self,
@@ -614,7 +680,19 @@ class Stack:
         iface = self.interfaces[hop.interface]
         mtu = self.pmtu.get(dst, iface.mtu, now_ns)
         pieces = [packet]
-        if len(packet) > mtu:
+        request = NO_REQUEST
+        if self.ipsec:
+            sa = self.ipsec.outbound_for_packet(packet)
+            if sa is not None:
+                # Protected packets are encrypted whole, after the stack: they must fit.
+                if len(packet) + sa.max_overhead > mtu:
+                    self.stats.drops["ipsec_too_big"] += 1
+                    return
+                seq = self.ipsec.allocate(sa, 1, len(packet))
+                if seq is None:
+                    return
+                request = NO_REQUEST.encrypted(sa.handle, seq)
+        if len(packet) > mtu and request is NO_REQUEST:
             try:
                 if version == 4:
                     pieces = fragment_ipv4(_without_df(packet), mtu)
@@ -626,7 +704,7 @@ class Stack:
         ethertype = ETH_P_IP if version == 4 else ETH_P_IPV6
         for piece in pieces:
             iface.output(
-                hop.address, ethertype, piece, b"", request=NO_REQUEST, now_ns=now_ns, source=src
+                hop.address, ethertype, piece, b"", request=request, now_ns=now_ns, source=src
             )
             self.stats.sent += 1
 
@@ -686,6 +764,7 @@ class Stack:
             "udp": self.udp.stats.as_dict(),
             "icmp": self.icmp.stats.as_dict(),
             "reassembly": self.reassembler.stats.as_dict(),
+            "ipsec": self.ipsec.as_dict(),
             "interfaces": [iface.as_dict() for iface in self.interfaces],
         }
 

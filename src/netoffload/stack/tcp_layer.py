@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from netoffload.offload import TxRequest
 from netoffload.stack._netaddr import IpAddress
 from netoffload.stack.interface import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Interface
+from netoffload.stack.ipsec import OutboundSa
 from netoffload.stack.tcp import (
     Closed,
     IcmpErrorKind,
@@ -49,6 +50,7 @@ Key: TypeAlias = tuple[bytes, int, bytes, int]  # local address, port, remote ad
 
 _TCP = struct.Struct("!HHIIHH")
 TCP_HLEN = 20
+IPPROTO_TCP_NUM = 6
 IPV4_HLEN = 20
 IPV6_HLEN = 40
 
@@ -93,6 +95,7 @@ class _Flow:
         "listener",
         "next_hop",
         "requests",
+        "sa",
         "source",
         "template",
         "version",
@@ -132,6 +135,7 @@ class _Flow:
         self.header_len = self.template.header_len
         self.ident = 0
         self.requests: dict[tuple[int, int, bool], TxRequest] = {}
+        self.sa: OutboundSa | None = None  # set when a security policy covers the flow
 
     def request(self, payload: int, mss: int, options: int, ecn: bool) -> TxRequest:
         """The request for a segment: a super-packet's "segment and checksum", or a checksum."""
@@ -266,6 +270,12 @@ class TcpLayer:
             remote=remote,
             ports=(lport, rport),
         )
+        if self.stack.ipsec:
+            sa = self.stack.ipsec.outbound(source, remote, IPPROTO_TCP_NUM, lport, rport)
+            if sa is not None:
+                flow.sa = sa
+                # Segments must still fit the link once ESP is around them.
+                handle.conn.set_path_mtu(iface.mtu, flow.ip_header + TCP_HLEN + sa.max_overhead)
         self.flows[key] = flow
         self._by_conn[id(handle.conn)] = flow
         self._ports_in_use.add((source.packed, lport))
@@ -419,6 +429,12 @@ class TcpLayer:
         segments = out.segments
         flow.ident = (ident + segments) & 0xFFFF
         request = flow.request(size, out.mss, len(options), bool(out.flags & CWR))
+        sa = flow.sa
+        if sa is not None:
+            seq = self.stack.ipsec.allocate(sa, segments if size > out.mss else 1, len(head) + size)
+            if seq is None:
+                return  # the SA cannot send (counted): TCP will try again, then give up
+            request = request.encrypted(sa.handle, seq)
         self.stats.segments_out += segments
         if segments > 1:
             self.stats.super_packets_out += 1

@@ -18,6 +18,8 @@ class Op(bytes, enum.Enum):
     ENABLE = b"E"  # payload: a chain; reply: the enabled chain, or a refusal
     STATS = b"S"  # reply: JSON counters
     FLUSH = b"F"  # reply once every posted transmit descriptor is on the wire
+    INSTALL_SA = b"I"  # payload: u32 handle + an inbound SA's context (engine.ipsec_offload)
+    REVOKE_SA = b"V"  # payload: u32 handle
     STOP = b"X"  # the firmware exits
 
 

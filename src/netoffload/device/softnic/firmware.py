@@ -26,9 +26,11 @@ import json
 import os
 import select
 import socket
+import struct
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from netoffload.device.cable import ETHERNET_HEADER, CableEnd
@@ -40,14 +42,25 @@ from netoffload.device.softnic.layout import (
     Geometry,
     Memo,
     SlotRing,
+    tx_context_len,
 )
 from netoffload.engine import pipeline
 from netoffload.engine.admit import Limits, Refusal
+from netoffload.engine.ipsec_offload import (
+    Opened,
+    SecurityContexts,
+    decode_config,
+    decrypt_frames,
+    transmit_encrypted,
+)
 from netoffload.offload import (
     CapabilityError,
     CapabilityRecord,
+    CryptoStatus,
+    DecryptCaps,
     DeviceStats,
     DropReason,
+    EncryptCaps,
     OffloadError,
     Packet,
     Selection,
@@ -64,6 +77,7 @@ BATCH = 128
 WIRE_BACKLOG_BYTES = 2 * 1024 * 1024
 IDLE_POLL_MS = 1000
 _NO_TASKS: frozenset[Task] = frozenset()
+_FRAME_LEN = struct.Struct("<I")  # the cable's framing: each frame behind its length
 
 
 class Firmware:
@@ -91,6 +105,11 @@ class Firmware:
         self.selection = Selection.everything(self.advertised)
         self.limits = Limits.from_records(self.selection.values())
         self.stats = DeviceStats()
+        handles = max(
+            (r.max_sas for r in self.advertised if isinstance(r, EncryptCaps | DecryptCaps)),
+            default=0,
+        )
+        self.contexts = SecurityContexts(handles)
         self.free_rx: list[int] = []
         self.decode_tx = Memo(layout.decode_tx_ext)
         self.encode_rx = Memo(layout.encode_rx_ext)
@@ -170,6 +189,19 @@ class Firmware:
             except OffloadError:
                 stats.drop(DropReason.BAD_VNET_HDR)
                 continue
+            context_len = tx_context_len(ext)
+            if context_len:
+                # The SA's context rides in front of the frame: admission checks it against
+                # the record, and the engine installs it under the handle.
+                start = pool + slot * slot_bytes
+                try:
+                    if context_len > offset or request.sa_handle is None:
+                        raise ValueError("a context needs room in front and a handle")
+                    config = decode_config(mem[start : start + context_len])
+                    request = request.encrypted(request.sa_handle, request.esp_seq or 0, config)
+                except (ValueError, OffloadError):
+                    stats.drop(DropReason.BAD_REQUEST)
+                    continue
             base = pool + slot * slot_bytes + offset
             packets.append(Packet(mem[base : base + length], request))
         self.tx.publish_consumer(tail + count)
@@ -214,6 +246,10 @@ class Firmware:
                 packet = Packet(packet.data, verdict.request)
             admitted.append(packet)
             allowed.append(verdict.tasks)
+        sealed = [p for p, tasks in zip(admitted, allowed, strict=True) if Task.ENCRYPT in tasks]
+        if sealed:
+            admitted = [p for p, t in zip(admitted, allowed, strict=True) if Task.ENCRYPT not in t]
+            allowed = [t for t in allowed if Task.ENCRYPT not in t]
         try:
             outcome = pipeline.transmit_framed(admitted, allowed)
         except Exception:  # an engine bug must cost the batch, not the NIC
@@ -228,7 +264,33 @@ class Firmware:
             stats.drop(DropReason.TASK_NOT_ENABLED, len(outcome.residual))
         stats.tx_packets += len(outcome.sent)
         stats.tx_bytes += sum(len(admitted[i].data) for i in outcome.sent)
-        return outcome.chunks, outcome.lengths
+        if not sealed:
+            return outcome.chunks, outcome.lengths
+        chunks, lengths = list(outcome.chunks), list(outcome.lengths)
+        self._seal(sealed, chunks, lengths)
+        return chunks, lengths
+
+    def _seal(self, packets: list[Packet], chunks: list[Any], lengths: list[int]) -> None:
+        """Segment, checksum and encrypt ``packets`` in one pass each (an inline IPsec NIC);
+        their frames are framed onto ``chunks``."""
+        stats = self.stats
+        try:
+            sealed = transmit_encrypted(packets, self.contexts)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(packets))
+            return
+        for _, reason in sealed.drops:
+            stats.drop(reason)
+        for task, n in sealed.tasks.items():
+            stats.task_done(task, n)
+        pack = _FRAME_LEN.pack
+        for frame in sealed.frames:
+            chunks.append(pack(len(frame)))
+            chunks.append(frame)
+            lengths.append(len(frame))
+        sent = set(sealed.sources)
+        stats.tx_packets += len(sent)
+        stats.tx_bytes += sum(len(packets[i].data) for i in sent)
 
     # -- receive ----------------------------------------------------------------------
     def _receive_batch(self) -> bool:
@@ -250,11 +312,21 @@ class Firmware:
             runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
             stats.drop(DropReason.MALFORMED_FRAME, runts)
             frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
+        opened: dict[int, int] = {}
+        if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
+            frames, opened = self._open(frames)
         try:
             outcome = pipeline.receive(frames, self.limits)
         except Exception:  # an engine bug must cost the batch, not the NIC
             stats.drop(DropReason.MALFORMED_FRAME, len(frames))
             return True
+        if opened:
+            for k, source in enumerate(outcome.sources):
+                handle = opened.get(source)
+                if handle is not None:
+                    p = outcome.packets[k]
+                    info = replace(p.rx, crypto=CryptoStatus.DECRYPTED, sa_handle=handle)
+                    outcome.packets[k] = Packet(p.data, p.tx, info)
         for _, reason in outcome.drops:
             stats.drop(reason)
         for task, n in outcome.tasks.items():
@@ -285,6 +357,28 @@ class Firmware:
             os.eventfd_write(self.rx_bell, 1)
         return True
 
+    def _open(self, frames: list[memoryview]) -> tuple[list[Any], dict[int, int]]:
+        """Decrypt the ESP for our inbound SAs before assembly (refused ESP is dropped and
+        counted); the frames, and the handle each decrypted one was opened with."""
+        stats = self.stats
+        try:
+            results = decrypt_frames(self.contexts, frames)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
+            return [], {}
+        out: list[Any] = []
+        opened: dict[int, int] = {}
+        for frame, result in zip(frames, results, strict=True):
+            if result is None:
+                out.append(frame)
+            elif isinstance(result, Opened):
+                opened[len(out)] = result.handle
+                out.append(result.frame)
+                stats.task_done(Task.DECRYPT)
+            else:
+                stats.drop(DropReason(result.value))
+        return out, opened
+
     # -- control ----------------------------------------------------------------------
     def _control(self) -> None:
         try:
@@ -309,6 +403,14 @@ class Firmware:
         elif op == Op.FLUSH.value:
             self._flush()
             self._reply(Status.OK, b"")
+        elif op == Op.INSTALL_SA.value:
+            self._install_sa(payload)
+        elif op == Op.REVOKE_SA.value:
+            if len(payload) != 4:
+                self._reply(Status.MALFORMED, b"revoke_sa takes a 4-byte handle")
+                return
+            self.contexts.revoke(int.from_bytes(payload, "little"))
+            self._reply(Status.OK, b"")
         elif op == Op.STOP.value:
             self._reply(Status.OK, b"")
             self.running = False
@@ -330,6 +432,26 @@ class Firmware:
         self.limits = Limits.from_records(selection.values())
         self._reply(Status.OK, encode_capabilities(selection.records()))
 
+    def _install_sa(self, payload: bytes) -> None:
+        """An inbound SA: checked against the enabled decrypt record, installed by handle."""
+        try:
+            if len(payload) < 4:
+                raise ValueError("install_sa takes a 4-byte handle and a context")
+            handle = int.from_bytes(payload[:4], "little")
+            config = decode_config(payload[4:])
+            record = self.selection.get(Task.DECRYPT)
+            if not isinstance(record, DecryptCaps):
+                raise ValueError("decryption is not enabled")
+            if handle >= record.max_sas:
+                raise ValueError(f"handle {handle} is outside 0..{record.max_sas - 1}")
+            if config.algorithm & ~record.algorithms or config.key_size & ~record.key_sizes:
+                raise ValueError("the SA's algorithm or key size is not enabled")
+            self.contexts.install_inbound(handle, config)
+        except ValueError as exc:
+            self._reply(Status.REFUSED, str(exc).encode())
+            return
+        self._reply(Status.OK, b"")
+
     def _flush(self) -> None:
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
@@ -346,7 +468,7 @@ class Firmware:
         wire: dict[str, int] = {}
         if self.cable is not None:
             wire = dict(self.cable.counters)
-        return {"device": self.stats.as_dict(), "wire": wire}
+        return {"device": self.stats.as_dict(), "wire": wire, "ipsec": self.contexts.as_dict()}
 
     def _reply(self, status: Status, payload: bytes) -> None:
         try:

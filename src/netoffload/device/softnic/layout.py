@@ -60,7 +60,7 @@ MAGIC = 0x534F_4E31  # "SON1"
 # Room for the largest IPv6 super-packet (14 + 40 + 65535) plus headroom for headers
 # a later layer prepends in place (VLAN, ESP).
 DEFAULT_SLOT_BYTES = 69632
-HEADROOM = 128
+HEADROOM = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,14 +287,20 @@ class DescRing(Ring):
 #   u8 xflags, 3 pad                                           16
 #   virtio_net_hdr v1 (12 bytes, little-endian)                28
 #   u32 sa_handle, u64 launch_time_ns                          40
-#   u8 digest algorithm, 3 pad, u32 key, start, length, result 60
+#   u8 digest algorithm, pad, u16 start, u32 key, u16 length,
+#   u16 result offset                                          52
+#   u64 esp_seq, u16 context length, 2 pad                     64
+#
+# An SA's context (the first packet that uses its handle) travels in the slot
+# itself, in front of the frame: ``context length`` bytes at the slot's start
+# (``TXF_SA_CONTEXT``), the binary layout of ``engine.ipsec_offload``.
 #
 # The checksum and segmentation part is literally a virtio_net_hdr, so a frame
 # written with any header Linux could be handed (including ones it rejects)
 # reaches the firmware unchanged; the rest carries what virtio cannot.
 
 TX_HEAD = struct.Struct("<III")
-TX_EXT = struct.Struct("<B3xBBHHHH2xIQB3xIIII4x")
+TX_EXT = struct.Struct("<B3xBBHHHH2xIQBxHIHHQH2x")
 assert TX_HEAD.size + TX_EXT.size == DESC_SIZE
 
 TXF_IPV4_HEADER = 0x01
@@ -302,21 +308,24 @@ TXF_FIXED_ID = 0x02
 TXF_SA = 0x04
 TXF_LAUNCH = 0x08
 TXF_DIGEST = 0x10
-TXF_UNKNOWN = ~0x1F & 0xFF
+TXF_SA_CONTEXT = 0x20
+TXF_UNKNOWN = ~0x3F & 0xFF
 
 
-def encode_tx_ext(request: TxRequest) -> bytes:
-    """The extension part of a transmit descriptor (everything after the head)."""
-    flags = 0
+def encode_tx_ext(request: TxRequest, context_len: int = 0) -> bytes:
+    """The extension part of a transmit descriptor (everything after the head);
+    ``context_len`` is the length of the SA context written at the slot's start."""
+    flags = TXF_SA_CONTEXT if context_len else 0
     seg = request.segmentation
     if seg is not None and seg.fixed_id:
         flags |= TXF_FIXED_ID
     if request.ipv4_header_checksum:
         flags |= TXF_IPV4_HEADER
-    sa = 0
+    sa = seq = 0
     if request.sa_handle is not None:
         flags |= TXF_SA
         sa = request.sa_handle
+        seq = request.esp_seq or 0
     launch = 0
     if request.launch_time_ns is not None:
         flags |= TXF_LAUNCH
@@ -332,14 +341,17 @@ def encode_tx_ext(request: TxRequest) -> bytes:
             d.length,
             d.result_offset,
         )
-    return TX_EXT.pack(flags, *vnet_fields(request), sa, launch, alg, key, d_start, d_len, d_res)
+    return TX_EXT.pack(
+        flags, *vnet_fields(request), sa, launch, alg, d_start, key, d_len, d_res, seq,
+        context_len,
+    )  # fmt: skip
 
 
 def encode_tx_ext_vnet(hdr: VirtioNetHdr) -> bytes:
     """A transmit extension carrying exactly ``hdr`` (a TAP-style write)."""
     return TX_EXT.pack(
         0, hdr.flags, hdr.gso_type, hdr.hdr_len, hdr.gso_size, hdr.csum_start, hdr.csum_offset,
-        0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0,
     )  # fmt: skip
 
 
@@ -347,7 +359,7 @@ def decode_tx_ext(ext: bytes | memoryview) -> TxRequest:
     """Parse a transmit extension; raises ``VirtioHdrError`` for values no request can have."""
     (
         flags, vflags, gso_type, hdr_len, gso_size, start, offset,
-        sa, launch, alg, key, d_start, d_len, d_res,
+        sa, launch, alg, d_start, key, d_len, d_res, seq, _context_len,
     ) = TX_EXT.unpack(ext)  # fmt: skip
     if flags & TXF_UNKNOWN:
         raise VirtioHdrError(f"unknown descriptor flags {flags:#x}")
@@ -372,7 +384,16 @@ def decode_tx_ext(ext: bytes | memoryview) -> TxRequest:
         sa_handle=sa if flags & TXF_SA else None,
         digest=digest,
         launch_time_ns=launch if flags & TXF_LAUNCH else None,
+        esp_seq=seq if flags & TXF_SA else None,
     )
+
+
+def tx_context_len(ext: bytes | memoryview) -> int:
+    """The length of the SA context in front of the frame (0 when there is none)."""
+    flags = ext[0]
+    if not flags & TXF_SA_CONTEXT:
+        return 0
+    return int.from_bytes(ext[TX_EXT.size - 4 : TX_EXT.size - 2], "little")
 
 
 # -- receive descriptors ------------------------------------------------------------

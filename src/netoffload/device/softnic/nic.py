@@ -35,7 +35,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from typing import IO
+from typing import IO, Any
 
 from netoffload.device.base import Device, DeviceError, poll_fds
 from netoffload.device.cable import Cable, CableEnd, Impairments
@@ -48,14 +48,21 @@ from netoffload.device.softnic.layout import (
     Memo,
     SlotRing,
 )
+from netoffload.engine.esp_sa import EspConfig
+from netoffload.engine.ipsec_offload import encode_config
 from netoffload.offload import (
     AnyRecord,
     CapabilityRecord,
     ChecksumCaps,
     ChecksumFlags,
+    CryptoAlgorithm,
+    CryptoFeatures,
+    DecryptCaps,
     DeviceStats,
     DropReason,
+    EncryptCaps,
     IpVersions,
+    KeySizes,
     Packet,
     Selection,
     SelectionError,
@@ -74,6 +81,12 @@ encode_vnet = layout.encode_tx_ext_vnet
 
 
 _UNNAMED = itertools.count()
+
+
+def _context_bytes(context: object) -> bytes:
+    if not isinstance(context, EspConfig):
+        raise TypeError("a SoftNic takes the engine's EspConfig as an SA context")
+    return encode_config(context)
 
 
 def _mac_for(name: str) -> MacAddress:
@@ -100,7 +113,23 @@ def default_capabilities() -> list[CapabilityRecord]:
         UdpSegmentationCaps(max_size_bytes=65536, versions=both),
         TcpAssemblyCaps(max_size_bytes=65536, versions=both),
         UdpAssemblyCaps(max_size_bytes=65536, versions=both),
+        EncryptCaps(**_IPSEC),
+        DecryptCaps(**_IPSEC),
     ]
+
+
+#: What a SoftNic's IPsec engine does: every algorithm, mode and option of the engine's ESP.
+_IPSEC: dict[str, Any] = {
+    "algorithms": CryptoAlgorithm.AES_GCM
+    | CryptoAlgorithm.CHACHA20_POLY1305
+    | CryptoAlgorithm.AES_CBC_HMAC_SHA256,
+    "key_sizes": KeySizes.BITS_128 | KeySizes.BITS_192 | KeySizes.BITS_256,
+    "max_sas": 1024,
+    "features": CryptoFeatures.TRANSPORT
+    | CryptoFeatures.TUNNEL
+    | CryptoFeatures.ESN
+    | CryptoFeatures.NAT_T,
+}
 
 
 def _describe_exit(code: int) -> str:
@@ -189,6 +218,7 @@ class SoftNic(Device):
         self._finalizer = weakref.finalize(self, res.release)
         self._host_stats = DeviceStats()
         self._last_wire: dict[str, int] = {}
+        self._last_ipsec: dict[str, Any] = {}
         try:
             if cable is None:
                 res.cable = Cable()
@@ -317,6 +347,14 @@ class SoftNic(Device):
         """Wait (bounded) until ``recv`` may have packets, or with ``for_tx`` until
         transmit slots came back; True when woken, False on timeout."""
         self._check()
+        if for_tx:
+            # The bell is drained before the ring is read, so a completion that lands
+            # after the read rings it again: the poll below cannot miss it, and cannot
+            # return at once forever on a bell nobody drained.
+            _drain(self._completion_bell)
+            self._reap()
+            if self._tx_free and self._tx.space():
+                return True
         fds = [self._rx_bell, self._completion_bell] if for_tx else [self._rx_bell]
         return bool(self._wait_fds(fds, timeout_s))
 
@@ -404,7 +442,21 @@ class SoftNic(Device):
         out = DeviceStats.from_dict(body["device"])
         out.merge(self._host_stats)
         self._last_wire = dict(body["wire"])
+        self._last_ipsec = dict(body.get("ipsec", {}))
         return out
+
+    def ipsec_counters(self) -> dict[str, Any]:
+        """The firmware's SA table as of the last ``stats``: handles installed, per-SA
+        packet and byte counts and drops by reason (never a key)."""
+        return dict(self._last_ipsec)
+
+    def install_sa(self, handle: int, config: EspConfig) -> None:
+        """Install an inbound SA in the firmware (its ESP is then decrypted there)."""
+        self._call(Op.INSTALL_SA, handle.to_bytes(4, "little") + encode_config(config))
+
+    def revoke_sa(self, handle: int) -> None:
+        """Remove the SA under ``handle`` from the firmware (either direction)."""
+        self._call(Op.REVOKE_SA, handle.to_bytes(4, "little"))
 
     def cable_counters(self) -> dict[str, int]:
         """The port's wire counters (sent, lost, corrupted, ...) as of the last ``stats``."""
@@ -510,11 +562,19 @@ class SoftNic(Device):
         taken = 0
         for i in range(room):
             packet = batch[i]
+            context = b""
             try:
                 prefix = packet.head
                 data = packet.data
                 size = len(prefix) + len(data)
-                ext = encode_vnet(headers[i]) if headers is not None else encode(packet.tx)
+                if headers is not None:
+                    ext = encode_vnet(headers[i])
+                elif packet.tx.sa_context is not None:
+                    # The SA's context rides in front of the frame, in the slot's headroom.
+                    context = _context_bytes(packet.tx.sa_context)
+                    ext = layout.encode_tx_ext(packet.tx, len(context))
+                else:
+                    ext = encode(packet.tx)
             except Exception:  # not a buffer and a request: the caller's bug, this packet's cost
                 drops.drop(DropReason.BAD_REQUEST)
                 taken += 1
@@ -545,6 +605,14 @@ class SoftNic(Device):
                     drops.drop(DropReason.BAD_REQUEST)
                     taken += 1
                     continue
+            if context:
+                if len(context) > offset:
+                    drops.drop(DropReason.BAD_REQUEST)  # a frame built too near its slot's start
+                    self._tx_free.append(slot)
+                    taken += 1
+                    continue
+                at = pool + slot * slot_bytes
+                mem[at : at + len(context)] = context
             rows.append((slot, offset, size, ext))
             taken += 1
         if rows:
