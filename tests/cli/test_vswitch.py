@@ -13,26 +13,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from rich.console import Console
 
 from netoffload.bench.vswitch import render
-from netoffload.cli import main
 from netoffload.netns import Netns
+from tests.cli.helpers import one_line_error, run_cli
 
 ADDRESSES = ("198.18.0.10", "198.18.0.11")
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in out + err
-    assert err.count("\n") == 1 and err.startswith("Error: "), err
-    return err.strip()
 
 
 @contextmanager
@@ -59,7 +46,7 @@ def _stats_when(
     end = time.monotonic() + timeout_s
     while True:
         assert proc.poll() is None, proc.communicate()
-        code, out, _ = _run("vswitch", "stats", name, "--json")
+        code, out, _ = run_cli("vswitch", "stats", name, "--json")
         if code == 0:
             stats = json.loads(out)
             if ready(stats):
@@ -80,7 +67,7 @@ def test_run_then_stats_shows_every_guest_and_stops_cleanly() -> None:
         assert stats["uplink"]["kind"] == "softnic"
         assert stats["uplink"]["maps_guest_windows"] is False
         assert all(g["buffers"]["posted"] == 64 for g in stats["guests"])
-        code, out, err = _run("vswitch", "stats")  # the only one running: no name needed
+        code, out, err = run_cli("vswitch", "stats")  # the only one running: no name needed
         assert code == 0, err
         assert "g0" in out and "g1" in out and "maps no guest window" in out
         assert "payload bytes copied on unicast receive: 0" in out
@@ -113,14 +100,14 @@ def test_run_then_stats_shows_every_guest_and_stops_cleanly() -> None:
     ],
 )
 def test_errors_are_one_line(args: list[str], message: str) -> None:
-    err = _one_line_error(*_run(*args))
+    err = one_line_error(*run_cli(*args))
     assert message in err
 
 
 @pytest.fixture(scope="module")
 def bench_result() -> dict[str, Any]:
     """One quick run of the benchmark, shared by the tests that read it."""
-    code, out, err = _run("bench", "vswitch", "--quick", "--json")
+    code, out, err = run_cli("bench", "vswitch", "--quick", "--json")
     assert code == 0, err
     result: dict[str, Any] = json.loads(out)
     return result

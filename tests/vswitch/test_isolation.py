@@ -85,7 +85,7 @@ def test_a_killed_guest_is_reclaimed_before_anything_more_is_delivered_to_it() -
         rig.peer.send(frame_to(k1))
         assert sw.run_until(lambda: k1.counters.rx_packets == 2, 20)
 
-        assert k0.state is GuestState.GONE and k0.gone_reason == "killed by SIGKILL"
+        assert k0.state is GuestState.GONE and k0.gone_reason == "exited with signal SIGKILL"
         assert k0.counters.rx_packets == 1  # nothing was delivered to it after it died
         switching = sw.stats()["switching"]
         # The firmware wrote it into k0's window before the switch detached the pool (then

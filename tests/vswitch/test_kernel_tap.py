@@ -60,6 +60,24 @@ def _in_thread(work: object, side: Echo) -> None:
     threading.Thread(target=main, daemon=True).start()
 
 
+def _kernel_echo(ns: Netns, version: int, port: int) -> Echo:
+    """A kernel socket in ``ns`` that echoes one connection, served by a thread."""
+    with ns.entered():
+        server = socket.socket(_family(version), socket.SOCK_STREAM)
+    server.bind((KERNEL[version], port))
+    server.listen(1)
+    server.settimeout(60)
+    side = Echo()
+
+    def serve() -> None:
+        with server:
+            conn, _ = server.accept()
+        _echo_loop(conn, side)
+
+    _in_thread(serve, side)
+    return side
+
+
 @contextmanager
 def tap_switch(version: int) -> Iterator[tuple[Netns, VSwitch]]:
     with Netns() as ns:
@@ -82,19 +100,7 @@ def _family(version: int) -> int:
 @pytest.mark.parametrize("version", [4, 6])
 def test_a_guest_connects_to_a_kernel_echo_through_a_tap_uplink(version: int) -> None:
     with tap_switch(version) as (ns, sw):
-        with ns.entered():
-            server = socket.socket(_family(version), socket.SOCK_STREAM)
-        server.bind((KERNEL[version], 5001))
-        server.listen(1)
-        server.settimeout(60)
-        side = Echo()
-
-        def serve() -> None:
-            with server:
-                conn, _ = server.accept()
-            _echo_loop(conn, side)
-
-        _in_thread(serve, side)
+        side = _kernel_echo(ns, version, 5001)
         address = f"{GUEST[version]}/{PREFIX[version]}"
         argv = stack_guest(
             "cli", "--address", address, "--connect", KERNEL[version], "5001", "--bytes", str(SIZE)
@@ -173,18 +179,7 @@ def test_over_a_veth_without_offloads_the_switch_does_the_guests_segmentation() 
         ns.add_address("nsovsb", f"{KERNEL[4]}/24")
         with ns.entered():
             device = PacketDevice("nsovsa", ring_frames=256)
-            server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        server.bind((KERNEL[4], 5002))
-        server.listen(1)
-        server.settimeout(60)
-        side = Echo()
-
-        def serve() -> None:
-            with server:
-                conn, _ = server.accept()
-            _echo_loop(conn, side)
-
-        _in_thread(serve, side)
+        side = _kernel_echo(ns, 4, 5002)
         sw = VSwitch(LinuxUplink(device, enable_offloads=False), name="vethsw")
         try:
             argv = stack_guest(

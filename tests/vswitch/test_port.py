@@ -14,7 +14,8 @@ from contextlib import contextmanager
 import pytest
 
 from netoffload.device.base import DeviceError
-from netoffload.device.vmdq.window import WindowGeometry
+from netoffload.device.vmdq.queue import Status, descs
+from netoffload.device.vmdq.window import HEADROOM, WindowGeometry
 from netoffload.offload import Packet, Selection, SelectionError, Task
 from netoffload.vswitch import GuestConfig, GuestPort, VSwitch
 from netoffload.wire import MacAddress
@@ -25,7 +26,7 @@ OUTSIDE = MacAddress.parse("02:00:00:00:99:99")
 
 
 @contextmanager
-def guest_here(rig: Rig, name: str = "here") -> Iterator[GuestPort]:
+def guest_here(rig: Rig, name: str = "here", *, ring_entries: int = 256) -> Iterator[GuestPort]:
     """A guest in this process, attached while the switch runs here too."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     rig.switch.add_guest(GuestConfig(name), ours)
@@ -33,7 +34,8 @@ def guest_here(rig: Rig, name: str = "here") -> Iterator[GuestPort]:
 
     def attach() -> None:
         try:
-            made.append(GuestPort(theirs, name=name, geometry=WindowGeometry(8, 4, 8192)))
+            geometry = WindowGeometry(8, 4, 8192)
+            made.append(GuestPort(theirs, name=name, geometry=geometry, ring_entries=ring_entries))
         except BaseException as exc:
             made.append(exc)
 
@@ -88,7 +90,10 @@ def test_every_frame_sent_goes_out_or_is_dropped_and_its_buffer_comes_back() -> 
         to_itself = EthernetRepr(port.mac, port.mac, 0x88B5).to_bytes(bytes(50))
         batch = [Packet(f) for f in out] + [Packet(to_itself), Packet(bytes(9000))]
         assert port.send(batch) == 5  # 4 transmit buffers; the one too large needs none
-        assert port.stats().drops == {"too_large": 1}
+        stats = port.stats()
+        assert stats.drops == {"too_large": 1}
+        # Each frame taken was built once in a transmit buffer of the window.
+        assert (stats.tx_copies, stats.tx_copy_bytes) == (4, 3 * 64 + 64)
         got: list[bytes] = []
         assert sw.run_until(
             lambda: bool(got.extend(bytes(f) for f in rig.peer.recv_batch())) or len(got) >= 3,
@@ -100,6 +105,47 @@ def test_every_frame_sent_goes_out_or_is_dropped_and_its_buffer_comes_back() -> 
         assert counters.tx_packets == 3
         assert counters.drops == {"tx_dropped": 1}
         assert port.send([Packet(out[0])] * 5) == 4  # no buffer for the fifth: still ours
+
+
+def test_a_full_done_ring_holds_back_buffers_given_back_and_costs_only_unreported_refusals() -> (
+    None
+):
+    with softnic_switch() as rig, guest_here(rig, ring_entries=8) as port:
+        sw = rig.switch
+        guest = sw.guest("here")
+
+        def stale_sends(count: int) -> None:
+            # Written straight into the ring, so the guest does not read its done ring.
+            rows = descs(count)
+            rows["buffer"] = port.geometry.rx_buffers  # a transmit buffer, a wrong generation
+            rows["gen"] = 999
+            rows["offset"] = HEADROOM
+            rows["length"] = 64
+            port.rings["tx"].put(rows)
+            port.kick()
+
+        out = [EthernetRepr(OUTSIDE, port.mac, 0x88B5).to_bytes(bytes([i]) * 50) for i in range(4)]
+        assert port.send([Packet(f) for f in out]) == 4  # every transmit buffer in flight
+        stale_sends(4)
+        assert sw.run_until(lambda: guest.counters.refused["stale"] == 4, 10)
+        stale_sends(8)
+        assert sw.run_until(lambda: guest.counters.refused["stale"] == 12, 10)
+        got: list[bytes] = []
+        assert sw.run_until(
+            lambda: bool(got.extend(bytes(f) for f in rig.peer.recv_batch())) or len(got) >= 4,
+            20,
+        )
+        assert got == out
+        # 4 buffers and 12 refusals for 8 entries: the guest keeps its place, refusals that
+        # found no room are counted, and the buffers wait for room.
+        assert guest.attached
+        unreported = guest.counters.drops["refusals_unreported"]
+        assert unreported >= 4
+        errors = port.take_errors()  # reads the done ring: room again
+        assert {(e.ring, e.status) for e in errors} == {("tx", Status.STALE)}
+        assert len(errors) + unreported == 12
+        assert sw.run_until(lambda: port.tx_free == 4, 10)  # every buffer back, none lost
+        assert port.send([Packet(out[0])]) == 1
 
 
 def test_capabilities_are_data_and_assembly_cannot_be_turned_off() -> None:

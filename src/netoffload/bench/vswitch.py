@@ -21,8 +21,6 @@ packets/s, Gbit/s, and the payload bytes the switch copied.
 from __future__ import annotations
 
 import collections
-import mmap
-import os
 import sys
 import time
 from typing import Any
@@ -30,16 +28,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.bench import number
 from netoffload.device.base import DeviceError
-from netoffload.device.vmdq.engine import PoolEngine
-from netoffload.device.vmdq.queue import sealed_memfd
-from netoffload.device.vmdq.steer import PortVlans, SteeringTable
-from netoffload.device.vmdq.window import WindowGeometry, nic_queues
 from netoffload.offload import Packet
 from netoffload.progress import NO_PROGRESS, Progress
 from netoffload.vswitch.pool import Quota
 from netoffload.vswitch.switch import GuestConfig, SwitchConfig, VSwitch
-from netoffload.vswitch.uplink import Uplink
+from netoffload.vswitch.uplink import LocalUplink
 from netoffload.wire import MacAddress
 from netoffload.wire.ethernet import EthernetRepr
 
@@ -52,40 +47,19 @@ _SOURCE = MacAddress(b"\x02\x00\x5e\x10\x00\x07")
 _HOST_FRAMES = 16  # distinct frames per guest in the switch's memory (copy case)
 
 
-class ReplayUplink(Uplink):
+class ReplayUplink(LocalUplink):
     """An uplink whose NIC side (a ``PoolEngine`` in this process) finds a packet in every
     buffer a guest posts: written beforehand into the buffer (zero-copy), or copied into
     it from this process's memory (copy)."""
 
     kind = "replay"
-    maps_windows = True
 
     def __init__(self, *, capacity: int = 4096) -> None:
-        self.name = "replay"
+        super().__init__("replay", capacity=capacity)
         self.size = 0
         self.zero_copy = True
-        self.capacity = capacity
-        layout = nic_queues(capacity)
-        self._fd = sealed_memfd("vswitch-bench-queues", layout.total_bytes)
-        self._map = mmap.mmap(self._fd, layout.total_bytes)
-        mem = memoryview(self._map)
-        self.queues = layout.queues(mem)
-        self.engine = PoolEngine(layout.queues(mem), None, host_memory=True)
         self._frames: dict[int, list[Packet]] = {}
         self._loaded: set[int] = set()
-
-    def attach(self, pool: int, window_fd: int, geometry: WindowGeometry, vlans: PortVlans) -> None:
-        self.engine.attach(pool, window_fd, geometry, vlans)
-
-    def detach(self, pool: int) -> dict[str, Any] | None:
-        counters = self.engine.detach(pool)
-        return None if counters is None else counters.as_dict()
-
-    def set_table(self, table: SteeringTable) -> None:
-        self.engine.set_table(table)
-
-    def kick(self) -> None:
-        return None
 
     def filenos(self) -> list[int]:
         return []
@@ -144,10 +118,6 @@ class ReplayUplink(Uplink):
 
     def stats(self) -> dict[str, Any]:
         return {"nic": self.engine.stats()}
-
-    def close(self) -> None:
-        self.engine.close()
-        os.close(self._fd)
 
 
 class _Bench:
@@ -248,12 +218,6 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     }
 
 
-def _num(result: dict[str, object], key: str) -> float:
-    value = result[key]
-    assert isinstance(value, int | float)
-    return float(value)
-
-
 def render(result: dict[str, object], console: Console) -> None:
     """Print the result as a table."""
     table = Table(
@@ -267,22 +231,22 @@ def render(result: dict[str, object], console: Console) -> None:
     table.add_column("copy Gbit/s", justify="right")
     table.add_column("zero-copy / copy", justify="right")
     for label, suffix in (("1500 B", "1500"), ("64 KiB", "64k")):
-        ratio = _num(result, f"ratio_{suffix}")
+        ratio = number(result, f"ratio_{suffix}")
         mark = ""
         if suffix == "64k":
-            met = ratio >= _num(result, "target_ratio_64k")
+            met = ratio >= number(result, "target_ratio_64k")
             mark = " [green]met[/]" if met else " [red]missed[/]"
         table.add_row(
             label,
-            f"{_num(result, f'zero_copy_mpps_{suffix}'):.3f}",
-            f"{_num(result, f'zero_copy_gbit_per_s_{suffix}'):.1f}",
-            f"{_num(result, f'copy_mpps_{suffix}'):.3f}",
-            f"{_num(result, f'copy_gbit_per_s_{suffix}'):.1f}",
+            f"{number(result, f'zero_copy_mpps_{suffix}'):.3f}",
+            f"{number(result, f'zero_copy_gbit_per_s_{suffix}'):.1f}",
+            f"{number(result, f'copy_mpps_{suffix}'):.3f}",
+            f"{number(result, f'copy_gbit_per_s_{suffix}'):.1f}",
             f"{ratio:.1f}x{mark}",
         )
     console.print(table)
     console.print(
         "payload bytes copied: zero-copy path "
-        f"{int(_num(result, 'payload_bytes_copied_zero_copy_path'))}, copy path "
-        f"{int(_num(result, 'payload_bytes_copied_copy_path'))}"
+        f"{int(number(result, 'payload_bytes_copied_zero_copy_path'))}, copy path "
+        f"{int(number(result, 'payload_bytes_copied_copy_path'))}"
     )

@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from netoffload.control import ControlError, ControlServer, list_processes, request
+from netoffload.cli.processes import ask_stats, timeout_option
+from netoffload.control import ControlError, ControlServer, list_processes
 from netoffload.device.base import DeviceError
 from netoffload.device.names import open_device
 from netoffload.device.vmdq.steer import PortVlans, SteerError
@@ -221,21 +222,11 @@ def _find_switch(name: str | None) -> str:
 @vswitch.command("stats")
 @click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print the counters as the switch sent them.")
-@click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(min=0.01),
-    default=2.0,
-    show_default=True,
-    help="Seconds to wait for an answer.",
-)
+@timeout_option(2.0)
 def stats_command(name: str | None, as_json: bool, timeout_s: float) -> None:
     """Per guest: packets, bytes, buffers posted and held, copies, drops by reason."""
     target = _find_switch(name)
-    try:
-        result = request(target, "stats", timeout_s=timeout_s)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = ask_stats(target, timeout_s)
     if as_json:
         click.echo(json.dumps(result))
         return

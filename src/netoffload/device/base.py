@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import abc
 import select
+import signal
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -84,6 +85,16 @@ def poll_fds(fds: Sequence[int], timeout_s: float, events: int = select.POLLIN) 
         poller.register(fd, events)
     timeout_ms = max(0, int(timeout_s * 1000 + 0.999))
     return [fd for fd, _ in poller.poll(timeout_ms)]
+
+
+def describe_exit(code: int) -> str:
+    """A child process's return code in words: ``signal SIGKILL`` or ``status 3``."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 class Device(abc.ABC):

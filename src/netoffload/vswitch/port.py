@@ -15,9 +15,10 @@ eventfds, and from then on talks to the switch only through the rings:
 It implements ``Device``, so a netoffload ``Stack`` runs on it unchanged:
 ``recv`` hands out views of the window (valid until ``release``, which posts
 the buffer again), ``send`` builds each frame in a free transmit buffer (one
-copy, like a driver's), the capabilities are what the switch does for every
-guest (checksums and segmentation on transmit; checksums and assembled
-super-packets on receive, which it always hands over, so those are fixed).
+copy, like a driver's, counted in ``tx_copies``), the capabilities are what
+the switch does for every guest (checksums and segmentation on transmit;
+checksums and assembled super-packets on receive, which it always hands
+over, so those are fixed).
 """
 
 from __future__ import annotations
@@ -341,6 +342,8 @@ class GuestPort(Device):
             exts.append(ext)
             stats.tx_packets += 1
             stats.tx_bytes += size
+            stats.tx_copies += 1
+            stats.tx_copy_bytes += size
             taken += 1
         if buffers:
             rows = descs(len(buffers))

@@ -45,7 +45,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from netoffload.device.base import DeviceError, poll_fds
+from netoffload.device.base import DeviceError, describe_exit, poll_fds
 from netoffload.device.vmdq.queue import (
     DONE_LEARNED,
     DONE_POST,
@@ -391,7 +391,7 @@ class VSwitch:
         for fd in poll_fds(list(fds), 0.0):
             guest = fds[fd]
             code = guest.proc.poll() if guest.proc is not None else None
-            self._reclaim(guest, "exited" if code is None else _describe_exit(code))
+            self._reclaim(guest, "exited" if code is None else f"exited with {describe_exit(code)}")
 
     def guest(self, name: str) -> Guest:
         return self.guests[name]
@@ -766,12 +766,3 @@ def _by_pool(rows: Descs) -> list[tuple[int, Any]]:
     for i, pool in enumerate(pools.tolist()):
         out.setdefault(pool, []).append(i)
     return [(pool, np.array(idx)) for pool, idx in out.items()]
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exited with status {code}"

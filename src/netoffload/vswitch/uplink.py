@@ -134,37 +134,22 @@ class SoftNicUplink(Uplink):
         self.nic.close()
 
 
-class LinuxUplink(Uplink):
-    """A TAP or AF_PACKET device; this process is the NIC side (see the module docstring).
-
-    The device's offloads the switch can pass through are enabled, unless
-    ``enable_offloads`` is False: then it keeps the ones it has.
-    """
+class LocalUplink(Uplink):
+    """An uplink whose NIC side is a ``PoolEngine`` in this process: it maps the guests'
+    windows, and ``service`` moves frames between them and wherever the frames are."""
 
     maps_windows = True
 
-    def __init__(
-        self, device: Device, *, capacity: int = DEFAULT_CAPACITY, enable_offloads: bool = True
-    ) -> None:
-        self.device = device
-        self.name = device.name
-        self.kind = "packet" if isinstance(device, PacketDevice) else "tap"
+    def __init__(self, name: str, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.name = name
         self.capacity = capacity
         layout = nic_queues(capacity)
-        self._fd = sealed_memfd(f"vswitch-queues-{device.name}", layout.total_bytes)
+        self._fd = sealed_memfd(f"vswitch-queues-{name}", layout.total_bytes)
         self._map = mmap.mmap(self._fd, layout.total_bytes)
         mem = memoryview(self._map)
         self.queues = layout.queues(mem)
         # The engine's ends are objects of their own over the same memory.
         self.engine = PoolEngine(layout.queues(mem), None, host_memory=True)
-        if isinstance(device, PacketDevice):
-            device.set_promiscuous()  # a switch takes frames for its guests' MACs
-        if enable_offloads:  # else the device keeps what it has (and the switch does the rest)
-            offered = [r for r in device.capabilities() if isinstance(r, CapabilityRecord)]
-            with contextlib.suppress(SelectionError):
-                device.enable(Selection(r for r in offered if r.task in UPLINK_TASKS))
-        self.host = HostOffload(device)
-        self._pending: collections.deque[TxWork] = collections.deque()
         self._closed = False
 
     def attach(self, pool: int, window_fd: int, geometry: WindowGeometry, vlans: PortVlans) -> None:
@@ -179,6 +164,37 @@ class LinuxUplink(Uplink):
 
     def kick(self) -> None:
         return None  # the engine runs in ``service``, on this thread
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.engine.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class LinuxUplink(LocalUplink):
+    """A TAP or AF_PACKET device; this process is the NIC side (see the module docstring).
+
+    The device's offloads the switch can pass through are enabled, unless
+    ``enable_offloads`` is False: then it keeps the ones it has.
+    """
+
+    def __init__(
+        self, device: Device, *, capacity: int = DEFAULT_CAPACITY, enable_offloads: bool = True
+    ) -> None:
+        super().__init__(device.name, capacity=capacity)
+        self.device = device
+        self.kind = "packet" if isinstance(device, PacketDevice) else "tap"
+        if isinstance(device, PacketDevice):
+            device.set_promiscuous()  # a switch takes frames for its guests' MACs
+        if enable_offloads:  # else the device keeps what it has (and the switch does the rest)
+            offered = [r for r in device.capabilities() if isinstance(r, CapabilityRecord)]
+            with contextlib.suppress(SelectionError):
+                device.enable(Selection(r for r in offered if r.task in UPLINK_TASKS))
+        self.host = HostOffload(device)
+        self._pending: collections.deque[TxWork] = collections.deque()
 
     def filenos(self) -> list[int]:
         return self.device.filenos()
@@ -220,10 +236,6 @@ class LinuxUplink(Uplink):
         }
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.engine.close()
-        self.device.close()
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        if not self._closed:
+            super().close()
+            self.device.close()

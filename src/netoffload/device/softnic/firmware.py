@@ -306,38 +306,13 @@ class Firmware:
         if not frames:
             return False
         stats = self.stats
-        stats.rx_frames += len(frames)
-        if min(map(len, frames)) < ETHERNET_HEADER:
-            # A runt is not even an Ethernet frame: nothing above the port may see it.
-            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
-            stats.drop(DropReason.MALFORMED_FRAME, runts)
-            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
-        opened: dict[int, int] = {}
-        if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
-            frames, opened = self._open(frames)
-        try:
-            outcome = pipeline.receive(frames, self.limits)
-        except Exception:  # an engine bug must cost the batch, not the NIC
-            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
-            return True
-        if opened:
-            for k, source in enumerate(outcome.sources):
-                handle = opened.get(source)
-                if handle is not None:
-                    p = outcome.packets[k]
-                    info = replace(p.rx, crypto=CryptoStatus.DECRYPTED, sa_handle=handle)
-                    outcome.packets[k] = Packet(p.data, p.tx, info)
-        for _, reason in outcome.drops:
-            stats.drop(reason)
-        for task, n in outcome.tasks.items():
-            stats.task_done(task, n)
         mem, slot_bytes = self.mem, self.geometry.slot_bytes
         pool = self.pool
         encode = self.encode_rx
         head = self.rx.producer
         rows: list[tuple[int, int, int, bytes]] = []
         capacity = slot_bytes - HEADROOM
-        for packet in outcome.packets:
+        for packet in self._received(frames):
             size = len(packet.data)
             if size > capacity:
                 stats.drop(DropReason.TOO_LARGE)
@@ -356,6 +331,37 @@ class Firmware:
             self.rx.publish_producer(head + len(rows))
             os.eventfd_write(self.rx_bell, 1)
         return True
+
+    def _received(self, frames: list[memoryview]) -> list[Packet]:
+        """What the receive engine makes of frames from the wire (runts dropped, ESP for
+        our inbound SAs decrypted, assembled), every drop and task counted."""
+        stats = self.stats
+        stats.rx_frames += len(frames)
+        if min(map(len, frames)) < ETHERNET_HEADER:
+            # A runt is not even an Ethernet frame: nothing above the port may see it.
+            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
+            stats.drop(DropReason.MALFORMED_FRAME, runts)
+            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
+        opened: dict[int, int] = {}
+        if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
+            frames, opened = self._open(frames)
+        try:
+            outcome = pipeline.receive(frames, self.limits)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
+            return []
+        if opened:
+            for k, source in enumerate(outcome.sources):
+                handle = opened.get(source)
+                if handle is not None:
+                    p = outcome.packets[k]
+                    info = replace(p.rx, crypto=CryptoStatus.DECRYPTED, sa_handle=handle)
+                    outcome.packets[k] = Packet(p.data, p.tx, info)
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        return outcome.packets
 
     def _open(self, frames: list[memoryview]) -> tuple[list[Any], dict[int, int]]:
         """Decrypt the ESP for our inbound SAs before assembly (refused ESP is dropped and

@@ -27,7 +27,6 @@ import itertools
 import json
 import mmap
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
-from netoffload.device.base import Device, DeviceError, poll_fds
+from netoffload.device.base import Device, DeviceError, describe_exit, poll_fds
 from netoffload.device.cable import Cable, CableEnd, Impairments
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
@@ -130,15 +129,6 @@ _IPSEC: dict[str, Any] = {
     | CryptoFeatures.ESN
     | CryptoFeatures.NAT_T,
 }
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"
 
 
 class _Resources:
@@ -331,7 +321,7 @@ class SoftNic(Device):
                 lines = stderr.read().decode(errors="replace").strip().splitlines()
                 if lines:
                     detail = f": {lines[-1]}"
-        return f"softnic firmware exited with {_describe_exit(code)}{detail}"
+        return f"softnic firmware exited with {describe_exit(code)}{detail}"
 
     def _wait_fds(self, fds: list[int], timeout_s: float) -> list[int]:
         """poll(2) on ``fds`` and the firmware's pidfd; raises if the firmware died."""

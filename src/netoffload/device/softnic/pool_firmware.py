@@ -33,7 +33,6 @@ import sys
 import time
 from typing import Any
 
-from netoffload.device.cable import ETHERNET_HEADER
 from netoffload.device.softnic import control
 from netoffload.device.softnic.control import Status
 from netoffload.device.softnic.firmware import BATCH, WIRE_BACKLOG_BYTES, Firmware
@@ -41,8 +40,6 @@ from netoffload.device.vmdq.engine import PoolEngine
 from netoffload.device.vmdq.queue import UnsafeMemory, map_sealed
 from netoffload.device.vmdq.steer import PortVlans, SteerError, SteeringTable
 from netoffload.device.vmdq.window import GeometryError, WindowGeometry, nic_queues
-from netoffload.engine import pipeline
-from netoffload.offload import DropReason
 
 _MAX_FDS = 4
 
@@ -185,21 +182,7 @@ class PoolFirmware(Firmware):
         if not frames:
             return False
         stats = self.stats
-        stats.rx_frames += len(frames)
-        if min(map(len, frames)) < ETHERNET_HEADER:
-            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
-            stats.drop(DropReason.MALFORMED_FRAME, runts)
-            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
-        try:
-            outcome = pipeline.receive(frames, self.limits)
-        except Exception:  # an engine bug must cost the batch, not the NIC
-            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
-            return True
-        for _, reason in outcome.drops:
-            stats.drop(reason)
-        for task, n in outcome.tasks.items():
-            stats.task_done(task, n)
-        written, nbytes = engine.receive(outcome.packets)
+        written, nbytes = engine.receive(self._received(frames))
         stats.rx_packets += written
         stats.rx_bytes += nbytes
         engine.ring()

@@ -165,6 +165,14 @@ class _Rows:
     def __len__(self) -> int:
         return len(self.pool)
 
+    def add(self, pool: int, buffer: int, gen: int, length: int, *, ext: bytes, flags: int) -> None:
+        self.pool.append(pool)
+        self.buffer.append(buffer)
+        self.gen.append(gen)
+        self.length.append(length)
+        self.ext.append(ext)
+        self.flags.append(flags)
+
 
 class PoolEngine:
     """See the module docstring. ``queues`` are the NIC side's ends of the four queues;
@@ -244,6 +252,8 @@ class PoolEngine:
     # -- receive ----------------------------------------------------------------------
     def receive(self, packets: Sequence[Packet]) -> tuple[int, int]:
         """Steer frames from the uplink into the pools' buffers; (writes made, their bytes)."""
+        if not packets:
+            return 0, 0
         table = self.table
         rules = table.classify([p.data for p in packets]) if table.rules else None
         copied = COPY_UPLINK if self.host_memory else None
@@ -305,13 +315,7 @@ class PoolEngine:
             p.free.append((buffer, gen))
             return False
         self.switching["unicast"] += 1
-        rows = self._rows
-        rows.pool.append(pool)
-        rows.buffer.append(buffer)
-        rows.gen.append(gen)
-        rows.length.append(length)
-        rows.ext.append(self._encode_rx(NO_INFO))
-        rows.flags.append(0)
+        self._rows.add(pool, buffer, gen, length, ext=self._encode_rx(NO_INFO), flags=0)
         p.counters.rx_packets += 1
         p.counters.rx_bytes += length
         return True
@@ -354,13 +358,7 @@ class PoolEngine:
         p.dirty[buffer] = end
         if egress is not AS_IS and info is not NO_INFO:
             info = self._shift(info, egress.delta)
-        rows = self._rows
-        rows.pool.append(pool)
-        rows.buffer.append(buffer)
-        rows.gen.append(gen)
-        rows.length.append(size)
-        rows.ext.append(self._encode_rx(info))
-        rows.flags.append(flags)
+        self._rows.add(pool, buffer, gen, size, ext=self._encode_rx(info), flags=flags)
         counters.rx_packets += 1
         counters.rx_bytes += size
         if copy_kind is not None:
