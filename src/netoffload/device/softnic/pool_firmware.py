@@ -10,11 +10,12 @@ send are read from their windows, looped back to other guests or put on the
 wire with their offloads done here. The host (the switch) sees descriptors
 only and never maps a guest window.
 
-Pool requests are lower-case opcodes (the base firmware's are upper case):
+Pool requests have opcodes of their own, none of the base firmware's
+(``control.Op``; checked when this module loads):
 
 * ``q`` + ``{"capacity": N}`` with [queue region memfd, switch bell eventfd];
 * ``a`` + ``{"pool", "geometry", "vlans"}`` with [window memfd];
-* ``d`` + ``{"pool"}``; ``t`` + a steering table (``SteeringTable.as_dict``).
+* ``r`` + ``{"pool"}`` (detach); ``t`` + a steering table (``SteeringTable.as_dict``).
 
 Each is answered like any request: ``K`` and a payload, or ``?`` and a reason.
 """
@@ -45,15 +46,17 @@ _MAX_FDS = 4
 
 
 class PoolOp(bytes, enum.Enum):
-    """Requests for the pools (lower case: the base firmware's ops are upper case)."""
+    """Requests for the pools (never one of the base firmware's ``control.Op``)."""
 
     QUEUES = b"q"
     ATTACH = b"a"
-    DETACH = b"d"
+    DETACH = b"r"
     TABLE = b"t"
 
 
 _POOL_OPS = frozenset(op.value for op in PoolOp)
+# A pool request with the base firmware's opcode would take its requests away from it.
+assert not _POOL_OPS & {op.value for op in control.Op}, "pool and base opcodes overlap"
 
 
 class PoolFirmware(Firmware):
