@@ -11,6 +11,7 @@ from netoffload.cli.demo import demo
 from netoffload.cli.devices import caps, enable
 from netoffload.cli.nc import nc, ping
 from netoffload.cli.processes import list_command, stats
+from netoffload.cli.rules import rules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,3 +29,4 @@ main.add_command(nc)
 main.add_command(ping)
 main.add_command(list_command)
 main.add_command(stats)
+main.add_command(rules)
