@@ -67,7 +67,9 @@ def test_a_syn_flood_leaves_no_state_and_a_client_still_gets_through() -> None:
                 rows = flood[posted : posted + CHUNK]
                 posted += nic_a.send([Packet(memoryview(row)) for row in rows])
             if client is None and posted >= SYNS // 10:
-                client = client_stack.tcp_connect(ip_address("198.18.0.2"), PORT, time.monotonic_ns())
+                client = client_stack.tcp_connect(
+                    ip_address("198.18.0.2"), PORT, time.monotonic_ns()
+                )
             loop_a.step(0.0)
             loop_b.step(0.0)
             most_half_open = max(most_half_open, listener.syn_queue_len())
@@ -82,15 +84,18 @@ def test_a_syn_flood_leaves_no_state_and_a_client_still_gets_through() -> None:
         flood_s = time.monotonic() - started
         assert bytes(got) == data
         stats = listener.stats()
-        # Every SYN was answered, all but the first few with a cookie, and no state kept.
-        assert stats.get("syn_cookies_sent", 0) + stats.get("syns", 0) >= SYNS
-        assert stats["syn_cookies_sent"] >= SYNS - BACKLOG
+        # Every SYN was answered; all but the few the rate let through (one a second) with a
+        # cookie, and for those no state was kept.
+        assert stats["syn_cookies_sent"] + stats.get("syns", 0) >= SYNS
+        assert stats.get("syns", 0) < 1000
         assert stats["syn_cookies_accepted"] >= 1  # the legitimate client's connection
         assert most_half_open <= BACKLOG
         assert most_flows <= FLOW_BOUND
         # The device marked them, counted them, and the client's NIC dropped the answers.
         nic_b.stats()
-        assert nic_b.steering_counters()["syn_cookies"] >= SYNS - BACKLOG - 300
+        marked = nic_b.steering_counters()["syn_cookies"]
+        assert marked <= stats["syn_cookies_sent"]
+        assert marked + stats.get("syns", 0) + stats.get("syn_queue_overflows", 0) >= SYNS
         rules = {r["id"]: r for r in nic_a.rules("list")["rules"] if r["table"] == "classify"}
         # (the last answers may still be on their way when the transfer ends)
         assert rules[drop_rule]["drops"] >= SYNS // 2

@@ -164,7 +164,13 @@ _IPSEC: dict[str, Any] = {
 }
 
 
+#: The exit status a worker cannot know (the firmware is its parent's child).
+_UNKNOWN_STATUS = 1 << 16
+
+
 def _describe_exit(code: int) -> str:
+    if code == _UNKNOWN_STATUS:
+        return "an unknown status"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
@@ -186,6 +192,7 @@ class _Resources:
         self.cable: Cable | None = None
         self.queues: list[SoftNic] = []  # a multi-queue port's other queues
         self.links: list[Cable] = []  # the port's links to them
+        self.detached = False  # the queues belong to workers: the port no longer drives them
         self.closed = False
 
     def release(self) -> None:
@@ -266,6 +273,7 @@ class SoftNic(Device):
         self._last_wire: dict[str, int] = {}
         self._last_ipsec: dict[str, Any] = {}
         self._last_steering: dict[str, Any] = {}
+        self._owner_pid = os.getpid()
         try:
             if cable is None:
                 res.cable = Cable()
@@ -385,8 +393,16 @@ class SoftNic(Device):
         if self._res.closed:
             raise DeviceError(f"{self.name} is closed")
         proc = self._res.proc
-        if proc is not None and proc.poll() is not None:
-            raise DeviceError(self._death_message(proc.returncode))
+        code = None if proc is None else self._exited(proc)
+        if code is not None:
+            raise DeviceError(self._death_message(code))
+
+    def _exited(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """The firmware's exit status, ``None`` while it runs. In a worker (a process forked
+        after the firmware started) the firmware is not a child: its pidfd says."""
+        if os.getpid() == self._owner_pid:
+            return proc.poll()
+        return _UNKNOWN_STATUS if poll_fds([self._pidfd], 0.0) else None
 
     def _death_message(self, code: int) -> str:
         detail = ""
@@ -405,8 +421,10 @@ class SoftNic(Device):
         if self._pidfd in ready:
             proc = self._res.proc
             assert proc is not None
-            proc.wait(timeout=5.0)
-            raise DeviceError(self._death_message(proc.returncode))
+            if os.getpid() == self._owner_pid:
+                proc.wait(timeout=5.0)
+            code = self._exited(proc)
+            raise DeviceError(self._death_message(_UNKNOWN_STATUS if code is None else code))
         return ready
 
     def wait(self, timeout_s: float, *, for_tx: bool = False) -> bool:
@@ -439,7 +457,7 @@ class SoftNic(Device):
     def link_up(self) -> bool:
         """True while the firmware runs."""
         proc = self._res.proc
-        return not self._res.closed and proc is not None and proc.poll() is None
+        return not self._res.closed and proc is not None and self._exited(proc) is None
 
     def _ring(self, bell: int) -> None:
         os.eventfd_write(bell, 1)
@@ -461,7 +479,7 @@ class SoftNic(Device):
     def _check_dying(self) -> None:
         """After the control channel broke: give the firmware a moment to be seen dead."""
         proc = self._res.proc
-        if proc is not None:
+        if proc is not None and os.getpid() == self._owner_pid:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2.0)
         self._check()
@@ -500,8 +518,9 @@ class SoftNic(Device):
         chain = self._call(Op.ENABLE, encode_capabilities(selection.records()))
         records = decode_capabilities(chain)
         self._enabled = Selection(r for r in records if isinstance(r, CapabilityRecord))
-        for queue in self._res.queues:
-            queue.enable(self._enabled)
+        if not self._res.detached:
+            for queue in self._res.queues:
+                queue.enable(self._enabled)
         return self._enabled
 
     # -- queues -----------------------------------------------------------------------
@@ -517,6 +536,11 @@ class SoftNic(Device):
         if not 0 < index < self.queue_count:
             raise IndexError(f"{self.name} has {self.queue_count} queues, not {index + 1}")
         return self._res.queues[index - 1]
+
+    def detach_queues(self) -> None:
+        """Hand the queues to workers (``netoffload.workers``): from now on ``enable`` and
+        ``stats`` on this port are about queue 0 only; each worker drives its own queue."""
+        self._res.detached = True
 
     def rules(self, command: str) -> dict[str, Any]:
         """Run a rules command (``engine.steer``: ``add WORDS``, ``del [dos] ID``, ``list``)
@@ -541,8 +565,9 @@ class SoftNic(Device):
         """Firmware counters (including wire drops) plus drops made on the host side; on a
         multi-queue port, every queue's."""
         out = self.queue_stats()
-        for queue in self._res.queues:
-            out.merge(queue.queue_stats())
+        if not self._res.detached:
+            for queue in self._res.queues:
+                out.merge(queue.queue_stats())
         return out
 
     def ipsec_counters(self) -> dict[str, Any]:
