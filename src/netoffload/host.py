@@ -250,12 +250,17 @@ class HostOffload:
         for task, n in outcome.tasks.items():
             stats.task_done(task, n)
         now = tai_ns()
+        taken = False
         for made in outcome.packets:
             refused = self.launch.enqueue(made, launch, now)
             if refused is not None:
                 stats.drops[refused.value] += 1
-        if outcome.packets:
+            else:
+                taken = True
+        if taken:
             stats.task_done(Task.TX_SCHEDULING)
+            stats.tx_packets += 1
+            stats.tx_bytes += len(packet)
 
     def next_launch_ns(self) -> int | None:
         """When the earliest packet the host paces is due (CLOCK_TAI), ``None`` if none."""
