@@ -1,4 +1,4 @@
-"""`netoffload rules`: rules reach the SoftNic firmware of a running process, errors are one line."""
+"""`netoffload rules`: rules reach the firmware in a running process; errors are one line."""
 
 from __future__ import annotations
 
