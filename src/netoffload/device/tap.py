@@ -47,6 +47,7 @@ import os
 import secrets
 import socket
 import struct
+import zlib
 from collections.abc import Sequence
 
 from netoffload.device.base import Device, DeviceError
@@ -209,6 +210,8 @@ class TapDevice(Device):
         self._tx_headers: dict[TxRequest, bytes] = {NO_REQUEST: _ZERO_HDR}
         self._arena = memoryview(bytearray(0))
         self._arena_used = 0
+        #: Frames written per queue (a flow always goes to the same one).
+        self.tx_queue_packets = [0] * len(fds)
         self._closed = False
         # The stack behind a TAP is the far end of the kernel's link: its own MAC, not the
         # TAP interface's (which is the kernel's side), locally administered and random.
@@ -355,8 +358,15 @@ class TapDevice(Device):
 
     # -- data path ---------------------------------------------------------------
     def send(self, batch: Sequence[Packet]) -> int:
-        """Write each packet as header + frame; returns fewer when the queue fills up."""
-        fd = self._fds[0]
+        """Write each packet as header + frame; returns fewer when a queue fills up.
+
+        With several queues (IFF_MULTI_QUEUE) each packet goes to the queue its flow
+        (addresses and ports) hashes to, so a flow stays in order on one queue; on
+        receive the kernel picks the queue, with its own flow hash.
+        """
+        fds = self._fds
+        fd = fds[0]
+        per_queue = self.tx_queue_packets
         stats = self._stats
         headers = self._tx_headers
         sent = 0
@@ -371,6 +381,8 @@ class TapDevice(Device):
                     continue
                 header = made
             head = packet.head
+            queue = _flow_queue(head or packet.data, len(fds)) if len(fds) > 1 else 0
+            fd = fds[queue]
             try:
                 # Header, the stack's headers and its payload view: gathered by the kernel.
                 os.writev(fd, (header, head, packet.data) if head else (header, packet.data))
@@ -387,6 +399,7 @@ class TapDevice(Device):
                     stats.task_done(task)
             stats.tx_packets += 1
             stats.tx_bytes += len(packet)
+            per_queue[queue] += 1
             sent += 1
         return sent
 
@@ -478,6 +491,18 @@ _BOTH = IpVersions.IPV4 | IpVersions.IPV6
 # What the kernel does for any write that asks, whatever TUNSETOFFLOAD says.
 _SEGMENTATION = frozenset({Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
 _FIXED_TASKS = frozenset({Task.CHECKSUM, *_SEGMENTATION})
+
+
+def _flow_queue(frame: bytes | bytearray | memoryview, queues: int) -> int:
+    """The transmit queue of a frame's flow: a hash of its IP addresses and ports."""
+    kind = bytes(frame[12:14])
+    if kind == b"\x08\x00":
+        key = bytes(frame[26:38])
+    elif kind == b"\x86\xdd":
+        key = bytes(frame[22:58])
+    else:
+        return 0
+    return zlib.crc32(key) % queues
 
 
 def _records(flags: int) -> list[AnyRecord]:
