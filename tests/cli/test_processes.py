@@ -11,24 +11,11 @@ import os
 import socket
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from netoffload.cli import main
 from netoffload.cli.processes import flatten, format_uptime
 from netoffload.control import MAX_MESSAGE_BYTES, request
+from tests.cli.runner import one_line_error as _one_line_error
+from tests.cli.runner import run as _run
 from tests.control.child import running_child
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in out + err
-    assert err.count("\n") == 1 and err.startswith("Error: ")
-    return err.strip()
 
 
 def test_list_shows_a_running_process() -> None:

@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
-
-from netoffload.cli import main
+from tests.cli.runner import one_line_error as _one_line_error
+from tests.cli.runner import run as _run
 from tests.control.child import running_child
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in out + err
-    assert err.count("\n") == 1 and err.startswith("Error: ")
-    return err.strip()
 
 
 def test_rules_are_added_listed_and_deleted_in_a_running_process() -> None:

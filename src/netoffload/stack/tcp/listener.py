@@ -161,17 +161,23 @@ class TcpListener:
         self._stats["syns"] += 1
         local = self._local
         source = self._isn_source
+        child = self._child(remote, source.isn(local, remote, now_ns), now_ns)
+        child.accept_syn(seg, opts, now_ns)
+        return child
+
+    def _child(self, remote: Endpoint, iss: int, now_ns: int) -> TcpConnection:
+        """A new child in the SYN queue, reporting back to this listener."""
+        local = self._local
         child = TcpConnection(
             local,
             remote,
             self._config,
-            iss=source.isn(local, remote, now_ns),
-            ts_offset=source.ts_offset(local, remote),
+            iss=iss,
+            ts_offset=self._isn_source.ts_offset(local, remote),
             rng=self._rng,
             now_ns=now_ns,
         )
         child._listener = self
-        child.accept_syn(seg, opts, now_ns)
         self._syn_queue[id(child)] = child
         return child
 
@@ -216,16 +222,7 @@ class TcpListener:
         if len(self._accept_queue) > self._backlog:
             self._stats["listen_overflows"] += 1
             return None
-        child = TcpConnection(
-            local,
-            remote,
-            self._config,
-            iss=iss,
-            ts_offset=self._isn_source.ts_offset(local, remote),
-            rng=self._rng,
-            now_ns=now_ns,
-        )
-        child._listener = self
+        child = self._child(remote, iss, now_ns)
         # The SYN the cookie stands for: its sequence number, the MSS the cookie carried,
         # no other option (the cookie's SYN,ACK offered none, so the peer uses none).
         opts = ParsedOptions()
@@ -233,7 +230,6 @@ class TcpListener:
         syn = TcpSegmentIn(client_isn, 0, SYN, seg.window, b"", EMPTY_PAYLOAD, 1, False)
         child.accept_syn(syn, opts, now_ns)
         child._syn_pending = False  # its SYN,ACK went out already, as the cookie
-        self._syn_queue[id(child)] = child
         child.on_segment(seg, now_ns)
         if child.state is not TcpState.ESTABLISHED and child.state is not TcpState.CLOSE_WAIT:
             self._syn_queue.pop(id(child), None)
