@@ -406,7 +406,7 @@ class HostOffload:
         stats.rx_bytes += sum(map(len, packets))
         if len(self.contexts.inbound):
             packets = self._open(packets)
-        if self.steering.active and not _STEERING & self.device_limits().tasks:
+        if self.steering.has_work and not _STEERING & self.device_limits().tasks:
             packets = self._steer(packets)
             if not packets:
                 return packets

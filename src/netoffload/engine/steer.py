@@ -95,6 +95,12 @@ class Steering:
     def active(self) -> bool:
         return self.classify_on or self.dos_on
 
+    @property
+    def has_work(self) -> bool:
+        """Whether a batch needs steering: rules, DoS entries, or queues to spread over."""
+        dos = self.dos_on and bool(self._dos_text)
+        return dos or (self.classify_on and (bool(len(self.classifier)) or self.queues > 1))
+
     def enable(self, *, classify: bool, dos: bool, hash_types: RssHashTypes | None = None) -> None:
         """Turn the tasks on or off (what the enabled records say)."""
         self.classify_on = classify

@@ -485,7 +485,7 @@ class Firmware:
         steered: list[RxInfo] | None = None
         if self.queue_index:
             frames, steered = self._strip_meta(frames)
-        elif self.steering.active and self._steering_work():
+        elif self.steering.has_work:
             frames, steered = self._steer(frames)
         opened: dict[int, int] = {}
         if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
@@ -541,12 +541,6 @@ class Firmware:
             self.rx.publish_producer(head + len(rows))
             os.eventfd_write(self.rx_bell, 1)
         return True
-
-    def _steering_work(self) -> bool:
-        """Whether steering has anything to do: rules, DoS entries, or queues to spread over."""
-        st = self.steering
-        dos = st.dos_on and bool(st.listing())
-        return dos or (st.classify_on and (bool(len(st.classifier)) or st.queues > 1))
 
     def _steer(self, frames: list[memoryview]) -> tuple[list[Any], list[RxInfo]]:
         """Filter, hash and classify; frames for other queues go to their firmware. The
