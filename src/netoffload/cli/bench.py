@@ -21,6 +21,7 @@ BENCHMARKS = {
     "checksum": "Internet checksum GB/s on 1460-byte and 64 KiB buffers vs plain Python.",
     "classify": "RSS, 20-rule classification and DoS filtering Mpps, batches vs per-frame loops.",
     "esp": "ESP encrypt/decrypt GB/s (AES-128-GCM, batches) beside the AES-GCM call alone.",
+    "synflood": "A 200,000-SYN flood on a SoftNic wire: SYNs a second, a transfer through it.",
     "softnic": "SoftNic: segmentation, coalescing, checksum rates; host CPU/GB offload on vs off.",
     "tap": "TAP device: Gbit/s written and read with offloads on vs off (needs root).",
     "tcp": (
