@@ -276,11 +276,14 @@ class HostOffload:
     def rules(self, command: str) -> dict[str, object]:
         """A rules command (``engine.steer``), run by the device when it steers (CLASSIFICATION
         or DOS_FILTER enabled and a ``rules`` method), else by the host's own steering."""
-        device_rules = getattr(self.device, "rules", None)
-        if device_rules is not None and _STEERING & self.device_limits().tasks:
-            return dict(device_rules(command))
+        if self._device_steers():
+            return dict(self.device.rules(command))  # type: ignore[attr-defined]
         self.steering.enable(classify=True, dos=True)
         return self.steering.command(command)  # a SteeringError names what was wrong
+
+    def _device_steers(self) -> bool:
+        """The device runs our steering: it has a task of it enabled and takes rules."""
+        return bool(_STEERING & self.device_limits().tasks) and hasattr(self.device, "rules")
 
     def _steer(self, packets: list[Packet]) -> list[Packet]:
         """The host's steering on a received batch: drops released and counted, findings
@@ -406,7 +409,7 @@ class HostOffload:
         stats.rx_bytes += sum(map(len, packets))
         if len(self.contexts.inbound):
             packets = self._open(packets)
-        if self.steering.has_work and not _STEERING & self.device_limits().tasks:
+        if self.steering.has_work and not self._device_steers():
             packets = self._steer(packets)
             if not packets:
                 return packets
