@@ -43,6 +43,7 @@ from dataclasses import replace
 from netoffload.device.base import Device
 from netoffload.engine import pipeline
 from netoffload.engine.admit import ASSEMBLY, SEGMENTATION, Limits
+from netoffload.engine.digest import DigestKeys, digest_pass
 from netoffload.engine.esp_sa import EspConfig
 from netoffload.engine.gso_batch import RowSource
 from netoffload.engine.ipsec_offload import (
@@ -65,11 +66,13 @@ from netoffload.offload import (
     Task,
     TxRequest,
 )
+from netoffload.offload.caps import DigestAlgorithm
 
 TX_TASKS = frozenset(
     {Task.CHECKSUM, Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION, Task.ENCRYPT, Task.DIGEST}
 )
 _NO_TASKS: frozenset[Task] = frozenset()
+_DIGEST = frozenset({Task.DIGEST})
 #: Handles the host's own SA store takes (a device's record may offer fewer).
 HOST_SA_HANDLES = 1 << 20
 _DROPPED = Packet(b"")
@@ -119,6 +122,8 @@ class HostOffload:
         self.contexts = SecurityContexts(HOST_SA_HANDLES)
         self._sa_context: dict[int, EspConfig] = {}
         self._device_sas: set[int] = set()  # handles whose context the device was given
+        #: Digest keys by handle: here, and in the device when it computes digests.
+        self.digest_keys = DigestKeys()
         # A device that lends transmit memory (``XdpDevice.tx_rows``) gets the frames made
         # here built in it: segments cut, checksums filled, pieces gathered where it sends.
         self._rows: RowSource | None = getattr(device, "tx_rows", None)
@@ -218,6 +223,13 @@ class HostOffload:
             host_work = host_work or bool(here)
         if sealed:
             self._seal(sealed)
+        if host_work:  # the digest first: what follows covers it
+            digested = digest_pass(self.digest_keys, queued, mine)
+            for _, reason in digested.drops:
+                stats.drop(reason)
+            if digested.done:
+                stats.task_done(Task.DIGEST, digested.done)
+            queued, mine = digested.packets, digested.tasks
         if host_work or self._rows is not None:
             outcome = pipeline.transmit(queued, mine, rows=self._rows)
             for _, reason in outcome.drops:
@@ -231,7 +243,7 @@ class HostOffload:
             self._backlog.extend(queued)
         # Every packet offered is handed on (as one frame or its segments) or dropped here.
         stats.tx_packets += len(handed)
-        stats.tx_bytes += sum(len(packets[i]) for i in handed)
+        stats.tx_bytes += sum(len(queued[i]) for i in handed)
         return self.push()
 
     # -- launch time in software ---------------------------------------------------------
@@ -326,10 +338,16 @@ class HostOffload:
         return request.encrypted(handle, request.esp_seq, known)
 
     def _seal(self, packets: list[Packet]) -> None:
-        """Segment, checksum and encrypt ``packets`` here; the frames join the backlog."""
-        flat = [p if not p.head else Packet(bytes(p.head) + bytes(p.data), p.tx) for p in packets]
-        outcome = transmit_encrypted(flat, self.contexts)
+        """Digest, segment, checksum and encrypt ``packets`` here; the frames join the
+        backlog."""
         stats = self.stats
+        digested = digest_pass(self.digest_keys, packets, [_DIGEST] * len(packets))
+        for _, reason in digested.drops:
+            stats.drop(reason)
+        if digested.done:
+            stats.task_done(Task.DIGEST, digested.done)
+        flat = [p.flat() for p in digested.packets]
+        outcome = transmit_encrypted(flat, self.contexts)
         for _, reason in outcome.drops:
             stats.drop(reason)
         for task, n in outcome.tasks.items():
@@ -360,6 +378,21 @@ class HostOffload:
         if handle in self._device_sas or Task.DECRYPT in self.device_limits().tasks:
             self._device_sas.discard(handle)
             self.device.revoke_sa(handle)
+
+    def install_digest_key(self, handle: int, algorithm: DigestAlgorithm, key: bytes) -> None:
+        """Hold a digest key under ``handle`` (``DigestRequest.key_handle``): here, and in
+        the device when it computes digests. Requests then name the handle alone."""
+        self.digest_keys.install(handle, algorithm, key)
+        record = self.device_limits().digest
+        if record is not None and not algorithm & ~record.algorithms and handle < record.max_keys:
+            self.device.install_digest_key(handle, algorithm, key)
+
+    def revoke_digest_key(self, handle: int) -> None:
+        """Forget the digest key under ``handle`` everywhere; later requests naming it are
+        counted drops."""
+        self.digest_keys.revoke(handle)
+        if Task.DIGEST in self.device_limits().tasks:
+            self.device.revoke_digest_key(handle)
 
     def push(self) -> int:
         """Offer the backlog (and paced packets now due) to the device; returns how many it

@@ -238,10 +238,11 @@ class Netns:
         stdin: int | None = None,
         stdout: int | None = None,
         stderr: int | None = None,
+        cwd: str | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``args`` inside the namespace, as ``exec`` does, without waiting for it."""
         return subprocess.Popen(
-            [*self._child("exec"), *args], stdin=stdin, stdout=stdout, stderr=stderr
+            [*self._child("exec"), *args], stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd
         )
 
     # -- /proc and /sys -----------------------------------------------------------

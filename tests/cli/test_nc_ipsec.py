@@ -87,6 +87,9 @@ def test_two_nc_stacks_talk_esp_through_a_bridge(tmp_path: Path) -> None:
     assert server.returncode == 0, server_err[-2000:]
     assert got == data
     for err in (client_err, server_err):
+        for key in (KEY_AB, KEY_BA):  # neither the key nor the cipher key alone
+            for secret in (key, key[:-8]):
+                assert secret not in err.decode().lower()
         stats = json.loads(err.decode().strip().splitlines()[-1])
         ipsec = stats["ipsec"]
         assert ipsec["policies"] == 1 and ipsec["protected_out"] > 0

@@ -159,7 +159,10 @@ def test_packet_device_link_facts(veth: tuple[PacketDevice, Netns]) -> None:
     assert str(dev.mac) == _sys(ns, "nsova", "address")
     assert dev.mtu == int(_sys(ns, "nsova", "mtu"))
     assert dev.link_up
-    ns.set_link("nsovb", up=False)  # the peer down: no carrier
+    ns.set_link("nsovb", up=False)  # the peer down: no carrier, which linkwatch reports later
+    deadline = time.monotonic() + 3.0
+    while dev.link_up and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not dev.link_up
 
 

@@ -3,6 +3,8 @@ the NIC or the host doing the crypto, MSS lowered for ESP, unprotected traffic r
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from ipaddress import IPv4Address
@@ -124,3 +126,39 @@ def test_tunnel_mode_between_two_gateways() -> None:
         data = os.urandom(2_000_000)
         got_b, got_a, _, _ = two_way_transfer(sa, sb, data, b"")
         assert got_b == data and got_a == b""
+
+
+def test_no_key_shows_in_stats_reprs_or_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """Keys reach the NIC inside a context and go no further: not into the stacks' or the
+    NICs' statistics, the reprs of policies and stacks, or the log."""
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    with stack_pair(43, Impairments(mtu=1500)) as (sa, sb):
+        protect(sa, sb)
+        la, lb = StackLoop(sa), StackLoop(sb)
+        rx = sb.udp_open(4)
+        sb.udp_bind(rx, None, 7001)
+        tx = sa.udp_open(4)
+        sa.udp_bind(tx, None, 0)
+        sa.udp_send(tx, [b"x" * 1000] * 4, IPv4Address(OURS_B), 7001, time.monotonic_ns())
+        got = 0
+        end = time.monotonic() + 10
+        while got < 4 and time.monotonic() < end:
+            la.step(0.002)
+            lb.step(0.002)
+            while sb.udp_recv(rx) is not None:
+                got += 1
+        assert got == 4
+        for stack in (sa, sb):
+            device = stack.interfaces[0].device
+            assert isinstance(device, SoftNic)
+            texts += [json.dumps(stack.as_dict(), default=str), repr(stack), repr(device)]
+            texts += [repr(device.stats()), json.dumps(device.ipsec_counters(), default=str)]
+            texts += [repr(p) for p in stack.ipsec.policies]
+            texts += [repr(stack.ipsec), str(stack.stats.drops)]
+        assert sb.as_dict()["ipsec"]["protected_in"] >= 1  # type: ignore[index]
+    text = "\n".join(texts) + caplog.text
+    for config in (A_TO_B, B_TO_A):
+        for secret in (config.key, config.key[:-4]):
+            for form in (secret.hex(), repr(secret)[2:-1], str(list(secret))):
+                assert form not in text

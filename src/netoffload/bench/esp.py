@@ -85,22 +85,30 @@ def _one_core() -> Iterator[None]:
 
 
 def _measure(
-    call: Callable[[], object], nbytes: int, budget_ns: int, repetitions: int
-) -> tuple[float, int]:
-    """(GB/s, calls per repetition): the best of ``repetitions`` timings of enough calls of
-    ``call``, each handling ``nbytes`` bytes, to fill about ``budget_ns``."""
-    call()  # warm up caches and any lazy set-up
-    start = time.perf_counter_ns()
-    call()
-    once = max(time.perf_counter_ns() - start, 1)
-    iterations = max(1, budget_ns // once)
-    best = math.inf
-    for _ in range(repetitions):
+    calls: list[tuple[str, Callable[[], object]]],
+    nbytes: int,
+    budget_ns: int,
+    repetitions: int,
+    tick: Callable[[], None],
+) -> dict[str, float]:
+    """GB/s of each call (each handling ``nbytes`` bytes): the best of ``repetitions``
+    timings of enough calls to fill about ``budget_ns``. The calls take turns within each
+    repetition, so a burst of load elsewhere on the machine does not land on one alone."""
+    iterations: dict[str, int] = {}
+    for name, call in calls:
+        call()  # warm up caches and any lazy set-up
         start = time.perf_counter_ns()
-        for _ in range(iterations):
-            call()
-        best = min(best, time.perf_counter_ns() - start)
-    return nbytes * iterations / max(best, 1), iterations
+        call()
+        iterations[name] = max(1, budget_ns // max(time.perf_counter_ns() - start, 1))
+    best = dict.fromkeys(iterations, math.inf)
+    for _ in range(repetitions):
+        for name, call in calls:
+            start = time.perf_counter_ns()
+            for _ in range(iterations[name]):
+                call()
+            best[name] = min(best[name], time.perf_counter_ns() - start)
+        tick()
+    return {name: nbytes * iterations[name] / max(best[name], 1) for name in best}
 
 
 def _num(result: dict[str, object], key: str) -> float:
@@ -172,9 +180,9 @@ def _calls(
 
 def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     """Measure and return the JSON result (GB/s figures are 10**9 bytes per second)."""
-    progress.stage("esp", len(_CALLS) * len(SIZES))
     budget_ns = 20_000_000 if quick else 60_000_000
     repetitions = 5 if quick else 15
+    progress.stage("esp", repetitions * len(SIZES))
     rng = random.Random(4303)
     key = rng.randbytes(16 + 4)  # AES-128 key and salt, as ip xfrm takes them
     cipher = AESGCM(key[:16])  # the same key, for the ciphertexts the decrypt baseline opens
@@ -194,7 +202,6 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
             opened = decrypt_batch(sender.twin(), sealed).packets
             agree = agree and [bytes(p) for p in opened if p is not None] == packets
             ciphertexts = [cipher.encrypt(nonce, p, aad) for p in packets]
-            rates: dict[str, float] = {}
             calls = _calls(
                 sender,
                 cipher,
@@ -205,10 +212,13 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
                 nonce=nonce,
                 aad=aad,
             )
-            for name, call in calls:
-                rates[name], _ = _measure(call, nbytes, budget_ns, repetitions)
+
+            def tick() -> None:
+                nonlocal done
                 done += 1
                 progress.update(done)
+
+            rates = _measure(calls, nbytes, budget_ns, repetitions, tick)
             result |= {f"{name}_gbytes_per_s_{size}": rate for name, rate in rates.items()}
             result |= {
                 f"encrypt_ratio_vs_openssl_{size}": rates["encrypt"] / rates["openssl"],

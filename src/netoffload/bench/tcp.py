@@ -203,8 +203,8 @@ def _pinned() -> Iterator[None]:
 def _cpu_now() -> tuple[float, float]:
     """(this process's CPU seconds, every CPU's busy seconds)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    times = psutil.cpu_times()
-    busy = sum(times) - times.idle - getattr(times, "iowait", 0.0)
+    cpu = psutil.cpu_times()
+    busy = sum(cpu) - cpu.idle - getattr(cpu, "iowait", 0.0)
     return usage.ru_utime + usage.ru_stime, busy
 
 
@@ -304,7 +304,8 @@ def _kernel(seconds: float) -> Measured:
     )
 
 
-def _ratio(a: float, b: float) -> float | None:
+def ratio(a: float, b: float) -> float | None:
+    """``a / b`` to two decimals (``None`` when ``b`` is 0): a bench's side-by-side ratio."""
     return round(a / b, 2) if b > 0 else None
 
 
@@ -343,11 +344,11 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, Any]:
             "ours_on_gbit_per_s": round(on.gbit_per_s, 3),
             "ours_off_gbit_per_s": round(off.gbit_per_s, 3),
             "kernel_gbit_per_s": round(kernel.gbit_per_s, 3),
-            "ratio_on_over_off": _ratio(on.gbit_per_s, off.gbit_per_s),
-            "ratio_on_over_kernel": _ratio(on.gbit_per_s, kernel.gbit_per_s),
+            "ratio_on_over_off": ratio(on.gbit_per_s, off.gbit_per_s),
+            "ratio_on_over_kernel": ratio(on.gbit_per_s, kernel.gbit_per_s),
             "ours_on_cpu_s_per_gb": round(on.cpu_s_per_gb, 3),
             "ours_off_cpu_s_per_gb": round(off.cpu_s_per_gb, 3),
-            "ratio_cpu_on_over_off": _ratio(on.cpu_s_per_gb, off.cpu_s_per_gb),
+            "ratio_cpu_on_over_off": ratio(on.cpu_s_per_gb, off.cpu_s_per_gb),
             "ours_on_host_cpu_s_per_gb": round(on.host_cpu_s_per_gb, 3),
             "ours_off_host_cpu_s_per_gb": round(off.host_cpu_s_per_gb, 3),
             "kernel_host_cpu_s_per_gb": round(kernel.host_cpu_s_per_gb, 3),
@@ -380,8 +381,8 @@ def render(result: dict[str, Any], console: Console) -> None:
             f"{r['ours_off_gbit_per_s']:.2f}",
             f"{r['ours_on_gbit_per_s']:.2f}",
             f"{r['kernel_gbit_per_s']:.2f}",
-            _times(r["ratio_on_over_off"]),
-            _times(r["ratio_on_over_kernel"]),
+            times(r["ratio_on_over_off"]),
+            times(r["ratio_on_over_kernel"]),
             f"{r['ours_off_cpu_s_per_gb']:.2f}",
             f"{r['ours_on_cpu_s_per_gb']:.2f}",
         )
@@ -429,8 +430,9 @@ def plot(result: dict[str, Any], path: str) -> None:
         plt.close(fig)
 
 
-def _times(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}x"
+def times(value: float | None, digits: int = 1) -> str:
+    """A ratio as a table shows it: ``31.0x`` (``-`` for none)."""
+    return "-" if value is None else f"{value:.{digits}f}x"
 
 
 def _counts(decisions: dict[str, int]) -> str:

@@ -12,6 +12,7 @@ from netoffload.cli.devices import caps, enable
 from netoffload.cli.nc import nc, ping
 from netoffload.cli.processes import list_command, stats
 from netoffload.cli.rules import rules
+from netoffload.cli.run import run
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +29,6 @@ main.add_command(enable)
 main.add_command(nc)
 main.add_command(ping)
 main.add_command(list_command)
+main.add_command(run)
 main.add_command(stats)
 main.add_command(rules)

@@ -21,8 +21,12 @@ BENCHMARKS = {
     "checksum": "Internet checksum GB/s on 1460-byte and 64 KiB buffers vs plain Python.",
     "classify": "RSS, 20-rule classification and DoS filtering Mpps, batches vs per-frame loops.",
     "esp": "ESP encrypt/decrypt GB/s (AES-128-GCM, batches) beside the AES-GCM call alone.",
-    "synflood": "A 200,000-SYN flood on a SoftNic wire: SYNs a second, a transfer through it.",
+    "sockets": (
+        "A Python app on netoffload sockets vs OS sockets: request/response per s and bulk "
+        "Gbit/s (needs root)."
+    ),
     "softnic": "SoftNic: segmentation, coalescing, checksum rates; host CPU/GB offload on vs off.",
+    "synflood": "A 200,000-SYN flood on a SoftNic wire: SYNs a second, a transfer through it.",
     "tap": "TAP device: Gbit/s written and read with offloads on vs off (needs root).",
     "tcp": (
         "Our TCP stack to and from the kernel's over a TAP, offloads on vs off, "

@@ -66,6 +66,7 @@ from netoffload.wire import MacAddress
 
 if TYPE_CHECKING:
     from netoffload.engine.esp_sa import EspConfig
+    from netoffload.offload.caps import DigestAlgorithm
 
 
 class DeviceError(Exception):
@@ -162,6 +163,16 @@ class Device(abc.ABC):
         """Remove the SA under ``handle`` (either direction); later packets that name it
         are dropped and counted."""
         raise DeviceError(f"{self.name} does not offload IPsec")
+
+    def install_digest_key(self, handle: int, algorithm: DigestAlgorithm, key: bytes) -> None:
+        """Hold a digest key under ``handle``, which ``DigestRequest.key_handle`` then
+        names. Raises ``DeviceError`` on a device that computes no digests."""
+        raise DeviceError(f"{self.name} does not compute digests")
+
+    def revoke_digest_key(self, handle: int) -> None:
+        """Forget the digest key under ``handle``; later requests naming it are dropped
+        and counted."""
+        raise DeviceError(f"{self.name} does not compute digests")
 
     def release(self, packets: Iterable[Packet] | None = None) -> None:
         """Give received packets' buffers back (``None``: every packet still held).

@@ -48,6 +48,8 @@ from netoffload.offload.caps import (
     ChecksumFlags,
     CryptoAlgorithm,
     CryptoFeatures,
+    DigestAlgorithm,
+    DigestCaps,
     EncryptCaps,
     IpVersions,
     KeySizes,
@@ -58,6 +60,7 @@ from netoffload.offload.caps import (
 )
 from netoffload.offload.extension import (
     TCP_CSUM_OFFSET,
+    U32_MAX,
     UDP_CSUM_OFFSET,
     GsoType,
     SegmentationRequest,
@@ -111,6 +114,12 @@ _ALL_L4 = (
     | ChecksumFlags.UDP_IPV6
 )
 _BOTH = IpVersions.IPV4 | IpVersions.IPV6
+_ALL_DIGESTS = (
+    DigestAlgorithm.HMAC_SHA1_96
+    | DigestAlgorithm.HMAC_SHA256_128
+    | DigestAlgorithm.HMAC_SHA512_256
+    | DigestAlgorithm.CRC32C
+)
 _SEGMENT_RECORDS = (TcpSegmentationCaps, UdpSegmentationCaps, TcpAssemblyCaps, UdpAssemblyCaps)
 _NONE: frozenset[Task] = frozenset()
 # (protocol by checksum offset, IP version) -> the checksum flag it needs.
@@ -221,6 +230,8 @@ class Limits:
     tcp_assembly: _SegLimits | None = None
     udp_assembly: _SegLimits | None = None
     encrypt: _CryptoLimits | None = None
+    #: The enabled digest record: its algorithms and how many keys it holds.
+    digest: DigestCaps | None = None
 
     @classmethod
     def from_records(cls, records: Iterable[object]) -> Limits:
@@ -229,6 +240,7 @@ class Limits:
         tx = rx = ChecksumFlags.NONE
         seg: dict[Task, _SegLimits] = {}
         encrypt: _CryptoLimits | None = None
+        digest: DigestCaps | None = None
         for record in records:
             if not isinstance(record, CapabilityRecord):
                 continue
@@ -239,6 +251,8 @@ class Limits:
                 encrypt = _CryptoLimits(
                     record.algorithms, record.key_sizes, record.max_sas, record.features
                 )
+            elif isinstance(record, DigestCaps):
+                digest = record
             elif isinstance(
                 record,
                 TcpSegmentationCaps | UdpSegmentationCaps | TcpAssemblyCaps | UdpAssemblyCaps,
@@ -258,6 +272,7 @@ class Limits:
             seg.get(Task.TCP_ASSEMBLY),
             seg.get(Task.UDP_ASSEMBLY),
             encrypt,
+            digest,
         )
 
     @classmethod
@@ -275,6 +290,9 @@ class Limits:
             full if has(Task.UDP_SEGMENTATION) else None,
             full if has(Task.TCP_ASSEMBLY) else None,
             full if has(Task.UDP_ASSEMBLY) else None,
+            digest=DigestCaps(algorithms=_ALL_DIGESTS, max_keys=U32_MAX)
+            if has(Task.DIGEST)
+            else None,
         )
 
     def restricted(self, allow: Iterable[Task]) -> Limits:
@@ -292,6 +310,7 @@ class Limits:
             self.tcp_assembly if has(Task.TCP_ASSEMBLY) else None,
             self.udp_assembly if has(Task.UDP_ASSEMBLY) else None,
             self.encrypt if has(Task.ENCRYPT) else None,
+            self.digest if has(Task.DIGEST) else None,
         )
 
     # -- transmit -------------------------------------------------------------------
@@ -361,14 +380,18 @@ class Limits:
         for task in request.tasks() - tasks - {Task.CHECKSUM, *SEGMENTATION}:
             if task not in self.tasks:
                 refused.append((task, Refusal.NOT_ENABLED))
-            elif task is Task.ENCRYPT:
-                refusal = self._admit_encrypt(request)
+            elif task is Task.ENCRYPT or task is Task.DIGEST:
+                refusal = (
+                    self._admit_encrypt(request)
+                    if task is Task.ENCRYPT
+                    else self._admit_digest(request)
+                )
                 if refusal is not None:
                     refused.append((task, refusal))
                 else:
                     tasks.add(task)
             else:
-                tasks.add(task)  # digest, scheduling: admitted by name until their engines
+                tasks.add(task)  # scheduling: admitted by name
         if request.sa_handle is not None and Task.ENCRYPT not in tasks and tasks:
             # The host encrypts, and encryption comes last: the host does it all.
             return Admitted(
@@ -391,6 +414,18 @@ class Limits:
         wanted = _context_features(context)
         if wanted & ~limits.features:
             return Refusal.ALGORITHM
+        return None
+
+    def _admit_digest(self, request: TxRequest) -> Refusal | None:
+        """Whether the device may compute ``request``'s digest: an algorithm its record
+        offers and, for a keyed one, a key handle in its ``0..max_keys-1``."""
+        limits, digest = self.digest, request.digest
+        if limits is None or digest is None:
+            return None if limits is not None else Refusal.NOT_ENABLED
+        if digest.algorithm & ~limits.algorithms:
+            return Refusal.ALGORITHM
+        if digest.algorithm is not DigestAlgorithm.CRC32C and digest.key_handle >= limits.max_keys:
+            return Refusal.NO_SUCH_HANDLE
         return None
 
     def _admit_segmentation(

@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from hmac import compare_digest
 from ipaddress import IPv4Address, IPv6Address
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, NamedTuple, TypeAlias
 
+import google_crc32c
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
@@ -57,6 +58,9 @@ from netoffload.engine.ipsec_sa import (
 )
 from netoffload.offload.caps import DigestAlgorithm
 from netoffload.offload.extension import DigestRequest
+from netoffload.offload.packet import Packet
+from netoffload.offload.stats import DropReason
+from netoffload.offload.task import Task
 from netoffload.wire._view import byte_view
 from netoffload.wire.ah import FIXED_LEN as AH_FIXED_LEN
 from netoffload.wire.ah import AhPacket
@@ -69,6 +73,7 @@ __all__ = [
     "DigestError",
     "DigestFailure",
     "DigestKeys",
+    "DigestPass",
     "ah_protect",
     "ah_protect_batch",
     "ah_protect_with",
@@ -78,6 +83,7 @@ __all__ = [
     "crc32c",
     "digest_batch",
     "digest_len",
+    "digest_pass",
     "verify_digest",
 ]
 
@@ -437,26 +443,10 @@ def digest_len(algorithm: DigestAlgorithm) -> int:
     return _HASHES[algorithm][1]
 
 
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC32C_TABLE: Final = _crc32c_table()
-
-
 def crc32c(data: Buffer) -> int:
-    """CRC-32C (Castagnoli, RFC 3720 B.4), as iSCSI and SCTP use it."""
-    table = _CRC32C_TABLE
-    c = 0xFFFFFFFF
-    for byte in byte_view(data).tobytes():
-        c = table[(c ^ byte) & 0xFF] ^ (c >> 8)
-    return c ^ 0xFFFFFFFF
+    """CRC-32C (Castagnoli, RFC 3720 B.4), as iSCSI and SCTP use it (``google-crc32c``'s
+    C implementation, with the CPU's CRC instruction where it has one)."""
+    return int(google_crc32c.value(bytes(data)))
 
 
 class DigestKeys:
@@ -558,3 +548,44 @@ def digest_batch(
         except DigestError as err:
             out.append(err.reason)
     return out
+
+
+class DigestPass(NamedTuple):
+    """What ``digest_pass`` left: the packets still to send, each with its task set (the
+    digested ones without ``DIGEST``, their requests without the digest), the drops
+    (input index and reason) and how many digests were computed."""
+
+    packets: list[Packet]
+    tasks: list[frozenset[Task]]
+    drops: list[tuple[int, DropReason]]
+    done: int
+
+
+def digest_pass(
+    keys: DigestKeys, packets: Sequence[Packet], tasks: Sequence[frozenset[Task]]
+) -> DigestPass:
+    """The digest task of a transmit batch, done first: each packet whose ``tasks`` name
+    ``DIGEST`` gets its digest written into a copy of its frame, so that checksums,
+    segmentation and encryption that follow cover it. The others pass unchanged."""
+    if not any(Task.DIGEST in t for t in tasks):
+        return DigestPass(list(packets), list(tasks), [], 0)
+    out: list[Packet] = []
+    out_tasks: list[frozenset[Task]] = []
+    drops: list[tuple[int, DropReason]] = []
+    done = 0
+    for i, (packet, wanted) in enumerate(zip(packets, tasks, strict=True)):
+        request = packet.tx.digest
+        if Task.DIGEST not in wanted or request is None:
+            out.append(packet)
+            out_tasks.append(wanted)
+            continue
+        frame = bytearray(packet.frame())
+        try:
+            compute_digest(keys, request, frame)
+        except DigestError as err:
+            drops.append((i, DropReason(err.reason.value)))
+            continue
+        done += 1
+        out.append(Packet(frame, replace(packet.tx, digest=None), packet.rx))
+        out_tasks.append(wanted - {Task.DIGEST})
+    return DigestPass(out, out_tasks, drops, done)

@@ -20,7 +20,7 @@ import functools
 import operator
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Final, NamedTuple, TypeAlias
 
 import numpy as np
@@ -88,6 +88,16 @@ def rows_eligible(sa: SecurityAssociation) -> bool:
     """True when ``sa``'s packets can take the matrix path at all."""
     c = sa.config
     return c.aead and c.mode is EspMode.TRANSPORT and c.nat_t is None
+
+
+@functools.lru_cache(maxsize=32)
+def _row_slices(
+    k: int, stride: int, ct: int, ctl: int, end: int
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Where each of ``k`` rows' plaintext lies and where its ciphertext and ICV go: one
+    set of slice objects per batch shape, made once (a flow's batches share a shape)."""
+    starts = range(ct, k * stride, stride)
+    return tuple(slice(s, s + ctl) for s in starts), tuple(slice(s, s + end) for s in starts)
 
 
 def seal_rows(
@@ -182,10 +192,20 @@ def seal_rows(
 
     encrypt_into = aead.encrypt_into
     if not fused:
-        starts = [r * stride + ct for r in rows]
-        plaintexts = [view[s : s + ctl] for s in starts]
-        outputs = [view[s : s + end] for s in starts]
-        chosen = (nonces, aads) if len(rows) == k else _pick(rows, nonces, aads)
+        cut_at = view.__getitem__
+        plaintexts: Iterator[memoryview]
+        outputs: Iterator[memoryview]
+        chosen: tuple[Sequence[bytes], Sequence[bytes]]
+        if len(rows) == k:
+            texts, sealed_at = _row_slices(k, stride, ct, ctl, end)
+            plaintexts = map(cut_at, texts)
+            outputs = map(cut_at, sealed_at)
+            chosen = (nonces, aads)
+        else:
+            starts = [r * stride + ct for r in rows]
+            plaintexts = iter([view[s : s + ctl] for s in starts])
+            outputs = iter([view[s : s + end] for s in starts])
+            chosen = _pick(rows, nonces, aads)
         # The only per-packet work left: one AEAD call each, in place, looped in C.
         deque(map(encrypt_into, chosen[0], plaintexts, chosen[1], outputs), maxlen=0)
     elif len(rows) == k:

@@ -48,6 +48,12 @@ class DropReason(enum.StrEnum):
     IPSEC_MODE_MISMATCH = "ipsec_mode_mismatch"
     IPSEC_BAD_REQUEST = "ipsec_bad_request"
     IPSEC_UNSUPPORTED = "ipsec_unsupported"
+    # Digest: the engine's reasons (``engine.digest.DigestFailure``), same names.
+    DIGEST_UNKNOWN_KEY = "digest_unknown_key"
+    DIGEST_ALGORITHM_MISMATCH = "digest_algorithm_mismatch"
+    DIGEST_OUT_OF_BOUNDS = "digest_out_of_bounds"
+    DIGEST_OVERLAP = "digest_overlap"
+    DIGEST_MISMATCH = "digest_mismatch"
 
 
 _COUNTERS = (

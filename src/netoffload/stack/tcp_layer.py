@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, TypeAlias
@@ -187,18 +187,28 @@ class TcpLayer:
         self.listeners: dict[tuple[bytes, int], TcpListener] = {}
         self._by_conn: dict[int, _Flow] = {}
         self._ports_in_use: set[tuple[bytes, int]] = set()
+        #: Called with a handle after its connection raised events (a socket layer's wake-up:
+        #: it must not call back into the stack).
+        self.on_events: Callable[[TcpHandle], None] | None = None
 
     # -- opening ------------------------------------------------------------------
     def connect(
-        self, remote: IpAddress, port: int, now_ns: int, *, local_port: int = 0
+        self,
+        remote: IpAddress,
+        port: int,
+        now_ns: int,
+        *,
+        local_port: int = 0,
+        config: TcpConfig | None = None,
     ) -> TcpHandle:
+        """Open a connection; ``config`` replaces the layer's settings (buffer sizes...)."""
         stack = self.stack
         hop = stack.route(remote)
         source = hop.source
         assert source is not None  # route() raises when there is none
         lport = local_port or self._ephemeral(source.packed)
         iface = stack.interfaces[hop.interface]
-        config = self._config_for(iface, source)
+        config = self._config_for(iface, source, config)
         conn = TcpConnection.connect(
             (source, lport),
             (remote, port),
@@ -214,12 +224,14 @@ class TcpLayer:
         )  # fmt: skip
         return handle
 
-    def listen(self, address: IpAddress, port: int, backlog: int) -> TcpListener:
+    def listen(
+        self, address: IpAddress, port: int, backlog: int, *, config: TcpConfig | None = None
+    ) -> TcpListener:
         key = (address.packed, port)
         if key in self.listeners:
             raise OSError(98, f"{address} port {port} is already listening")  # EADDRINUSE
         hop_iface = self.stack.interface_of(address)
-        config = self._config_for(hop_iface, address)
+        config = self._config_for(hop_iface, address, config)
         listener = TcpListener(
             (address, port),
             backlog=backlog,
@@ -237,9 +249,11 @@ class TcpLayer:
         flow = self._by_conn.get(id(conn))
         return flow.handle if flow is not None else TcpHandle(conn)
 
-    def _config_for(self, iface: Interface, source: IpAddress) -> TcpConfig:
+    def _config_for(
+        self, iface: Interface, source: IpAddress, base: TcpConfig | None = None
+    ) -> TcpConfig:
         header = IPV4_HLEN if source.version == 4 else IPV6_HLEN
-        return replace(self.config, mss_bytes=max(536, iface.mtu - header - TCP_HLEN))
+        return replace(base or self.config, mss_bytes=max(536, iface.mtu - header - TCP_HLEN))
 
     def _ephemeral(self, local: bytes) -> int:
         rng = self.stack.rng
@@ -391,13 +405,17 @@ class TcpLayer:
 
     def _collect(self, flow: _Flow) -> None:
         conn = flow.conn
-        events = flow.handle.events
         event = conn.next_event()
+        if event is None:
+            return
+        events = flow.handle.events
         while event is not None:
             events.append(event)
             if isinstance(event, Closed):
                 self._remove(flow)
             event = conn.next_event()
+        if self.on_events is not None:
+            self.on_events(flow.handle)
 
     def _max_payload(self, flow: _Flow) -> int:
         """The largest payload one segment may carry: a super-packet when the device cuts."""
@@ -453,6 +471,16 @@ class TcpLayer:
             now_ns=now_ns,
             source=flow.source,
         )
+
+    def flush(self, handle: TcpHandle, now_ns: int) -> Interface | None:
+        """Send what one connection has now, after an application call on it (a socket
+        layer's fast path: no other connection is looked at); the interface to flush, or
+        ``None`` when the connection has left the table."""
+        flow = self._by_conn.get(id(handle.conn))
+        if flow is None:
+            return None
+        self._after(flow, now_ns)
+        return flow.iface
 
     def poll(self, now_ns: int) -> None:
         """Send what every connection has (after application calls)."""

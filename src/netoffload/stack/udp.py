@@ -26,7 +26,7 @@ import errno
 import itertools
 import random
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
@@ -151,6 +151,9 @@ class UdpTable:
         self._endpoints: dict[int, _Endpoint] = {}
         self._by_port: dict[tuple[int, int], list[_Endpoint]] = {}
         self._ids = itertools.count(1)
+        #: Called with an endpoint id after a datagram was queued for it (a socket layer's
+        #: wake-up: it must not call back into the stack).
+        self.on_queued: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self._endpoints)
@@ -406,6 +409,8 @@ class UdpTable:
         ep.queue.append(datagram)
         ep.queued_bytes += len(datagram.payload) + DATAGRAM_OVERHEAD
         self.stats.in_datagrams += 1
+        if self.on_queued is not None:
+            self.on_queued(ep.ident)
         return True
 
     def _in_error(self, reason: Delivery) -> Delivery:

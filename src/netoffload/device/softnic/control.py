@@ -20,6 +20,8 @@ class Op(bytes, enum.Enum):
     FLUSH = b"F"  # reply once every posted transmit descriptor is on the wire
     INSTALL_SA = b"I"  # payload: u32 handle + an inbound SA's context (engine.ipsec_offload)
     REVOKE_SA = b"V"  # payload: u32 handle
+    INSTALL_DIGEST_KEY = b"D"  # payload: u32 handle, u32 algorithm, the key
+    REVOKE_DIGEST_KEY = b"d"  # payload: u32 handle
     RULES = b"U"  # payload: a rules command (engine.steer); reply: JSON
     STOP = b"X"  # the firmware exits
 

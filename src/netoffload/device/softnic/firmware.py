@@ -59,6 +59,7 @@ from netoffload.device.softnic.layout import (
 )
 from netoffload.engine import pipeline
 from netoffload.engine.admit import Limits, Refusal
+from netoffload.engine.digest import DigestKeys, digest_pass
 from netoffload.engine.ipsec_offload import (
     Opened,
     SecurityContexts,
@@ -76,6 +77,8 @@ from netoffload.offload import (
     CryptoStatus,
     DecryptCaps,
     DeviceStats,
+    DigestAlgorithm,
+    DigestCaps,
     DropReason,
     EncryptCaps,
     FilterVerdict,
@@ -182,6 +185,7 @@ class Firmware:
             default=0,
         )
         self.contexts = SecurityContexts(handles)
+        self.digest_keys = DigestKeys()
         self.free_rx: list[int] = []
         self.decode_tx = Memo(layout.decode_tx_ext)
         self.encode_rx = Memo(layout.encode_rx_ext)
@@ -366,6 +370,12 @@ class Firmware:
                 packet = Packet(packet.data, verdict.request)
             admitted.append(packet)
             allowed.append(verdict.tasks)
+        digested = digest_pass(self.digest_keys, admitted, allowed)
+        if digested.drops or digested.done:
+            for _, reason in digested.drops:
+                stats.drop(reason)
+            stats.task_done(Task.DIGEST, digested.done)
+            admitted, allowed = digested.packets, digested.tasks
         if any(Task.TX_SCHEDULING in t for t in allowed):
             admitted, allowed = self._schedule(admitted, allowed)
         sealed = [p for p, tasks in zip(admitted, allowed, strict=True) if Task.ENCRYPT in tasks]
@@ -647,6 +657,14 @@ class Firmware:
                 return
             self.contexts.revoke(int.from_bytes(payload, "little"))
             self._reply(Status.OK, b"")
+        elif op == Op.INSTALL_DIGEST_KEY.value:
+            self._install_digest_key(payload)
+        elif op == Op.REVOKE_DIGEST_KEY.value:
+            if len(payload) != 4:
+                self._reply(Status.MALFORMED, b"revoke_digest_key takes a 4-byte handle")
+                return
+            self.digest_keys.revoke(int.from_bytes(payload, "little"))
+            self._reply(Status.OK, b"")
         elif op == Op.RULES.value:
             self._rules(payload)
         elif op == Op.STOP.value:
@@ -707,6 +725,26 @@ class Firmware:
             if config.algorithm & ~record.algorithms or config.key_size & ~record.key_sizes:
                 raise ValueError("the SA's algorithm or key size is not enabled")
             self.contexts.install_inbound(handle, config)
+        except ValueError as exc:
+            self._reply(Status.REFUSED, str(exc).encode())
+            return
+        self._reply(Status.OK, b"")
+
+    def _install_digest_key(self, payload: bytes) -> None:
+        """A digest key: checked against the enabled digest record, held by handle."""
+        try:
+            if len(payload) < 9:
+                raise ValueError("install_digest_key takes a handle, an algorithm and a key")
+            handle, bits = struct.unpack_from("<II", payload)
+            record = self.selection.get(Task.DIGEST)
+            if not isinstance(record, DigestCaps):
+                raise ValueError("the digest task is not enabled")
+            if handle >= record.max_keys:
+                raise ValueError(f"handle {handle} is outside 0..{record.max_keys - 1}")
+            algorithm = DigestAlgorithm(bits)
+            if algorithm & ~record.algorithms:
+                raise ValueError(f"{algorithm.name} is not enabled")
+            self.digest_keys.install(handle, algorithm, payload[8:])
         except ValueError as exc:
             self._reply(Status.REFUSED, str(exc).encode())
             return

@@ -161,10 +161,10 @@ class Ring:
     """
 
     __slots__ = (
-        "_cons_at",
+        "_cons",
         "_mask",
         "_mem",
-        "_prod_at",
+        "_prod",
         "capacity",
         "entries_offset",
         "entry_size",
@@ -175,8 +175,13 @@ class Ring:
     ) -> None:
         line = _INDEX_LINES[name]
         self._mem = mem
-        self._prod_at = line * CACHE_LINE
-        self._cons_at = (line + 1) * CACHE_LINE
+        # The other process reads an index while this one writes it, so each is one
+        # aligned word read and written whole (a memoryview item): struct.pack_into
+        # clears its target before writing it, and a reader could see that 0 (an index
+        # hundreds of entries off).
+        prod_at, cons_at = line * CACHE_LINE, (line + 1) * CACHE_LINE
+        self._prod = mem[prod_at : prod_at + 4].cast("I")
+        self._cons = mem[cons_at : cons_at + 4].cast("I")
         self.entries_offset = entries_offset
         self.capacity = capacity
         self.entry_size = entry_size
@@ -184,17 +189,17 @@ class Ring:
 
     @property
     def producer(self) -> int:
-        return int(_U32.unpack_from(self._mem, self._prod_at)[0])
+        return int(self._prod[0])
 
     @property
     def consumer(self) -> int:
-        return int(_U32.unpack_from(self._mem, self._cons_at)[0])
+        return int(self._cons[0])
 
     def publish_producer(self, value: int) -> None:
-        _U32.pack_into(self._mem, self._prod_at, value & 0xFFFFFFFF)
+        self._prod[0] = value & 0xFFFFFFFF
 
     def publish_consumer(self, value: int) -> None:
-        _U32.pack_into(self._mem, self._cons_at, value & 0xFFFFFFFF)
+        self._cons[0] = value & 0xFFFFFFFF
 
     def available(self) -> int:
         """Entries the consumer may read."""

@@ -29,6 +29,7 @@ import mmap
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ from netoffload.offload import (
     CryptoFeatures,
     DecryptCaps,
     DeviceStats,
+    DigestAlgorithm,
+    DigestCaps,
     DosFilterCaps,
     DosRuleKinds,
     DropReason,
@@ -135,6 +138,7 @@ def default_capabilities(queues: int = 1) -> list[CapabilityRecord]:
         UdpAssemblyCaps(max_size_bytes=65536, versions=both),
         EncryptCaps(**_IPSEC),
         DecryptCaps(**_IPSEC),
+        DigestCaps(algorithms=_DIGESTS, max_keys=1024),
         ClassificationCaps(rule_slots=RULE_SLOTS, queues=queues, hash_types=ALL_HASH_TYPES),
         DosFilterCaps(
             rule_kinds=DosRuleKinds.BLOCKLIST
@@ -149,6 +153,14 @@ def default_capabilities(queues: int = 1) -> list[CapabilityRecord]:
         ),
     ]
 
+
+#: The digests a SoftNic's engine computes (``engine.digest``).
+_DIGESTS = (
+    DigestAlgorithm.HMAC_SHA1_96
+    | DigestAlgorithm.HMAC_SHA256_128
+    | DigestAlgorithm.HMAC_SHA512_256
+    | DigestAlgorithm.CRC32C
+)
 
 #: What a SoftNic's IPsec engine does: every algorithm, mode and option of the engine's ESP.
 _IPSEC: dict[str, Any] = {
@@ -308,8 +320,8 @@ class SoftNic(Device):
         self._lent: set[int] = set()
         self._rx_held: set[int] = set()
         # Received views by identity: release finds a packet's slot without an address
-        # computation (a view is alive, so its id is unique, while the caller holds it).
-        self._rx_views: dict[int, int] = {}
+        # computation (each view is kept here until released, so its id stays unique).
+        self._rx_views: dict[int, tuple[memoryview, int]] = {}
         self._fill.push(list(range(g.tx_slots, g.slots)))
         self._ring(self._nic_bell)
         self._encode_tx = Memo(layout.encode_tx_ext)
@@ -583,6 +595,16 @@ class SoftNic(Device):
         """Remove the SA under ``handle`` from the firmware (either direction)."""
         self._call(Op.REVOKE_SA, handle.to_bytes(4, "little"))
 
+    def install_digest_key(self, handle: int, algorithm: DigestAlgorithm, key: bytes) -> None:
+        """Hold a digest key in the firmware under ``handle`` (refused unless the digest
+        task is enabled with room for the handle and the algorithm)."""
+        body = struct.pack("<II", handle, DigestAlgorithm(algorithm).value) + bytes(key)
+        self._call(Op.INSTALL_DIGEST_KEY, body)
+
+    def revoke_digest_key(self, handle: int) -> None:
+        """Forget the digest key under ``handle`` in the firmware."""
+        self._call(Op.REVOKE_DIGEST_KEY, handle.to_bytes(4, "little"))
+
     def cable_counters(self) -> dict[str, int]:
         """The port's wire counters (sent, lost, corrupted, ...) as of the last ``stats``."""
         return dict(self._last_wire)
@@ -783,7 +805,9 @@ class SoftNic(Device):
             view = mem[base : base + length]
             out.append(Packet(view, rx=decode(ext)))
             held.add(slot)
-            views[id(view)] = slot
+            # The view is kept with its slot: while it is mapped, its id cannot be reused by
+            # another object that a release would then take for it.
+            views[id(view)] = (view, slot)
         ring.publish_consumer(tail + count)
         if ring.available():
             self._ring(self._rx_bell)  # more is waiting: keep fileno() readable
@@ -802,13 +826,19 @@ class SoftNic(Device):
         else:
             back = []
             for packet in packets:
-                slot = views.pop(id(packet.data), None)
+                entry = views.pop(id(packet.data), None)
+                slot = entry[1] if entry is not None else None
                 if slot is None:
                     where = self._slot_of(packet.data)
                     slot = None if where is None else where[0]
                 if slot is not None and slot in held:
                     held.discard(slot)
                     back.append(slot)
+            if len(views) > len(held):
+                # Slots given back through other views of them (a host that made new ones):
+                # forget their original views.
+                for key in [k for k, (_, slot) in views.items() if slot not in held]:
+                    del views[key]
         if back and not self._res.closed:
             self._fill.push(back)
             self._ring(self._nic_bell)
