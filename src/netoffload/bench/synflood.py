@@ -51,6 +51,17 @@ SOURCES = IPv4Address("198.19.0.0")
 SERVER, CLIENT = "198.18.0.2", "198.18.0.1"
 
 
+#: The flood stops (and says so) if this process grows by more than this.
+RSS_LIMIT_BYTES = 2 << 30
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
 def _fold(total: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     for _ in range(3):
         total = (total & 0xFFFF) + (total >> 16)
@@ -114,6 +125,7 @@ class FloodResult:
     syns_marked_by_device: int
     answers_dropped_by_rule: int
     client_rule_drops: int
+    rss_growth_bytes: int
 
 
 def flood(
@@ -143,6 +155,8 @@ def flood(
         client = server = None
         got = bytearray()
         half_open_max = flows_max = 0
+        rss_start = rss_peak = _rss_bytes()
+        steps = 0
         started = time.monotonic()
         end = started + timeout_s
         while (len(got) < transfer_bytes or posted < syns) and time.monotonic() < end:
@@ -153,6 +167,11 @@ def flood(
                 client = client_stack.tcp_connect(ip_address(SERVER), PORT, time.monotonic_ns())
             loop_a.step(0.0)
             loop_b.step(0.0)
+            steps += 1
+            if steps % 256 == 0:
+                rss_peak = max(rss_peak, _rss_bytes())
+                if rss_peak - rss_start > RSS_LIMIT_BYTES:
+                    break  # reported: the growth is in the result
             half_open_max = max(half_open_max, listener.syn_queue_len())
             flows_max = max(flows_max, len(server_stack.tcp.flows))
             if server is None:
@@ -180,6 +199,7 @@ def flood(
             syns_marked_by_device=int(nic_b.steering_counters()["syn_cookies"]),
             answers_dropped_by_rule=int(rules[drop_rule]["drops"]),
             client_rule_drops=nic_a.stats().drops["rule_drop"],
+            rss_growth_bytes=max(rss_peak, _rss_bytes()) - rss_start,
         )
 
 
@@ -189,6 +209,12 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     result = flood(20_000, 1_000_000) if quick else flood(200_000, 10_000_000)
     progress.update(1)
     return asdict(result)
+
+
+def _num(result: dict[str, object], key: str) -> float:
+    value = result[key]
+    assert isinstance(value, int | float)
+    return float(value)
 
 
 def render(result: dict[str, object], console: Console) -> None:
@@ -206,6 +232,7 @@ def render(result: dict[str, object], console: Console) -> None:
         ("connections opened from a cookie", f"{listener.get('syn_cookies_accepted', 0):,}"),
         ("most half-open / backlog", f"{result['half_open_max']} / {result['backlog']}"),
         ("transfer bytes (intact)", f"{result['transfer_bytes']:,} ({result['transfer_intact']})"),
+        ("memory grown (MB)", f"{_num(result, 'rss_growth_bytes') / 1e6:.0f}"),
     ):
         table.add_row(label, value)
     console.print(table)
