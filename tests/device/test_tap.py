@@ -21,10 +21,12 @@ from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumCaps,
     ChecksumRequest,
+    ClassificationCaps,
     DropReason,
     GsoType,
     IpVersions,
     Packet,
+    RssHashTypes,
     SegmentationRequest,
     Selection,
     SelectionError,
@@ -166,6 +168,11 @@ def test_multi_queue_transmits_on_every_queue_a_flow_on_one(netns: Netns) -> Non
     flows, and each flow keeps to one (its datagrams arrive in order)."""
     tap = _tap_in(netns, queues=2)
     with tap:
+        # The records say so: two queues, the kernel's choice (none of our hash types, no rules).
+        (record,) = [r for r in tap.capabilities() if isinstance(r, ClassificationCaps)]
+        assert (record.queues, record.hash_types, record.rule_slots) == (2, RssHashTypes.NONE, 0)
+        status = {s.advertised.task: s for s in tap.status()}
+        assert not status[Task.CLASSIFICATION].changeable
         with netns.entered():
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:

@@ -67,10 +67,12 @@ from netoffload.offload import (
     CapabilityStatus,
     ChecksumCaps,
     ChecksumFlags,
+    ClassificationCaps,
     DeviceStats,
     DropReason,
     IpVersions,
     Packet,
+    RssHashTypes,
     Selection,
     SelectionError,
     Task,
@@ -203,7 +205,7 @@ class TapDevice(Device):
         self._fds = fds
         self._flags = offload_flags
         self._enabled = Selection(
-            r for r in _records(offload_flags) if isinstance(r, CapabilityRecord)
+            r for r in _records(offload_flags, len(fds)) if isinstance(r, CapabilityRecord)
         )
         self._stats = DeviceStats()
         self._rx = RxDecoder(self._stats)
@@ -251,7 +253,9 @@ class TapDevice(Device):
         if not self._try_offload(flags):
             raise DeviceError(f"{self.name!r}: the kernel refused offload flags {flags:#x}")
         self._flags = flags
-        self._enabled = Selection(r for r in _records(flags) if isinstance(r, CapabilityRecord))
+        self._enabled = Selection(
+            r for r in _records(flags, len(self._fds)) if isinstance(r, CapabilityRecord)
+        )
         # Cached transmit headers were checked against the old flags.
         self._tx_headers = {NO_REQUEST: _ZERO_HDR}
 
@@ -261,20 +265,20 @@ class TapDevice(Device):
 
     def capabilities(self) -> list[AnyRecord]:
         """What this kernel's TAP offers, from the flags it accepted when probed."""
-        return _records(self._offered)
+        return _records(self._offered, len(self._fds))
 
     def enabled(self) -> Selection:
         return self._enabled
 
     def fixed_selection(self) -> Selection:
         """Transmit checksum and segmentation: the kernel does them for any write."""
-        return Selection(r for r in _records(0) if isinstance(r, CapabilityRecord))
+        return Selection(r for r in _records(0, len(self._fds)) if isinstance(r, CapabilityRecord))
 
     def status(self) -> list[CapabilityStatus]:
         """Transmit segmentation is fixed on (the kernel always does it); the rest changes."""
         on = self.enabled()
         return [
-            CapabilityStatus(r, on.get(r.task), r.task not in _SEGMENTATION)
+            CapabilityStatus(r, on.get(r.task), r.task not in _NOT_CHANGEABLE)
             for r in self.capabilities()
             if isinstance(r, CapabilityRecord)
         ]
@@ -287,7 +291,7 @@ class TapDevice(Device):
         refuses to change a fixed feature.
         """
         selection.check_against(self.capabilities())
-        fixed = {r.task: r for r in _records(0) if isinstance(r, CapabilityRecord)}
+        fixed = {r.task: r for r in _records(0, len(self._fds)) if isinstance(r, CapabilityRecord)}
         for task, record in fixed.items():
             chosen = selection.get(task)
             if chosen is None or (
@@ -491,6 +495,8 @@ _BOTH = IpVersions.IPV4 | IpVersions.IPV6
 # What the kernel does for any write that asks, whatever TUNSETOFFLOAD says.
 _SEGMENTATION = frozenset({Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
 _FIXED_TASKS = frozenset({Task.CHECKSUM, *_SEGMENTATION})
+#: Always on (segmentation) or the kernel's own (which queue a frame takes).
+_NOT_CHANGEABLE = frozenset({*_SEGMENTATION, Task.CLASSIFICATION})
 
 
 def _flow_queue(frame: bytes | bytearray | memoryview, queues: int) -> int:
@@ -505,9 +511,10 @@ def _flow_queue(frame: bytes | bytearray | memoryview, queues: int) -> int:
     return zlib.crc32(key) % queues
 
 
-def _records(flags: int) -> list[AnyRecord]:
+def _records(flags: int, queues: int = 1) -> list[AnyRecord]:
     """The records for TUN_F_* ``flags``: the fixed transmit tasks, and what the flags let
-    the kernel hand us."""
+    the kernel hand us; with several queues, a classification record that says how many
+    and that the kernel picks a frame's queue (no hash types of ours, no rule slots)."""
     rx = _L4_ALL if flags & TUN_F_CSUM else ChecksumFlags.NONE
     out: list[AnyRecord] = [
         ChecksumCaps(tx=_L4_ALL, rx=rx),
@@ -522,6 +529,8 @@ def _records(flags: int) -> list[AnyRecord]:
         out.append(TcpAssemblyCaps(max_size_bytes=65536, versions=versions))
     if flags & _USO == _USO:
         out.append(UdpAssemblyCaps(max_size_bytes=65536, versions=_BOTH))
+    if queues > 1:
+        out.append(ClassificationCaps(rule_slots=0, queues=queues, hash_types=RssHashTypes.NONE))
     return out
 
 
