@@ -88,8 +88,15 @@ def poll_fds(fds: Sequence[int], timeout_s: float, events: int = select.POLLIN) 
     return [fd for fd, _ in poller.poll(timeout_ms)]
 
 
+#: The return code of a process whose status cannot be known (not this process's child).
+UNKNOWN_EXIT = 1 << 16
+
+
 def describe_exit(code: int) -> str:
-    """A child process's return code in words: ``signal SIGKILL`` or ``status 3``."""
+    """A child process's return code in words: ``signal SIGKILL``, ``status 3``, or
+    ``an unknown status`` for ``UNKNOWN_EXIT``."""
+    if code == UNKNOWN_EXIT:
+        return "an unknown status"
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"
