@@ -19,6 +19,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
             "tcp_echo_asyncio.py",
             ["echoed 1,048,576 bytes, intact: True", "client policy decisions: {'device':"],
         ),
+        (
+            "vswitch_tcp.py",
+            ["echoed 4,194,304 bytes, intact: True", "unicast receive from the wire: 0"],
+        ),
     ],
 )
 def test_example_runs(script: str, expected: list[str]) -> None:

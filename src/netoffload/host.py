@@ -19,6 +19,18 @@ goes to the device as finished frames. The first packet a device encrypts
 under a handle carries the SA's context, whether or not it was the handle's
 first packet. Inbound SAs are installed with ``install_sa`` (in the device
 too, when it decrypts); ESP the device left encrypted is decrypted here.
+
+Steering: for a device without CLASSIFICATION or DOS_FILTER enabled, the
+host runs the same ``engine.steer`` on what it receives (``rules`` configures
+whichever side does it): DoS drops and rule drops are counted here by reason,
+and the verdict, mark, flow hash and rule land in the same ``RxInfo`` fields.
+There is one queue on the host side.
+
+Launch time: a packet whose launch time the device will not honour (no
+TX_SCHEDULING enabled) is made here at once and held in an earliest-deadline
+queue (``engine.schedule``) until its time on CLOCK_TAI; ``push`` hands over
+what is due, and ``next_launch_ns`` says when to call it next. A packet more
+than ``launch_tolerance_ns`` late is dropped and counted.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Sequence, Set
+from dataclasses import replace
 
 from netoffload.device.base import Device
 from netoffload.engine import pipeline
@@ -39,6 +52,8 @@ from netoffload.engine.ipsec_offload import (
     decrypt_frames,
     transmit_encrypted,
 )
+from netoffload.engine.schedule import LaunchQueue
+from netoffload.engine.steer import Steering, merge_steering
 from netoffload.engine.txpath import InPlace
 from netoffload.offload import (
     NO_REQUEST,
@@ -62,6 +77,14 @@ _DIGEST = frozenset({Task.DIGEST})
 #: Handles the host's own SA store takes (a device's record may offer fewer).
 HOST_SA_HANDLES = 1 << 20
 _DROPPED = Packet(b"")
+#: How late a packet the host paces may still go out.
+LAUNCH_TOLERANCE_NS = 50_000_000
+_STEERING = frozenset({Task.CLASSIFICATION, Task.DOS_FILTER})
+
+
+def tai_ns() -> int:
+    """Now on CLOCK_TAI, the clock of launch times."""
+    return time.clock_gettime_ns(time.CLOCK_TAI)
 
 
 class HostOffload:
@@ -107,6 +130,9 @@ class HostOffload:
         self._rows: RowSource | None = getattr(device, "tx_rows", None)
         # And payload it sends where it lies (a send buffer in its memory) stays there.
         self._in_place: InPlace | None = getattr(device, "posts_in_place", None)
+        #: The host's own steering, for what the device does not steer itself.
+        self.steering = Steering()
+        self.launch: LaunchQueue[Packet] = LaunchQueue(tolerance_ns=LAUNCH_TOLERANCE_NS)
 
     # -- who does what ----------------------------------------------------------------
     def device_limits(self) -> Limits:
@@ -192,6 +218,9 @@ class HostOffload:
             if admitted.request is not packet.tx:
                 packet = Packet(packet.data, admitted.request, packet.rx, packet.head)
             here = admitted.request.tasks() - admitted.tasks
+            if Task.TX_SCHEDULING in here:
+                self._pace(packet, admitted.tasks)
+                continue
             mine.append(here)
             queued.append(packet)
             host_work = host_work or bool(here)
@@ -220,6 +249,77 @@ class HostOffload:
         stats.tx_packets += len(handed)
         stats.tx_bytes += sum(len(queued[i]) for i in handed)
         return self.push()
+
+    # -- launch time in software ---------------------------------------------------------
+    def _pace(self, packet: Packet, device_tasks: frozenset[Task]) -> None:
+        """Make ``packet`` now (the host's share of its work) and hold its frames for its
+        launch time."""
+        launch = packet.tx.launch_time_ns
+        assert launch is not None
+        request = replace(packet.tx, launch_time_ns=None)
+        packet = Packet(packet.data, request, packet.rx, packet.head)
+        mine = request.tasks() - device_tasks
+        outcome = pipeline.transmit([packet], [mine])
+        stats = self.stats
+        stats.tx_payload_copy_bytes += outcome.payload_copy_bytes
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        now = tai_ns()
+        taken = False
+        for made in outcome.packets:
+            refused = self.launch.enqueue(made, launch, now)
+            if refused is not None:
+                stats.drops[refused.value] += 1
+            else:
+                taken = True
+        if taken:
+            stats.task_done(Task.TX_SCHEDULING)
+            stats.tx_packets += 1
+            stats.tx_bytes += len(packet)
+
+    def next_launch_ns(self) -> int | None:
+        """When the earliest packet the host paces is due (CLOCK_TAI), ``None`` if none."""
+        return self.launch.next_deadline_ns()
+
+    def _release_launched(self) -> None:
+        out = self.launch.release(tai_ns())
+        if out.missed:
+            self.stats.drops["launch_time_missed"] += len(out.missed)
+        self._backlog.extend(r.item for r in out.sent)
+
+    # -- steering -------------------------------------------------------------------------
+    def rules(self, command: str) -> dict[str, object]:
+        """A rules command (``engine.steer``), run by the device when it steers (CLASSIFICATION
+        or DOS_FILTER enabled and a ``rules`` method), else by the host's own steering."""
+        if self._device_steers():
+            return dict(self.device.rules(command))  # type: ignore[attr-defined]
+        self.steering.enable(classify=True, dos=True)
+        return self.steering.command(command)  # a SteeringError names what was wrong
+
+    def _device_steers(self) -> bool:
+        """The device runs our steering: it has a task of it enabled and takes rules."""
+        return bool(_STEERING & self.device_limits().tasks) and hasattr(self.device, "rules")
+
+    def _steer(self, packets: list[Packet]) -> list[Packet]:
+        """The host's steering on a received batch: drops released and counted, findings
+        in each packet's ``RxInfo``."""
+        stats = self.stats
+        outcome = self.steering.steer([p.data for p in packets], time.monotonic_ns())
+        for reason, n in outcome.drops.items():
+            stats.drops[reason] += n
+        kept: list[Packet] = []
+        seen: set[int] = set()
+        for row in outcome.rows:
+            if row.index in seen:
+                continue  # one queue here: a mirrored copy is the frame itself
+            seen.add(row.index)
+            p = packets[row.index]
+            kept.append(Packet(p.data, p.tx, merge_steering(p.rx, row.info), p.head))
+        if len(seen) < len(packets):
+            self.device.release([p for i, p in enumerate(packets) if i not in seen])
+        return kept
 
     # -- IPsec ----------------------------------------------------------------------
     def _with_context(self, request: TxRequest) -> TxRequest | None:
@@ -301,7 +401,10 @@ class HostOffload:
             self.device.revoke_digest_key(handle)
 
     def push(self) -> int:
-        """Offer the backlog to the device again; returns how many it took."""
+        """Offer the backlog (and paced packets now due) to the device; returns how many it
+        took."""
+        if self.launch:
+            self._release_launched()
         if not self._backlog:
             return 0
         batch = list(self._backlog)
@@ -314,7 +417,15 @@ class HostOffload:
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Push until the backlog is empty or ``timeout_s`` passes; True when empty."""
         deadline = time.monotonic() + timeout_s
-        while self._backlog:
+        while self._backlog or self.launch:
+            if self.launch and not self._backlog:
+                due = self.launch.next_deadline_ns()
+                wait_s = 0.0 if due is None else max(0.0, (due - tai_ns()) / 1e9)
+                if time.monotonic() + wait_s > deadline:
+                    return False
+                time.sleep(wait_s)
+                self.push()
+                continue
             if self.push() == 0:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.device.wait(left, for_tx=True):
@@ -337,6 +448,10 @@ class HostOffload:
         stats.rx_bytes += sum(map(len, packets))
         if len(self.contexts.inbound):
             packets = self._open(packets)
+        if self.steering.has_work and not self._device_steers():
+            packets = self._steer(packets)
+            if not packets:
+                return packets
         mine = self.host_rx_tasks()
         if Task.CHECKSUM in mine and not mine & ASSEMBLY:
             unchecked = ChecksumStatus.NOT_CHECKED

@@ -11,36 +11,22 @@ import os
 import socket
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from netoffload.cli import main
 from netoffload.cli.processes import flatten, format_uptime
 from netoffload.control import MAX_MESSAGE_BYTES, request
+from tests.cli.helpers import one_line_error, run_cli
 from tests.control.child import running_child
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code != 0
-    assert "Traceback" not in out + err
-    assert err.count("\n") == 1 and err.startswith("Error: ")
-    return err.strip()
 
 
 def test_list_shows_a_running_process() -> None:
     with running_child("alpha") as child:
-        code, out, err = _run("list")
+        code, out, err = run_cli("list")
         assert code == 0, err
         row = next(line for line in out.splitlines() if "alpha" in line)
         for cell in ("testproc", str(child.pid), "running"):
             assert cell in row
         assert "fail, stats, stop" in out  # the built-ins are left out of the table
 
-        code, out, err = _run("list", "--json")
+        code, out, err = run_cli("list", "--json")
         assert code == 0, err
         (process,) = json.loads(out)
         assert {k: process[k] for k in ("name", "kind", "pid", "state", "path")} == {
@@ -55,13 +41,13 @@ def test_list_shows_a_running_process() -> None:
 
 
 def test_list_with_nothing_running() -> None:
-    assert _run("list") == (0, "no netoffload process is running\n", "")
-    assert _run("list", "--json") == (0, "[]\n", "")
+    assert run_cli("list") == (0, "no netoffload process is running\n", "")
+    assert run_cli("list", "--json") == (0, "[]\n", "")
 
 
 def test_stats_prints_the_counters_flattened() -> None:
     with running_child("beta") as child:
-        code, out, err = _run("stats", "beta")
+        code, out, err = run_cli("stats", "beta")
         assert code == 0, err
         rows = {}
         for line in out.splitlines():
@@ -76,7 +62,7 @@ def test_stats_prints_the_counters_flattened() -> None:
         assert rows["calls.stats"] == "1"
 
         for target in ("testproc:beta", str(child.pid), child.path):
-            code, out, err = _run("stats", target, "--json")
+            code, out, err = run_cli("stats", target, "--json")
             assert code == 0, err
             stats = json.loads(out)
             assert stats["rx"] == {"packets": 1234, "bytes": 1500000}
@@ -84,37 +70,39 @@ def test_stats_prints_the_counters_flattened() -> None:
 
 
 def test_stats_errors_are_one_line() -> None:
-    err = _one_line_error(*_run("stats", "nobody"))
+    err = one_line_error(*run_cli("stats", "nobody"))
     assert err == "Error: no netoffload process named 'nobody'"
     with running_child("gamma"):
-        err = _one_line_error(*_run("enable", "--process", "gamma", "softnic0", "checksum", "on"))
+        err = one_line_error(*run_cli("enable", "--process", "gamma", "softnic0", "checksum", "on"))
         assert err.startswith("Error: gamma: unknown op 'enable'; gamma serves: fail, hello")
 
 
 def test_enable_process_changes_the_device_inside_the_process() -> None:
     with running_child("delta", softnic=True):
-        code, out, err = _run("enable", "--process", "delta", "softnic0", "tcp_segmentation", "off")
+        code, out, err = run_cli(
+            "enable", "--process", "delta", "softnic0", "tcp_segmentation", "off"
+        )
         assert code == 0, err
         assert "softnic0 in delta: offload capabilities" in out
         row = next(line for line in out.splitlines() if "tcp_segmentation" in line)
         assert " off " in row
 
-        code, out, err = _run("caps", "--process", "delta", "softnic0", "--json")
+        code, out, err = run_cli("caps", "--process", "delta", "softnic0", "--json")
         assert code == 0, err
         by_task = {r["task"]: r for r in json.loads(out)}
         assert by_task["tcp_segmentation"]["enabled"] is False
         assert by_task["checksum"]["enabled"] is True
 
-        code, out, err = _run(
+        code, out, err = run_cli(
             "enable", "--process", "delta", "softnic0", "tcp-segmentation", "on", "--json"
         )
         assert code == 0, err
         by_task = {r["task"]: r for r in json.loads(out)}
         assert by_task["tcp_segmentation"]["enabled"] is True
 
-        err = _one_line_error(*_run("enable", "--process", "delta", "eth9", "checksum", "on"))
+        err = one_line_error(*run_cli("enable", "--process", "delta", "eth9", "checksum", "on"))
         assert err == "Error: delta: no device 'eth9' in this process (devices: softnic0)"
-        err = _one_line_error(*_run("enable", "--process", "delta", "softnic0", "warp", "on"))
+        err = one_line_error(*run_cli("enable", "--process", "delta", "softnic0", "warp", "on"))
         assert "unknown task 'warp'" in err
 
 
@@ -133,10 +121,10 @@ def test_misbehaving_clients_do_not_stop_it_answering() -> None:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as gone:
             gone.connect(child.path)
             gone.send(b'{"op": "stats"}')  # and hangs up before the reply
-        code, out, err = _run("stats", "epsilon", "--json")
+        code, out, err = run_cli("stats", "epsilon", "--json")
         assert code == 0, err
         assert json.loads(out)["rx"]["packets"] == 1234
-        code, out, err = _run("stats", "epsilon", "--timeout", "5")
+        code, out, err = run_cli("stats", "epsilon", "--timeout", "5")
         assert code == 0, err
         assert "rx.packets" in out
         silent.close()
@@ -147,23 +135,23 @@ def test_a_killed_process_is_listed_stale_and_cleaned(run_dir: Path) -> None:
         killed.kill()
         assert os.path.exists(killed.path)
 
-        code, out, err = _run("list", "--json")
+        code, out, err = run_cli("list", "--json")
         assert code == 0, err
         states = {p["name"]: p["state"] for p in json.loads(out)}
         assert states == {"zeta": "stale", "eta": "running"}
-        code, out, _ = _run("list")
+        code, out, _ = run_cli("list")
         assert "stale" in next(line for line in out.splitlines() if "zeta" in line)
 
-        err = _one_line_error(*_run("stats", "zeta"))
+        err = one_line_error(*run_cli("stats", "zeta"))
         assert "zeta is not running (stale socket" in err
 
         name = Path(killed.path).name
-        code, out, err = _run("clean", "--dry-run")
+        code, out, err = run_cli("clean", "--dry-run")
         assert code == 0, err
         assert f"would remove control socket {name} (creator pid {killed.pid} gone)" in out
         assert os.path.exists(killed.path)
 
-        code, out, err = _run("clean", "--json")
+        code, out, err = run_cli("clean", "--json")
         assert code == 0, err
         result = json.loads(out)
         assert [i["name"] for i in result["removed"] if i["kind"] == "socket"] == [name]
@@ -173,7 +161,7 @@ def test_a_killed_process_is_listed_stale_and_cleaned(run_dir: Path) -> None:
         assert not os.path.exists(killed.path)
         assert os.path.exists(running.path)
 
-        code, out, err = _run("clean", "--all", "--dry-run")
+        code, out, err = run_cli("clean", "--all", "--dry-run")
         assert code == 0, err
         assert f"would remove control socket {Path(running.path).name}" in out
         assert os.path.exists(running.path)

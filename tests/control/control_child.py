@@ -3,7 +3,7 @@
 ``python control_child.py NAME [--softnic]`` serves ``stats`` (counters, one
 of which counts the calls), ``stop`` (exits after replying) and ``fail``
 (always an error); with ``--softnic`` it holds a SoftNic named ``softnic0``
-and serves ``caps`` and ``enable`` over it. It prints its socket's path on one
+and serves ``caps``, ``enable`` and ``rules`` over it. It prints its socket's path on one
 line when it is ready, and exits on ``stop`` or SIGTERM, closing the server.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from netoffload.control import ControlServer, register_device_ops
 from netoffload.device.softnic import SoftNic
+from netoffload.host import HostOffload
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
     server.register("fail", fail)
     nic = SoftNic() if "--softnic" in sys.argv else None
     if nic is not None:
-        register_device_ops(server, {"softnic0": nic})
+        register_device_ops(server, {"softnic0": nic}, rules={"softnic0": HostOffload(nic).rules})
     print(server.path, flush=True)
 
     poller = select.poll()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import select
+import socket
 import time
 
 import pytest
@@ -20,7 +21,7 @@ from netoffload.offload import (
     Task,
     TxRequest,
 )
-from tests.device.device_frames import tcp_frame, udp_frame
+from tests.device.device_frames import MAC_A, V4_A, V4_B, tcp_frame, udp_frame
 
 pytestmark = pytest.mark.privileged
 
@@ -136,3 +137,41 @@ def test_oversized_frame_is_counted(veth: Netns) -> None:
         assert dev.send([Packet(udp_frame(4, b"x" * 3000))]) == 1
         assert dev.stats().drops["too_large"] == 1
         assert dev.stats().tx_packets == 0
+
+
+def test_fanout_queues_keep_each_flow_on_one_queue(veth: Netns) -> None:
+    """Two PACKET_FANOUT queues on one interface: the kernel's flow hash picks the queue, so
+    every flow is seen on exactly one of them (and 64 flows use both)."""
+    veth.add_address("nsovb", f"{V4_B}/24")
+    veth.add_neighbour("nsovb", str(V4_A), MAC_A)
+    with veth.entered():
+        queues = PacketDevice.queues("nsova", 2)
+        senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
+    try:
+        seen: dict[int, set[int]] = {}
+
+        def drain(wait_s: float) -> None:
+            select.select([q.fileno() for q in queues], [], [], wait_s)
+            for index, dev in enumerate(queues):
+                for packet in dev.recv(64):
+                    frame = bytes(packet.data)
+                    if frame[12:14] == b"\x08\x00" and frame[23] == 17:
+                        seen.setdefault(int.from_bytes(frame[34:36], "big"), set()).add(index)
+                dev.release()
+
+        for flow, sock in enumerate(senders):
+            sock.bind((str(V4_B), 42000 + flow))
+            for k in range(2):
+                sock.sendto(bytes([k]), (str(V4_A), 5001))
+            drain(0.0)
+        deadline = time.monotonic() + 5
+        while len(seen) < 64 and time.monotonic() < deadline:
+            drain(0.1)
+        assert len(seen) == 64
+        assert all(len(where) == 1 for where in seen.values())
+        assert {q for where in seen.values() for q in where} == {0, 1}
+    finally:
+        for sock in senders:
+            sock.close()
+        for dev in queues:
+            dev.close()

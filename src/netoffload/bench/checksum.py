@@ -23,6 +23,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.bench import number
 from netoffload.progress import NO_PROGRESS, Progress
 from netoffload.wire.checksum import internet_checksum, ones_sum_rows
 
@@ -162,12 +163,6 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     }
 
 
-def _num(result: dict[str, object], key: str) -> float:
-    value = result[key]
-    assert isinstance(value, int | float)
-    return float(value)
-
-
 def render(result: dict[str, object], console: Console) -> None:
     """Print the result as a table."""
     table = Table(title=f"Internet checksum, one core (best of {result['repetitions']} runs)")
@@ -177,19 +172,19 @@ def render(result: dict[str, object], console: Console) -> None:
     table.add_column("ours / plain", justify="right")
     table.add_column("target GB/s", justify="right")
     for label, suffix in (("1460 B per call", "1460"), ("64 KiB per call", "64k")):
-        ours = _num(result, f"gbytes_per_s_{suffix}")
-        target = _num(result, f"target_gbytes_per_s_{suffix}")
+        ours = number(result, f"gbytes_per_s_{suffix}")
+        target = number(result, f"target_gbytes_per_s_{suffix}")
         mark = "[green]met[/]" if ours >= target else "[red]missed[/]"
         table.add_row(
             label,
             f"{ours:.2f}",
-            f"{_num(result, f'pure_python_gbytes_per_s_{suffix}'):.3f}",
-            f"{_num(result, f'ratio_vs_pure_python_{suffix}'):.0f}x",
+            f"{number(result, f'pure_python_gbytes_per_s_{suffix}'):.3f}",
+            f"{number(result, f'ratio_vs_pure_python_{suffix}'):.0f}x",
             f"{target:.1f} {mark}",
         )
     table.add_row(
         f"1460 B x {result['batch_frames']} (ones_sum_rows)",
-        f"{_num(result, 'batch_gbytes_per_s_1460'):.2f}",
+        f"{number(result, 'batch_gbytes_per_s_1460'):.2f}",
         "",
         "",
         "",

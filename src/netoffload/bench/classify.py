@@ -31,6 +31,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.bench import number
 from netoffload.engine.classify import Classifier, Fate, Rule
 from netoffload.engine.dissect import DissectError, dissect
 from netoffload.engine.dosfilter import DosFilter, RateLimit
@@ -359,12 +360,6 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     }
 
 
-def _num(result: dict[str, object], key: str) -> float:
-    value = result[key]
-    assert isinstance(value, int | float)
-    return float(value)
-
-
 def render(result: dict[str, object], console: Console) -> None:
     """Print the result as a table."""
     table = Table(
@@ -395,21 +390,21 @@ def render(result: dict[str, object], console: Console) -> None:
             False,
         ),
     )
-    target = _num(result, "target_mpps")
+    target = number(result, "target_mpps")
     for label, key, ref_key, ratio_key, targeted in rows:
-        rate = _num(result, key)
+        rate = number(result, key)
         mark = ("[green]met[/]" if rate >= target else "[red]missed[/]") if targeted else ""
         table.add_row(
             label,
             f"{rate:.2f}",
-            f"{_num(result, ref_key):.3f}",
-            f"{_num(result, ratio_key):.0f}x",
+            f"{number(result, ref_key):.3f}",
+            f"{number(result, ratio_key):.0f}x",
             f"{target:.1f} {mark}" if targeted else "",
         )
-    table.add_row("field extraction alone", f"{_num(result, 'extract_mpps'):.2f}", "", "", "")
+    table.add_row("field extraction alone", f"{number(result, 'extract_mpps'):.2f}", "", "", "")
     table.add_row(
         "classification + RSS default queue",
-        f"{_num(result, 'classify_with_rss_mpps'):.2f}",
+        f"{number(result, 'classify_with_rss_mpps'):.2f}",
         "",
         "",
         "",

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rich.console import Console
 from rich.table import Table
 
+from netoffload.bench import number
 from netoffload.engine.esp import (
     EspAlgorithm,
     SecurityAssociation,
@@ -109,12 +110,6 @@ def _measure(
             best[name] = min(best[name], time.perf_counter_ns() - start)
         tick()
     return {name: nbytes * iterations[name] / max(best[name], 1) for name in best}
-
-
-def _num(result: dict[str, object], key: str) -> float:
-    value = result[key]
-    assert isinstance(value, int | float)
-    return float(value)
 
 
 def _packets(size: int, rng: random.Random) -> list[bytes]:
@@ -284,8 +279,8 @@ def _offload_cpu(quick: bool, key: bytes, progress: Progress) -> dict[str, objec
                 else host.stats.tasks.get(Task.ENCRYPT.label, 0)
             )
         progress.update(done)
-    out["host_cpu_ratio_host_over_offload"] = _num(out, "host_cpu_s_per_gb_host") / max(
-        _num(out, "host_cpu_s_per_gb_offload"), 1e-9
+    out["host_cpu_ratio_host_over_offload"] = number(out, "host_cpu_s_per_gb_host") / max(
+        number(out, "host_cpu_s_per_gb_offload"), 1e-9
     )
     out["offload_super_packets"] = len(frames)
     return out
@@ -299,7 +294,7 @@ def render(result: dict[str, object], console: Console) -> None:
             f" (one core, best of {result['repetitions']} runs), GB/s"
         )
     )
-    target = _num(result, "target_ratio_vs_openssl")
+    target = number(result, "target_ratio_vs_openssl")
     table.add_column("")
     for size in SIZES:
         table.add_column(f"{size} B", justify="right")
@@ -317,7 +312,7 @@ def render(result: dict[str, object], console: Console) -> None:
     for label, key in rows:
         cells = []
         for size in SIZES:
-            value = _num(result, f"{key}_{size}")
+            value = number(result, f"{key}_{size}")
             cell = f"{value:.2f}"
             if key == "encrypt_ratio_vs_openssl":
                 mark = "[green]met[/]" if value >= target else "[red]missed[/]"
@@ -327,9 +322,9 @@ def render(result: dict[str, object], console: Console) -> None:
     console.print(table)
     console.print(
         f"64 KiB TSO super-packets segmented and encrypted: host CPU "
-        f"{_num(result, 'host_cpu_s_per_gb_offload'):.2f} s/GB with the SoftNic doing it in one "
-        f"pass, {_num(result, 'host_cpu_s_per_gb_host'):.2f} s/GB with the host doing it: "
-        f"[bold]{_num(result, 'host_cpu_ratio_host_over_offload'):.1f}x[/] "
+        f"{number(result, 'host_cpu_s_per_gb_offload'):.2f} s/GB with the SoftNic doing it in one "
+        f"pass, {number(result, 'host_cpu_s_per_gb_host'):.2f} s/GB with the host doing it: "
+        f"[bold]{number(result, 'host_cpu_ratio_host_over_offload'):.1f}x[/] "
         f"(target {OFFLOAD_TARGET:.0f}x)"
     )
     if not result["results_agree"]:

@@ -11,7 +11,9 @@ from netoffload.cli.demo import demo
 from netoffload.cli.devices import caps, enable
 from netoffload.cli.nc import nc, ping
 from netoffload.cli.processes import list_command, stats
+from netoffload.cli.rules import rules
 from netoffload.cli.run import run
+from netoffload.cli.vswitch import vswitch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,3 +32,5 @@ main.add_command(ping)
 main.add_command(list_command)
 main.add_command(run)
 main.add_command(stats)
+main.add_command(rules)
+main.add_command(vswitch)

@@ -114,7 +114,8 @@ def _serve(running: RunningStack, kind: str, name: str | None) -> ControlServer 
         click.echo(f"note: no control socket ({exc})", err=True)
         return None
     server.register("stats", lambda args: running.stack.as_dict())
-    register_device_ops(server, {running.device.name: running.device})
+    hosts = {i.device.name: i.host.rules for i in running.stack.interfaces}
+    register_device_ops(server, {running.device.name: running.device}, rules=hosts)
     return server
 
 

@@ -69,7 +69,8 @@ def render_processes(processes: list[ProcessInfo], console: Console) -> None:
     console.print(table)
 
 
-def _timeout_option(default: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def timeout_option(default: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """``--timeout`` for a command that asks a running process over its control socket."""
     return click.option(
         "--timeout",
         "timeout_s",
@@ -80,9 +81,17 @@ def _timeout_option(default: float) -> Callable[[Callable[..., None]], Callable[
     )
 
 
+def ask_stats(target: str, timeout_s: float) -> Any:
+    """The counters the running process ``target`` sends; a failure is one line."""
+    try:
+        return request(target, "stats", timeout_s=timeout_s)
+    except ControlError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per process.")
-@_timeout_option(0.5)
+@timeout_option(0.5)
 def list_command(as_json: bool, timeout_s: float) -> None:
     """List running netoffload processes (and stale sockets of dead ones)."""
     try:
@@ -138,13 +147,10 @@ def render_stats(title: str, stats: Any, console: Console) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as the process sent them.")
-@_timeout_option(2.0)
+@timeout_option(2.0)
 def stats(name: str, as_json: bool, timeout_s: float) -> None:
     """Show the counters of the running process NAME (a name, kind:name, pid or socket path)."""
-    try:
-        result = request(name, "stats", timeout_s=timeout_s)
-    except ControlError as exc:
-        raise click.ClickException(str(exc)) from None
+    result = ask_stats(name, timeout_s)
     if as_json:
         click.echo(json.dumps(result))
     else:

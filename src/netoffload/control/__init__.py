@@ -19,7 +19,7 @@ from netoffload.control._client import (
     request,
     resolve,
 )
-from netoffload.control._devices import caps_op, enable_op, register_device_ops
+from netoffload.control._devices import caps_op, enable_op, register_device_ops, rules_op
 from netoffload.control._paths import (
     ENV_RUN_DIR,
     find_run_directory,
@@ -58,4 +58,5 @@ __all__ = [
     "register_device_ops",
     "request",
     "resolve",
+    "rules_op",
 ]

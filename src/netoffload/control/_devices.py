@@ -6,6 +6,10 @@ prints it: a list of ``CapabilityStatus.as_json()`` records (``task``,
 
 - ``caps``   ``{"device": NAME}``
 - ``enable`` ``{"device": NAME, "task": LABEL, "on": true|false}``: the table after the change.
+- ``rules``  ``{"device": NAME, "command": "add WORDS" | "del [dos] ID" | "list"}``: the
+  classification and DoS rules (``engine.steer``) of a device, run where the device's
+  traffic is steered (its firmware, or the host for a device that does not steer); the
+  reply is that command's JSON object. ``device`` may be left out when there is one.
 
 A task the device (or its kernel) kept as it was is not an error here: the
 table shows it, and ``netoffload enable --process`` reports it.
@@ -24,6 +28,8 @@ T = TypeVar("T")
 
 #: The devices a process holds, by the name a request uses; or a function giving them now.
 Devices = Mapping[str, Device] | Callable[[], Mapping[str, Device]]
+#: Per device name, what runs a rules command for it (``HostOffload.rules``).
+Rules = Mapping[str, Callable[[str], dict[str, Any]]]
 
 
 def _arg(args: dict[str, Any], key: str, kind: type[T], usage: str) -> T:
@@ -75,7 +81,33 @@ def enable_op(devices: Devices) -> Callable[[dict[str, Any]], list[dict[str, obj
     return handle
 
 
-def register_device_ops(server: ControlServer, devices: Devices) -> None:
-    """Serve ``caps`` and ``enable`` over ``devices`` (a mapping, or a function returning one)."""
+def rules_op(rules: Rules) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The ``rules`` handler: one rules command for a device, its JSON reply."""
+
+    def handle(args: dict[str, Any]) -> dict[str, Any]:
+        usage = 'rules takes {"device": NAME, "command": TEXT}'
+        command = _arg(args, "command", str, usage)
+        name = args.get("device")
+        if name is None and len(rules) == 1:
+            name = next(iter(rules))
+        if not isinstance(name, str):
+            raise ValueError(f"{usage}: this process holds {len(rules)} devices, name one")
+        run = rules.get(name)
+        if run is None:
+            held = ", ".join(sorted(rules)) or "none"
+            raise ValueError(f"no device {name!r} in this process (devices: {held})")
+        reply = run(command)
+        return {"device": name, **reply}
+
+    return handle
+
+
+def register_device_ops(
+    server: ControlServer, devices: Devices, rules: Rules | None = None
+) -> None:
+    """Serve ``caps`` and ``enable`` over ``devices`` (a mapping, or a function returning one),
+    and ``rules`` over ``rules`` when given."""
     server.register("caps", caps_op(devices))
     server.register("enable", enable_op(devices))
+    if rules is not None:
+        server.register("rules", rules_op(rules))

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import abc
 import select
+import signal
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -85,6 +86,23 @@ def poll_fds(fds: Sequence[int], timeout_s: float, events: int = select.POLLIN) 
         poller.register(fd, events)
     timeout_ms = max(0, int(timeout_s * 1000 + 0.999))
     return [fd for fd, _ in poller.poll(timeout_ms)]
+
+
+#: The return code of a process whose status cannot be known (not this process's child).
+UNKNOWN_EXIT = 1 << 16
+
+
+def describe_exit(code: int) -> str:
+    """A child process's return code in words: ``signal SIGKILL``, ``status 3``, or
+    ``an unknown status`` for ``UNKNOWN_EXIT``."""
+    if code == UNKNOWN_EXIT:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 class Device(abc.ABC):

@@ -21,6 +21,7 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 SIOCGIFHWADDR = 0x8927
+SIOCGIFINDEX = 0x8933
 
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
@@ -83,6 +84,12 @@ def interface_up(name: str, sock: socket.socket | None = None) -> bool:
     """Administratively up and with carrier (IFF_UP and IFF_RUNNING)."""
     flags = interface_flags(name, sock)
     return flags & (IFF_UP | IFF_RUNNING) == IFF_UP | IFF_RUNNING
+
+
+def interface_index(name: str, sock: socket.socket | None = None) -> int:
+    """The interface's index (in the namespace of ``sock``)."""
+    buf = _ioctl(name, SIOCGIFINDEX, ifreq(name), sock)
+    return int(struct.unpack_from("i", buf, _IFNAMSIZ)[0])
 
 
 def interface_mtu(name: str, sock: socket.socket | None = None) -> int:

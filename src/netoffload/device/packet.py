@@ -41,6 +41,7 @@ from netoffload.device.ethtool import (
 )
 from netoffload.device.link import (
     interface_exists,
+    interface_index,
     interface_mac,
     interface_mtu,
     interface_up,
@@ -78,6 +79,10 @@ PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
 TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
 
@@ -150,6 +155,14 @@ class PacketDevice(Device):
     The socket and rings are set up in the constructor (frames arriving
     earlier are not seen); with ``rings=False`` they are set up on the first
     ``send``/``recv``/``fileno``, which is what a query-only user wants.
+
+    Queues: ``PacketDevice.queues(ifname, n)`` opens ``n`` devices on one
+    interface in one PACKET_FANOUT group (``PACKET_FANOUT_HASH``): each is a
+    receive queue of its own for a worker, and the kernel picks a frame's queue
+    with its own flow hash (not our RSS key or rules: the capability records
+    advertise no classification for it). Launch times: this kernel has no ETF or
+    fq qdisc, so the records advertise no TX_SCHEDULING and the host paces in
+    software (``HostOffload``).
     """
 
     def __init__(
@@ -159,6 +172,7 @@ class PacketDevice(Device):
         ring_frames: int = 64,
         frame_bytes: int = DEFAULT_FRAME_BYTES,
         rings: bool = True,
+        fanout_group: int | None = None,
     ) -> None:
         if not interface_exists(ifname):
             raise DeviceError(f"no such interface {ifname!r}")
@@ -180,8 +194,26 @@ class PacketDevice(Device):
         self._rx_next = 0
         self._tx_next = 0
         self._closed = False
+        self._fanout_group = fanout_group
         if rings:
             self._open()
+
+    @classmethod
+    def queues(cls, ifname: str, count: int, *, group: int | None = None) -> list[PacketDevice]:
+        """``count`` devices on ``ifname`` sharing its received frames by the kernel's flow
+        hash (one PACKET_FANOUT group, ``group`` or one chosen from the process id)."""
+        if not 1 <= count <= 64:
+            raise DeviceError(f"1 to 64 queues, not {count}")
+        chosen = (os.getpid() & 0xFFFF) if group is None else group
+        out: list[PacketDevice] = []
+        try:
+            for _ in range(count):
+                out.append(cls(ifname, fanout_group=chosen))
+        except BaseException:
+            for dev in out:
+                dev.close()
+            raise
+        return out
 
     # -- capabilities ----------------------------------------------------------
     def features(self) -> EthtoolFeatures:
@@ -301,6 +333,9 @@ class PacketDevice(Device):
             self._rx_slots = slots
             self._tx_slots = [ring_bytes + s for s in slots]
             sock.bind((self.name, ETH_P_ALL))
+            if self._fanout_group is not None:
+                fanout = self._fanout_group | (PACKET_FANOUT_HASH << 16)
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
@@ -511,6 +546,17 @@ class PacketDevice(Device):
         snapshot = DeviceStats()
         snapshot.merge(self._stats)
         return snapshot
+
+    def set_promiscuous(self) -> None:
+        """Receive every frame on the interface, not only those for its MAC (a switch's
+        uplink). Held by this socket: it ends when the device is closed."""
+        sock = self._open()
+        index = interface_index(self.name, self._link_sock)
+        mreq = struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b"")
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+        except OSError as exc:
+            raise DeviceError(f"{self.name}: promiscuous mode: {exc.strerror or exc}") from None
 
     def close(self) -> None:
         if self._closed:

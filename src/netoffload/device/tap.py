@@ -47,6 +47,7 @@ import os
 import secrets
 import socket
 import struct
+import zlib
 from collections.abc import Sequence
 
 from netoffload.device.base import Device, DeviceError
@@ -66,10 +67,12 @@ from netoffload.offload import (
     CapabilityStatus,
     ChecksumCaps,
     ChecksumFlags,
+    ClassificationCaps,
     DeviceStats,
     DropReason,
     IpVersions,
     Packet,
+    RssHashTypes,
     Selection,
     SelectionError,
     Task,
@@ -202,13 +205,15 @@ class TapDevice(Device):
         self._fds = fds
         self._flags = offload_flags
         self._enabled = Selection(
-            r for r in _records(offload_flags) if isinstance(r, CapabilityRecord)
+            r for r in _records(offload_flags, len(fds)) if isinstance(r, CapabilityRecord)
         )
         self._stats = DeviceStats()
         self._rx = RxDecoder(self._stats)
         self._tx_headers: dict[TxRequest, bytes] = {NO_REQUEST: _ZERO_HDR}
         self._arena = memoryview(bytearray(0))
         self._arena_used = 0
+        #: Frames written per queue (a flow always goes to the same one).
+        self.tx_queue_packets = [0] * len(fds)
         self._closed = False
         # The stack behind a TAP is the far end of the kernel's link: its own MAC, not the
         # TAP interface's (which is the kernel's side), locally administered and random.
@@ -248,7 +253,9 @@ class TapDevice(Device):
         if not self._try_offload(flags):
             raise DeviceError(f"{self.name!r}: the kernel refused offload flags {flags:#x}")
         self._flags = flags
-        self._enabled = Selection(r for r in _records(flags) if isinstance(r, CapabilityRecord))
+        self._enabled = Selection(
+            r for r in _records(flags, len(self._fds)) if isinstance(r, CapabilityRecord)
+        )
         # Cached transmit headers were checked against the old flags.
         self._tx_headers = {NO_REQUEST: _ZERO_HDR}
 
@@ -258,20 +265,20 @@ class TapDevice(Device):
 
     def capabilities(self) -> list[AnyRecord]:
         """What this kernel's TAP offers, from the flags it accepted when probed."""
-        return _records(self._offered)
+        return _records(self._offered, len(self._fds))
 
     def enabled(self) -> Selection:
         return self._enabled
 
     def fixed_selection(self) -> Selection:
         """Transmit checksum and segmentation: the kernel does them for any write."""
-        return Selection(r for r in _records(0) if isinstance(r, CapabilityRecord))
+        return Selection(r for r in _records(0, len(self._fds)) if isinstance(r, CapabilityRecord))
 
     def status(self) -> list[CapabilityStatus]:
         """Transmit segmentation is fixed on (the kernel always does it); the rest changes."""
         on = self.enabled()
         return [
-            CapabilityStatus(r, on.get(r.task), r.task not in _SEGMENTATION)
+            CapabilityStatus(r, on.get(r.task), r.task not in _NOT_CHANGEABLE)
             for r in self.capabilities()
             if isinstance(r, CapabilityRecord)
         ]
@@ -284,7 +291,7 @@ class TapDevice(Device):
         refuses to change a fixed feature.
         """
         selection.check_against(self.capabilities())
-        fixed = {r.task: r for r in _records(0) if isinstance(r, CapabilityRecord)}
+        fixed = {r.task: r for r in _records(0, len(self._fds)) if isinstance(r, CapabilityRecord)}
         for task, record in fixed.items():
             chosen = selection.get(task)
             if chosen is None or (
@@ -355,8 +362,15 @@ class TapDevice(Device):
 
     # -- data path ---------------------------------------------------------------
     def send(self, batch: Sequence[Packet]) -> int:
-        """Write each packet as header + frame; returns fewer when the queue fills up."""
-        fd = self._fds[0]
+        """Write each packet as header + frame; returns fewer when a queue fills up.
+
+        With several queues (IFF_MULTI_QUEUE) each packet goes to the queue its flow
+        (addresses and ports) hashes to, so a flow stays in order on one queue; on
+        receive the kernel picks the queue, with its own flow hash.
+        """
+        fds = self._fds
+        fd = fds[0]
+        per_queue = self.tx_queue_packets
         stats = self._stats
         headers = self._tx_headers
         sent = 0
@@ -371,6 +385,8 @@ class TapDevice(Device):
                     continue
                 header = made
             head = packet.head
+            queue = _flow_queue(head or packet.data, len(fds)) if len(fds) > 1 else 0
+            fd = fds[queue]
             try:
                 # Header, the stack's headers and its payload view: gathered by the kernel.
                 os.writev(fd, (header, head, packet.data) if head else (header, packet.data))
@@ -387,6 +403,7 @@ class TapDevice(Device):
                     stats.task_done(task)
             stats.tx_packets += 1
             stats.tx_bytes += len(packet)
+            per_queue[queue] += 1
             sent += 1
         return sent
 
@@ -478,11 +495,26 @@ _BOTH = IpVersions.IPV4 | IpVersions.IPV6
 # What the kernel does for any write that asks, whatever TUNSETOFFLOAD says.
 _SEGMENTATION = frozenset({Task.TCP_SEGMENTATION, Task.UDP_SEGMENTATION})
 _FIXED_TASKS = frozenset({Task.CHECKSUM, *_SEGMENTATION})
+#: Always on (segmentation) or the kernel's own (which queue a frame takes).
+_NOT_CHANGEABLE = frozenset({*_SEGMENTATION, Task.CLASSIFICATION})
 
 
-def _records(flags: int) -> list[AnyRecord]:
+def _flow_queue(frame: bytes | bytearray | memoryview, queues: int) -> int:
+    """The transmit queue of a frame's flow: a hash of its IP addresses and ports."""
+    kind = bytes(frame[12:14])
+    if kind == b"\x08\x00":
+        key = bytes(frame[26:38])
+    elif kind == b"\x86\xdd":
+        key = bytes(frame[22:58])
+    else:
+        return 0
+    return zlib.crc32(key) % queues
+
+
+def _records(flags: int, queues: int = 1) -> list[AnyRecord]:
     """The records for TUN_F_* ``flags``: the fixed transmit tasks, and what the flags let
-    the kernel hand us."""
+    the kernel hand us; with several queues, a classification record that says how many
+    and that the kernel picks a frame's queue (no hash types of ours, no rule slots)."""
     rx = _L4_ALL if flags & TUN_F_CSUM else ChecksumFlags.NONE
     out: list[AnyRecord] = [
         ChecksumCaps(tx=_L4_ALL, rx=rx),
@@ -497,6 +529,8 @@ def _records(flags: int) -> list[AnyRecord]:
         out.append(TcpAssemblyCaps(max_size_bytes=65536, versions=versions))
     if flags & _USO == _USO:
         out.append(UdpAssemblyCaps(max_size_bytes=65536, versions=_BOTH))
+    if queues > 1:
+        out.append(ClassificationCaps(rule_slots=0, queues=queues, hash_types=RssHashTypes.NONE))
     return out
 
 

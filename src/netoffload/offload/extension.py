@@ -283,9 +283,14 @@ class HashReport(enum.IntEnum):
 
 
 class FilterVerdict(enum.IntEnum):
+    """The DoS filter's verdict on a frame. A dropped frame never reaches the host (its
+    drop is counted by reason); ``SYN_COOKIE`` is a SYN over its destination's SYN rate,
+    which the stack answers with a SYN cookie, keeping no state."""
+
     PASS = 0
     DROP = 1
     RATE_LIMITED = 2
+    SYN_COOKIE = 3
 
 
 class CryptoStatus(enum.IntEnum):

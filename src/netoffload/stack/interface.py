@@ -58,6 +58,11 @@ STACK_TASKS = frozenset(
         Task.UDP_ASSEMBLY,
         Task.ENCRYPT,
         Task.DECRYPT,
+        # Steering and pacing: rules and DoS entries come at run time (``netoffload rules``);
+        # the stack acts on the verdict (SYN cookies) and sends with launch times.
+        Task.CLASSIFICATION,
+        Task.DOS_FILTER,
+        Task.TX_SCHEDULING,
     }
 )
 _NOTHING: frozenset[Task] = frozenset()

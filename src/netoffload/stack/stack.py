@@ -32,7 +32,15 @@ from ipaddress import (
 )
 
 from netoffload.device.base import Device
-from netoffload.offload import NO_REQUEST, ChecksumStatus, CryptoStatus, Packet, RxInfo, TxRequest
+from netoffload.offload import (
+    NO_REQUEST,
+    ChecksumStatus,
+    CryptoStatus,
+    FilterVerdict,
+    Packet,
+    RxInfo,
+    TxRequest,
+)
 from netoffload.policy import OffloadPolicy
 from netoffload.stack._netaddr import IpAddress, IpInterface
 from netoffload.stack.fragment import (
@@ -497,7 +505,10 @@ class Stack:
                 stats.drops["tcp_checksum"] += 1
                 return
             ce = (ip[1] & 3) == 3
-            self.tcp.input(iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns)
+            cookie = rx.verdict is FilterVerdict.SYN_COOKIE
+            self.tcp.input(
+                iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns, cookie=cookie
+            )
         elif protocol == _UDP:
             self._udp(
                 iface,
@@ -563,7 +574,10 @@ class Stack:
                 stats.drops["tcp_checksum"] += 1
                 return
             ce = ((ip[1] >> 4) & 3) == 3
-            self.tcp.input(iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns)
+            cookie = rx.verdict is FilterVerdict.SYN_COOKIE
+            self.tcp.input(
+                iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns, cookie=cookie
+            )
         elif protocol == _UDP:
             self._udp(
                 iface,

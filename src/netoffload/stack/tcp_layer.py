@@ -329,8 +329,13 @@ class TcpLayer:
         segments: int,
         ce: bool,
         now_ns: int,
+        cookie: bool = False,
     ) -> None:
-        """One TCP segment (or GRO super-packet) addressed to us; checksum already trusted."""
+        """One TCP segment (or GRO super-packet) addressed to us; checksum already trusted.
+
+        ``cookie``: the device's DoS filter found this SYN over its SYN rate (a listener
+        answers it with a SYN cookie).
+        """
         if len(segment) < TCP_HLEN:
             self.stats.drops["truncated"] += 1
             return
@@ -368,7 +373,7 @@ class TcpLayer:
             else:
                 self._collect(flow)
             return
-        self._to_listener(iface, src, dst, (sport, dport), seg, now_ns=now_ns)
+        self._to_listener(iface, src, dst, (sport, dport), seg, now_ns=now_ns, cookie=cookie)
 
     def _to_listener(
         self,
@@ -379,6 +384,7 @@ class TcpLayer:
         seg: TcpSegmentIn,
         *,
         now_ns: int,
+        cookie: bool = False,
     ) -> None:
         sport, dport = ports
         listener = self.listeners.get((dst, dport))
@@ -391,7 +397,7 @@ class TcpLayer:
                     reply, src=_address(dst), dst=remote, sport=dport, dport=sport, now_ns=now_ns
                 )
             return
-        result = listener.on_segment((remote, sport), seg, now_ns)
+        result = listener.on_segment((remote, sport), seg, now_ns, cookie=cookie)
         if isinstance(result, TcpConnection):
             local = _address(dst)
             hop = self.stack.route(remote)

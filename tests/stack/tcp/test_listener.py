@@ -34,12 +34,53 @@ def half_open(lst: TcpListener, n: int) -> tuple[Peer, TcpConnection | TcpSegmen
     return peer, result
 
 
-def test_syn_queue_holds_backlog_half_open_connections() -> None:
+def test_syn_queue_holds_backlog_half_open_connections_then_cookies_answer() -> None:
     lst = listener(backlog=3)
     results = [half_open(lst, i)[1] for i in range(5)]
     assert all(isinstance(r, TcpConnection) for r in results[:3])
-    assert results[3:] == [None, None]  # dropped, no SYN cookies
+    # Over the backlog: a stateless SYN,ACK whose sequence number is the cookie.
+    for r in results[3:]:
+        assert isinstance(r, TcpSegmentOut) and r.flags == SYN | ACK
+        assert r.options == bytes((2, 4, 0x05, 0xB4))  # MSS only: no wscale, SACK, timestamps
     assert lst.syn_queue_len() == 3 and lst.stats()["syn_queue_overflows"] == 2
+    assert lst.stats()["syn_cookies_sent"] == 2
+
+
+def _cookie_syn_ack(lst: TcpListener, peer: Peer, n: int) -> TcpSegmentOut:
+    reply = lst.on_segment(
+        client(n), peer.segment(SYN, options=peer.syn_options()), peer.now, cookie=True
+    )
+    assert isinstance(reply, TcpSegmentOut)
+    assert reply.ack == (peer.seq + 1) & 0xFFFFFFFF
+    return reply
+
+
+def test_an_ack_with_a_good_cookie_opens_an_established_child() -> None:
+    lst = listener(backlog=4)
+    peer = Peer(timestamps=False, sack=False, wscale=None)
+    synack = _cookie_syn_ack(lst, peer, 1)
+    assert lst.syn_queue_len() == 0  # the device's verdict: no state for this SYN
+    peer.seq = (peer.seq + 1) & 0xFFFFFFFF
+    peer.rcv_nxt = (synack.seq + 1) & 0xFFFFFFFF
+    child = lst.on_segment(client(1), peer.segment(ACK, b"hello"), peer.now + MS)
+    assert isinstance(child, TcpConnection)
+    assert child.state is TcpState.ESTABLISHED
+    assert child.readable() and child.recv(100) == b"hello"
+    assert lst.accept() is child
+    assert lst.stats()["syn_cookies_accepted"] == 1
+
+
+def test_a_forged_or_altered_cookie_earns_a_reset_and_no_state() -> None:
+    lst = listener(backlog=4)
+    peer = Peer(timestamps=False, sack=False, wscale=None)
+    synack = _cookie_syn_ack(lst, peer, 2)
+    peer.seq = (peer.seq + 1) & 0xFFFFFFFF
+    wrong = lst.on_segment(client(2), peer.segment(ACK, ack=synack.seq + 2), peer.now)
+    assert isinstance(wrong, TcpSegmentOut) and wrong.flags & RST
+    other = lst.on_segment(client(3), peer.segment(ACK, ack=synack.seq + 1), peer.now)
+    assert isinstance(other, TcpSegmentOut) and other.flags & RST  # another client's port
+    assert lst.syn_queue_len() == 0 and lst.accept_queue_len() == 0
+    assert lst.stats()["syn_cookies_failed"] == 2
 
 
 def test_accept_queue_holds_backlog_plus_one_then_syns_are_dropped() -> None:

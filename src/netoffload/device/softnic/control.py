@@ -22,6 +22,7 @@ class Op(bytes, enum.Enum):
     REVOKE_SA = b"V"  # payload: u32 handle
     INSTALL_DIGEST_KEY = b"D"  # payload: u32 handle, u32 algorithm, the key
     REVOKE_DIGEST_KEY = b"d"  # payload: u32 handle
+    RULES = b"U"  # payload: a rules command (engine.steer); reply: JSON
     STOP = b"X"  # the firmware exits
 
 

@@ -15,6 +15,19 @@ its wire port, and runs the same engine the host would
   carrying their ``RxInfo``. With no fill slot left the port stops reading
   the wire, which backs up into the sender (a pause frame, not a drop).
 
+* steering (``engine.steer``, with CLASSIFICATION / DOS_FILTER enabled and
+  something to do): the port's received batch is DoS-filtered, hashed and
+  classified before assembly; drops are counted by reason and per rule, the
+  findings ride in each ``RxInfo``. With N queues the port firmware (queue 0,
+  the one on the wire) hands each frame for queue q to queue q's firmware
+  over an internal link, behind a ``META`` header with what steering found;
+  the queue firmwares' transmitted frames come back over the same link and
+  leave on the wire.
+* launch time (TX_SCHEDULING): a packet with a CLOCK_TAI launch time is made
+  at once, then waits in an earliest-deadline queue (``engine.schedule``) and
+  goes on the wire no earlier than its time; one already late by more than the
+  tolerance is dropped and counted (``launch_time_passed`` and friends).
+
 Bad input is data: a malformed descriptor or frame is dropped with a reason
 and counted; nothing a packet contains makes this process exit.
 """
@@ -54,9 +67,13 @@ from netoffload.engine.ipsec_offload import (
     decrypt_frames,
     transmit_encrypted,
 )
+from netoffload.engine.schedule import LaunchQueue
+from netoffload.engine.steer import Steering, SteeringError, merge_steering
 from netoffload.offload import (
+    NO_INFO,
     CapabilityError,
     CapabilityRecord,
+    ClassificationCaps,
     CryptoStatus,
     DecryptCaps,
     DeviceStats,
@@ -64,8 +81,11 @@ from netoffload.offload import (
     DigestCaps,
     DropReason,
     EncryptCaps,
+    FilterVerdict,
+    HashReport,
     OffloadError,
     Packet,
+    RxInfo,
     Selection,
     SelectionError,
     Task,
@@ -81,6 +101,45 @@ WIRE_BACKLOG_BYTES = 2 * 1024 * 1024
 IDLE_POLL_MS = 1000
 _NO_TASKS: frozenset[Task] = frozenset()
 _FRAME_LEN = struct.Struct("<I")  # the cable's framing: each frame behind its length
+#: In front of a frame the port hands a queue firmware: flow hash, mark, filter rule (-1:
+#: none), hash report, verdict, flags (1: a hash, 2: a mark).
+META = struct.Struct("<IIiBBBx")
+_META_HASH, _META_MARK = 0x01, 0x02
+#: Stop handing frames to a queue firmware while this much waits for it.
+LINK_BACKLOG_BYTES = 8 * 1024 * 1024
+#: A late packet: how far past its launch time it may still go out.
+LAUNCH_TOLERANCE_NS = 50_000_000
+#: The last stretch before a launch time, slept rather than polled.
+LAUNCH_SLEEP_NS = 20_000_000
+
+
+def tai_ns() -> int:
+    """Now on CLOCK_TAI, the clock launch times are given on (SO_TXTIME's)."""
+    return time.clock_gettime_ns(time.CLOCK_TAI)
+
+
+def encode_meta(info: RxInfo) -> bytes:
+    """The ``META`` header carrying steering's findings to a queue firmware."""
+    flags = (_META_HASH if info.flow_hash is not None else 0) | (
+        _META_MARK if info.mark is not None else 0
+    )
+    rule = -1 if info.filter_rule is None else info.filter_rule
+    return META.pack(
+        info.flow_hash or 0, info.mark or 0, rule, int(info.hash_report), int(info.verdict), flags
+    )
+
+
+def decode_meta(head: bytes | memoryview, queue: int) -> RxInfo:
+    """The ``RxInfo`` fields a ``META`` header carries (written by the port: trusted)."""
+    flow_hash, mark, rule, report, verdict, flags = META.unpack(head)
+    return RxInfo(
+        flow_hash=flow_hash if flags & _META_HASH else None,
+        hash_report=HashReport(report),
+        queue=queue,
+        mark=mark if flags & _META_MARK else None,
+        verdict=FilterVerdict(verdict),
+        filter_rule=None if rule < 0 else rule,
+    )
 
 
 class Firmware:
@@ -107,6 +166,19 @@ class Firmware:
         self.advertised = decode_capabilities(bytes.fromhex(config["caps"]))
         self.selection = Selection.everything(self.advertised)
         self.limits = Limits.from_records(self.selection.values())
+        # Queue 0 is the port on the wire; a queue firmware's cable is its link to the port.
+        self.queue_index: int = config.get("queue_index", 0)
+        links = config.get("links", [])
+        self.links = [CableEnd.from_fd(link["fd"], link["wire"]) for link in links]
+        classes = [r for r in self.advertised if isinstance(r, ClassificationCaps)]
+        self.steering = Steering(
+            queues=1 + len(self.links),
+            rule_slots=classes[0].rule_slots if classes else 0,
+        )
+        self.launch: LaunchQueue[bytes] = LaunchQueue(
+            tolerance_ns=config.get("launch_tolerance_ns", LAUNCH_TOLERANCE_NS)
+        )
+        self._apply_selection()
         self.stats = DeviceStats()
         handles = max(
             (r.max_sas for r in self.advertised if isinstance(r, EncryptCaps | DecryptCaps)),
@@ -126,6 +198,8 @@ class Firmware:
         poller = select.poll()
         poller.register(self.nic_bell, select.POLLIN)
         poller.register(self.ctrl, select.POLLIN)
+        for link in self.links:
+            poller.register(link, select.POLLIN)
         cable_mask = -1
         while self.running:
             if self.cable is not None:
@@ -133,6 +207,8 @@ class Firmware:
                 if mask != cable_mask:
                     poller.register(self.cable, mask)
                     cable_mask = mask
+            if self.launch:
+                self._sleep_to_launch()
             for fd, _ in poller.poll(self._timeout_ms()):
                 if fd == self.nic_bell:
                     _drain_eventfd(fd)
@@ -149,20 +225,64 @@ class Firmware:
             mask |= select.POLLIN
         return mask
 
+    def _sleep_to_launch(self) -> None:
+        """When the next launch time is near, sleep to it: a poll's timeout is coarse (it can
+        wake milliseconds late), a nanosleep is not."""
+        launch = self.launch.next_deadline_ns()
+        if launch is None:
+            return
+        wait_ns = launch - tai_ns()
+        if 0 < wait_ns <= LAUNCH_SLEEP_NS:
+            time.sleep(wait_ns / 1e9)
+
     def _timeout_ms(self) -> int:
         due = self.cable.next_due_ns() if self.cable is not None else None
-        if due is None:
-            return IDLE_POLL_MS
-        return max(0, min(IDLE_POLL_MS, (due - time.monotonic_ns()) // 1_000_000 + 1))
+        timeout = IDLE_POLL_MS
+        if due is not None:
+            timeout = max(0, min(timeout, (due - time.monotonic_ns()) // 1_000_000 + 1))
+        launch = self.launch.next_deadline_ns()
+        if launch is not None:
+            # Woken early, then ``_sleep_to_launch`` sleeps the rest precisely.
+            wait_ns = max(0, launch - tai_ns() - LAUNCH_SLEEP_NS // 2)
+            timeout = min(timeout, wait_ns // 1_000_000)
+        return timeout
 
     def _service(self) -> None:
         """One pass over everything that may have work: transmit, then receive."""
         while self._transmit_batch():
             pass
+        if self.launch:
+            self._release_launched()
+        for link in self.links:
+            self._forward(link)
         while self._receive_batch():
             pass
         if self.cable is not None:
             self.cable.flush(time.monotonic_ns())
+        for link in self.links:
+            link.flush()
+
+    def _forward(self, link: CableEnd) -> None:
+        """What a queue firmware transmitted: onto the wire."""
+        if self.cable is None:
+            return
+        for _ in range(64):  # bounded: the other work of this pass waits for it
+            if self.cable.pending_bytes > WIRE_BACKLOG_BYTES:
+                self.cable.flush()
+                return
+            frames = link.recv_batch(BATCH)
+            if not frames:
+                return
+            self.cable.send_batch(frames, time.monotonic_ns())
+
+    def _release_launched(self) -> None:
+        """Put every packet whose launch time has come on the wire, earliest first."""
+        out = self.launch.release(tai_ns())
+        if out.missed:
+            self.stats.drops["launch_time_missed"] += len(out.missed)
+        if out.sent and self.cable is not None:
+            self.cable.send_batch([r.item for r in out.sent], time.monotonic_ns())
+            self.stats.tx_frames += len(out.sent)
 
     # -- transmit ---------------------------------------------------------------------
     def _transmit_batch(self) -> bool:
@@ -256,6 +376,8 @@ class Firmware:
                 stats.drop(reason)
             stats.task_done(Task.DIGEST, digested.done)
             admitted, allowed = digested.packets, digested.tasks
+        if any(Task.TX_SCHEDULING in t for t in allowed):
+            admitted, allowed = self._schedule(admitted, allowed)
         sealed = [p for p, tasks in zip(admitted, allowed, strict=True) if Task.ENCRYPT in tasks]
         if sealed:
             admitted = [p for p, t in zip(admitted, allowed, strict=True) if Task.ENCRYPT not in t]
@@ -279,6 +401,54 @@ class Firmware:
         chunks, lengths = list(outcome.chunks), list(outcome.lengths)
         self._seal(sealed, chunks, lengths)
         return chunks, lengths
+
+    def _schedule(
+        self, packets: list[Packet], allowed: list[frozenset[Task]]
+    ) -> tuple[list[Packet], list[frozenset[Task]]]:
+        """Make the packets that carry a launch time now and queue their frames for it;
+        the other packets and their task sets are returned for the usual path."""
+        rest: list[Packet] = []
+        rest_tasks: list[frozenset[Task]] = []
+        timed: list[Packet] = []
+        timed_tasks: list[frozenset[Task]] = []
+        launch_at: list[int] = []
+        for packet, tasks in zip(packets, allowed, strict=True):
+            launch = packet.tx.launch_time_ns
+            if launch is None or Task.TX_SCHEDULING not in tasks:
+                rest.append(packet)
+                rest_tasks.append(tasks)
+                continue
+            request = replace(packet.tx, launch_time_ns=None)
+            timed.append(Packet(packet.data, request))
+            timed_tasks.append(tasks - {Task.TX_SCHEDULING})
+            launch_at.append(launch)
+        stats = self.stats
+        try:
+            outcome = pipeline.transmit(timed, timed_tasks)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(timed))
+            return rest, rest_tasks
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        now = tai_ns()
+        late: set[int] = set()
+        sent: set[int] = set()
+        for packet, source in zip(outcome.packets, outcome.sources, strict=True):
+            if packet.tx.tasks():
+                stats.drop(DropReason.TASK_NOT_ENABLED)
+                continue
+            refused = self.launch.enqueue(bytes(packet.data), launch_at[source], now)
+            if refused is not None:
+                stats.drops[refused.value] += 1
+                late.add(source)
+            else:
+                sent.add(source)
+        stats.task_done(Task.TX_SCHEDULING, len(sent))
+        stats.tx_packets += len(sent)
+        stats.tx_bytes += sum(len(timed[i].data) for i in sent)
+        return rest, rest_tasks
 
     def _seal(self, packets: list[Packet], chunks: list[Any], lengths: list[int]) -> None:
         """Segment, checksum and encrypt ``packets`` in one pass each (an inline IPsec NIC);
@@ -316,38 +486,13 @@ class Firmware:
         if not frames:
             return False
         stats = self.stats
-        stats.rx_frames += len(frames)
-        if min(map(len, frames)) < ETHERNET_HEADER:
-            # A runt is not even an Ethernet frame: nothing above the port may see it.
-            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
-            stats.drop(DropReason.MALFORMED_FRAME, runts)
-            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
-        opened: dict[int, int] = {}
-        if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
-            frames, opened = self._open(frames)
-        try:
-            outcome = pipeline.receive(frames, self.limits)
-        except Exception:  # an engine bug must cost the batch, not the NIC
-            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
-            return True
-        if opened:
-            for k, source in enumerate(outcome.sources):
-                handle = opened.get(source)
-                if handle is not None:
-                    p = outcome.packets[k]
-                    info = replace(p.rx, crypto=CryptoStatus.DECRYPTED, sa_handle=handle)
-                    outcome.packets[k] = Packet(p.data, p.tx, info)
-        for _, reason in outcome.drops:
-            stats.drop(reason)
-        for task, n in outcome.tasks.items():
-            stats.task_done(task, n)
         mem, slot_bytes = self.mem, self.geometry.slot_bytes
         pool = self.pool
         encode = self.encode_rx
         head = self.rx.producer
         rows: list[tuple[int, int, int, bytes]] = []
         capacity = slot_bytes - HEADROOM
-        for packet in outcome.packets:
+        for packet in self._received(frames):
             size = len(packet.data)
             if size > capacity:
                 stats.drop(DropReason.TOO_LARGE)
@@ -366,6 +511,104 @@ class Firmware:
             self.rx.publish_producer(head + len(rows))
             os.eventfd_write(self.rx_bell, 1)
         return True
+
+    def _received(self, frames: list[memoryview]) -> list[Packet]:
+        """What the receive engine makes of frames from the wire (runts dropped; filtered,
+        hashed and classified, or what queue 0 found for a queue's frames; ESP for our
+        inbound SAs decrypted; assembled), every drop and task counted."""
+        stats = self.stats
+        stats.rx_frames += len(frames)
+        if min(map(len, frames)) < ETHERNET_HEADER:
+            # A runt is not even an Ethernet frame: nothing above the port may see it.
+            runts = sum(1 for f in frames if len(f) < ETHERNET_HEADER)
+            stats.drop(DropReason.MALFORMED_FRAME, runts)
+            frames = [f for f in frames if len(f) >= ETHERNET_HEADER]
+        steered: list[RxInfo] | None = None
+        if self.queue_index:
+            frames, steered = self._strip_meta(frames)
+        elif self.steering.has_work:
+            frames, steered = self._steer(frames)
+        opened: dict[int, int] = {}
+        if len(self.contexts.inbound) and Task.DECRYPT in self.limits.tasks:
+            if steered is not None:
+                steered = None  # decryption re-frames: steering's rows no longer line up
+            frames, opened = self._open(frames)
+        if not frames:
+            return []
+        try:
+            outcome = pipeline.receive(frames, self.limits)
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
+            return []
+        if steered is not None:
+            for k, source in enumerate(outcome.sources):
+                found = steered[source]
+                if found is not NO_INFO:
+                    p = outcome.packets[k]
+                    outcome.packets[k] = Packet(p.data, p.tx, merge_steering(p.rx, found))
+        if opened:
+            for k, source in enumerate(outcome.sources):
+                handle = opened.get(source)
+                if handle is not None:
+                    p = outcome.packets[k]
+                    info = replace(p.rx, crypto=CryptoStatus.DECRYPTED, sa_handle=handle)
+                    outcome.packets[k] = Packet(p.data, p.tx, info)
+        for _, reason in outcome.drops:
+            stats.drop(reason)
+        for task, n in outcome.tasks.items():
+            stats.task_done(task, n)
+        return outcome.packets
+
+    def _steer(self, frames: list[memoryview]) -> tuple[list[Any], list[RxInfo]]:
+        """Filter, hash and classify; frames for other queues go to their firmware. The
+        frames this queue keeps, and what steering found for each."""
+        stats = self.stats
+        try:
+            outcome = self.steering.steer(frames, time.monotonic_ns())
+        except Exception:  # an engine bug must cost the batch, not the NIC
+            stats.drop(DropReason.MALFORMED_FRAME, len(frames))
+            return [], []
+        for reason, n in outcome.drops.items():
+            stats.drops[reason] += n
+        mine: list[Any] = []
+        infos: list[RxInfo] = []
+        handed: list[list[bytes | memoryview]] = [[] for _ in self.links]
+        for row in outcome.rows:
+            if row.queue == 0:
+                mine.append(frames[row.index])
+                infos.append(row.info)
+            else:
+                out = handed[row.queue - 1]
+                out.append(encode_meta(row.info))
+                out.append(frames[row.index])
+        for link, out in zip(self.links, handed, strict=True):
+            if not out:
+                continue
+            if link.pending_bytes > LINK_BACKLOG_BYTES:
+                stats.drop(DropReason.NO_BUFFER, len(out) // 2)
+                continue
+            pack = _FRAME_LEN.pack
+            chunks: list[Any] = []
+            lengths: list[int] = []
+            for k in range(0, len(out), 2):
+                size = len(out[k]) + len(out[k + 1])
+                chunks += [pack(size), out[k], out[k + 1]]
+                lengths.append(size)
+            link.send_framed(chunks, lengths)
+        return mine, infos
+
+    def _strip_meta(self, frames: list[memoryview]) -> tuple[list[Any], list[RxInfo]]:
+        """A queue firmware's frames from the port: the ``META`` header off each."""
+        size = META.size
+        out: list[Any] = []
+        infos: list[RxInfo] = []
+        for frame in frames:
+            if len(frame) < size + ETHERNET_HEADER:
+                self.stats.drop(DropReason.MALFORMED_FRAME)
+                continue
+            infos.append(decode_meta(frame[:size], self.queue_index))
+            out.append(frame[size:])
+        return out, infos
 
     def _open(self, frames: list[memoryview]) -> tuple[list[Any], dict[int, int]]:
         """Decrypt the ESP for our inbound SAs before assembly (refused ESP is dropped and
@@ -429,6 +672,8 @@ class Firmware:
                 return
             self.digest_keys.revoke(int.from_bytes(payload, "little"))
             self._reply(Status.OK, b"")
+        elif op == Op.RULES.value:
+            self._rules(payload)
         elif op == Op.STOP.value:
             self._reply(Status.OK, b"")
             self.running = False
@@ -448,7 +693,29 @@ class Firmware:
             return
         self.selection = selection
         self.limits = Limits.from_records(selection.values())
+        self._apply_selection()
         self._reply(Status.OK, encode_capabilities(selection.records()))
+
+    def _rules(self, payload: bytes) -> None:
+        """One rules command (``engine.steer``): JSON reply, or a one-line refusal."""
+        if not self.selection.get(Task.CLASSIFICATION) and not self.selection.get(Task.DOS_FILTER):
+            self._reply(Status.REFUSED, b"classification and DoS filtering are not enabled")
+            return
+        try:
+            reply = self.steering.command(payload.decode())
+        except (SteeringError, UnicodeDecodeError) as exc:
+            self._reply(Status.REFUSED, str(exc).encode())
+            return
+        self._reply(Status.OK, json.dumps(reply).encode())
+
+    def _apply_selection(self) -> None:
+        """Steering follows the enabled records."""
+        classes = self.selection.get(Task.CLASSIFICATION)
+        self.steering.enable(
+            classify=isinstance(classes, ClassificationCaps),
+            dos=self.selection.get(Task.DOS_FILTER) is not None,
+            hash_types=classes.hash_types if isinstance(classes, ClassificationCaps) else None,
+        )
 
     def _install_sa(self, payload: bytes) -> None:
         """An inbound SA: checked against the enabled decrypt record, installed by handle."""
@@ -506,7 +773,13 @@ class Firmware:
         wire: dict[str, int] = {}
         if self.cable is not None:
             wire = dict(self.cable.counters)
-        return {"device": self.stats.as_dict(), "wire": wire, "ipsec": self.contexts.as_dict()}
+        return {
+            "device": self.stats.as_dict(),
+            "wire": wire,
+            "ipsec": self.contexts.as_dict(),
+            "steering": self.steering.counters(),
+            "launch_queue": len(self.launch),
+        }
 
     def _reply(self, status: Status, payload: bytes) -> None:
         try:

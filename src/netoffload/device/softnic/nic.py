@@ -27,7 +27,6 @@ import itertools
 import json
 import mmap
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -38,7 +37,8 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
-from netoffload.device.base import Device, DeviceError, poll_fds
+from netoffload.device.base import UNKNOWN_EXIT as _UNKNOWN_STATUS
+from netoffload.device.base import Device, DeviceError, describe_exit, poll_fds
 from netoffload.device.cable import Cable, CableEnd, Impairments
 from netoffload.device.softnic import control, layout
 from netoffload.device.softnic.control import Op, Status
@@ -51,17 +51,22 @@ from netoffload.device.softnic.layout import (
 )
 from netoffload.engine.esp_sa import EspConfig
 from netoffload.engine.ipsec_offload import encode_config
+from netoffload.engine.rss import ALL_HASH_TYPES
 from netoffload.offload import (
     AnyRecord,
     CapabilityRecord,
     ChecksumCaps,
     ChecksumFlags,
+    ClassificationCaps,
+    Clocks,
     CryptoAlgorithm,
     CryptoFeatures,
     DecryptCaps,
     DeviceStats,
     DigestAlgorithm,
     DigestCaps,
+    DosFilterCaps,
+    DosRuleKinds,
     DropReason,
     EncryptCaps,
     IpVersions,
@@ -71,6 +76,7 @@ from netoffload.offload import (
     SelectionError,
     TcpAssemblyCaps,
     TcpSegmentationCaps,
+    TxSchedulingCaps,
     UdpAssemblyCaps,
     UdpSegmentationCaps,
     VirtioNetHdr,
@@ -107,8 +113,22 @@ _ALL_CHECKSUMS = (
 )
 
 
-def default_capabilities() -> list[CapabilityRecord]:
-    """What a SoftNic advertises unless told otherwise."""
+#: Rule slots of a SoftNic's classifier and of its DoS filter.
+RULE_SLOTS = 1024
+#: How close to its launch time the firmware's pacing sends a packet: its poll's step.
+LAUNCH_GRANULARITY_NS = 10_000_000
+#: How far ahead a launch time may lie.
+LAUNCH_HORIZON_NS = 60 * 1_000_000_000
+
+
+def default_capabilities(queues: int = 1) -> list[CapabilityRecord]:
+    """What a SoftNic with ``queues`` receive queues advertises unless told otherwise.
+
+    Classification: RSS over ``queues`` with every hash type, and rules; the
+    firmware steers, so the queue is the SoftNic's choice. Scheduling: launch
+    times on CLOCK_TAI, paced in software by the firmware, to within about
+    ``LAUNCH_GRANULARITY_NS``.
+    """
     both = IpVersions.IPV4 | IpVersions.IPV6
     return [
         ChecksumCaps(tx=_ALL_CHECKSUMS, rx=_ALL_CHECKSUMS),
@@ -119,6 +139,18 @@ def default_capabilities() -> list[CapabilityRecord]:
         EncryptCaps(**_IPSEC),
         DecryptCaps(**_IPSEC),
         DigestCaps(algorithms=_DIGESTS, max_keys=1024),
+        ClassificationCaps(rule_slots=RULE_SLOTS, queues=queues, hash_types=ALL_HASH_TYPES),
+        DosFilterCaps(
+            rule_kinds=DosRuleKinds.BLOCKLIST
+            | DosRuleKinds.RATE_LIMIT
+            | DosRuleKinds.SYN_FLOOD
+            | DosRuleKinds.MALFORMED
+            | DosRuleKinds.FRAGMENTS,
+            rule_slots=RULE_SLOTS,
+        ),
+        TxSchedulingCaps(
+            clocks=Clocks.TAI, granularity_ns=LAUNCH_GRANULARITY_NS, horizon_ns=LAUNCH_HORIZON_NS
+        ),
     ]
 
 
@@ -144,15 +176,6 @@ _IPSEC: dict[str, Any] = {
 }
 
 
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"
-
-
 class _Resources:
     """Everything ``close`` must release; kept apart from the SoftNic so a finalizer can run
     without holding the device alive."""
@@ -164,6 +187,9 @@ class _Resources:
         self.region: mmap.mmap | None = None
         self.stderr: IO[bytes] | None = None
         self.cable: Cable | None = None
+        self.queues: list[SoftNic] = []  # a multi-queue port's other queues
+        self.links: list[Cable] = []  # the port's links to them
+        self.detached = False  # the queues belong to workers: the port no longer drives them
         self.closed = False
 
     def release(self) -> None:
@@ -188,6 +214,10 @@ class _Resources:
         self.fds = []
         if self.cable is not None:
             self.cable.close()
+        for queue in self.queues:
+            queue.close()
+        for link in self.links:
+            link.close()
         if self.stderr is not None:
             self.stderr.close()
         if self.region is not None:
@@ -205,7 +235,16 @@ class SoftNic(Device):
     defaults to ``softnicN``, numbered in this process in order of creation;
     the port's MAC is derived from it, so two SoftNics on one cable need two
     names (the default gives them).
+
+    ``queues`` > 1 makes a multi-queue NIC: one firmware process per queue.
+    This object is queue 0, the port on the cable; ``queue(i)`` is queue
+    ``i``, a device of its own (own rings, own doorbells) with the same MAC,
+    so one worker can serve each. RSS and the classification rules pick a
+    received frame's queue; each queue transmits on the shared port.
     """
+
+    #: The module run as the firmware process (``python -m``).
+    firmware_module = "netoffload.device.softnic.firmware"
 
     def __init__(
         self,
@@ -217,8 +256,13 @@ class SoftNic(Device):
         geometry: Geometry | None = None,
         start_timeout_s: float = 30.0,
         call_timeout_s: float = 10.0,
+        queues: int = 1,
+        queue_index: int = 0,
     ) -> None:
+        if not 1 <= queues <= 64:
+            raise ValueError("a SoftNic has 1 to 64 queues")
         self.name = name = f"softnic{next(_UNNAMED)}" if name is None else name
+        self.queue_index = queue_index
         self._mac = mac if mac is not None else _mac_for(name)
         self.geometry = g = geometry or Geometry()
         self.call_timeout_s = call_timeout_s
@@ -228,13 +272,27 @@ class SoftNic(Device):
         self._host_stats = DeviceStats()
         self._last_wire: dict[str, int] = {}
         self._last_ipsec: dict[str, Any] = {}
+        self._last_steering: dict[str, Any] = {}
+        self._owner_pid = os.getpid()
         try:
             if cable is None:
                 res.cable = Cable()
                 cable, self.peer = res.cable.a, res.cable.b
             mtu = cable.impairments.mtu
             self._mtu = _ETHERNET_MTU_LIMIT if mtu is None else mtu
-            self._start(list(default_capabilities() if caps is None else caps), cable)
+            records = list(default_capabilities(queues) if caps is None else caps)
+            links: list[CableEnd] = []
+            for i in range(1, queues if not queue_index else 1):
+                link = Cable(Impairments(mtu=None), seed=f"{name}/q{i}")
+                res.links.append(link)
+                queue = SoftNic(
+                    records, link.b, name=f"{name}.q{i}", mac=self._mac, geometry=g,
+                    start_timeout_s=start_timeout_s, call_timeout_s=call_timeout_s,
+                    queue_index=i,
+                )  # fmt: skip
+                res.queues.append(queue)
+                links.append(link.a)
+            self._start(records, cable, links)
             self._wait_ready(start_timeout_s)
             self._enabled = self._fetch_enabled()
         except BaseException:
@@ -260,7 +318,7 @@ class SoftNic(Device):
         self._pool_addr += g.pool_offset
 
     # -- start-up -------------------------------------------------------------------
-    def _start(self, caps: list[AnyRecord], cable: CableEnd) -> None:
+    def _start(self, caps: list[AnyRecord], cable: CableEnd, links: list[CableEnd]) -> None:
         res, g = self._res, self.geometry
         mem_fd, res.region = layout.create_region(g)
         res.fds.append(mem_fd)
@@ -277,7 +335,11 @@ class SoftNic(Device):
         res.sockets.append(self._ctrl)
         spec = cable.spec()
         cable_fd = cable.detach()
+        link_specs = [link.spec() for link in links]
+        link_fds = [link.detach() for link in links]
         config = {
+            "queue_index": self.queue_index,
+            "links": [{"fd": fd, "wire": w} for fd, w in zip(link_fds, link_specs, strict=True)],
             "geometry": g.as_dict(),
             "mem_fd": mem_fd,
             "nic_bell": self._nic_bell,
@@ -292,7 +354,7 @@ class SoftNic(Device):
         res.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         try:
             res.proc = subprocess.Popen(
-                [sys.executable, "-m", "netoffload.device.softnic.firmware", json.dumps(config)],
+                [sys.executable, "-m", self.firmware_module, json.dumps(config)],
                 pass_fds=(
                     mem_fd,
                     self._nic_bell,
@@ -300,6 +362,7 @@ class SoftNic(Device):
                     self._completion_bell,
                     child_ctrl.fileno(),
                     cable_fd,
+                    *link_fds,
                 ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -309,6 +372,8 @@ class SoftNic(Device):
             # The child has its own copies; ours would keep the cable and channel open.
             child_ctrl.close()
             os.close(cable_fd)
+            for fd in link_fds:
+                os.close(fd)
         self._pidfd = os.pidfd_open(res.proc.pid)
         res.fds.append(self._pidfd)
 
@@ -328,8 +393,16 @@ class SoftNic(Device):
         if self._res.closed:
             raise DeviceError(f"{self.name} is closed")
         proc = self._res.proc
-        if proc is not None and proc.poll() is not None:
-            raise DeviceError(self._death_message(proc.returncode))
+        code = None if proc is None else self._exited(proc)
+        if code is not None:
+            raise DeviceError(self._death_message(code))
+
+    def _exited(self, proc: subprocess.Popen[bytes]) -> int | None:
+        """The firmware's exit status, ``None`` while it runs. In a worker (a process forked
+        after the firmware started) the firmware is not a child: its pidfd says."""
+        if os.getpid() == self._owner_pid:
+            return proc.poll()
+        return _UNKNOWN_STATUS if poll_fds([self._pidfd], 0.0) else None
 
     def _death_message(self, code: int) -> str:
         detail = ""
@@ -340,7 +413,7 @@ class SoftNic(Device):
                 lines = stderr.read().decode(errors="replace").strip().splitlines()
                 if lines:
                     detail = f": {lines[-1]}"
-        return f"softnic firmware exited with {_describe_exit(code)}{detail}"
+        return f"softnic firmware exited with {describe_exit(code)}{detail}"
 
     def _wait_fds(self, fds: list[int], timeout_s: float) -> list[int]:
         """poll(2) on ``fds`` and the firmware's pidfd; raises if the firmware died."""
@@ -348,8 +421,10 @@ class SoftNic(Device):
         if self._pidfd in ready:
             proc = self._res.proc
             assert proc is not None
-            proc.wait(timeout=5.0)
-            raise DeviceError(self._death_message(proc.returncode))
+            if os.getpid() == self._owner_pid:
+                proc.wait(timeout=5.0)
+            code = self._exited(proc)
+            raise DeviceError(self._death_message(_UNKNOWN_STATUS if code is None else code))
         return ready
 
     def wait(self, timeout_s: float, *, for_tx: bool = False) -> bool:
@@ -382,7 +457,7 @@ class SoftNic(Device):
     def link_up(self) -> bool:
         """True while the firmware runs."""
         proc = self._res.proc
-        return not self._res.closed and proc is not None and proc.poll() is None
+        return not self._res.closed and proc is not None and self._exited(proc) is None
 
     def _ring(self, bell: int) -> None:
         os.eventfd_write(bell, 1)
@@ -404,7 +479,7 @@ class SoftNic(Device):
     def _check_dying(self) -> None:
         """After the control channel broke: give the firmware a moment to be seen dead."""
         proc = self._res.proc
-        if proc is not None:
+        if proc is not None and os.getpid() == self._owner_pid:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2.0)
         self._check()
@@ -443,15 +518,56 @@ class SoftNic(Device):
         chain = self._call(Op.ENABLE, encode_capabilities(selection.records()))
         records = decode_capabilities(chain)
         self._enabled = Selection(r for r in records if isinstance(r, CapabilityRecord))
+        if not self._res.detached:
+            for queue in self._res.queues:
+                queue.enable(self._enabled)
         return self._enabled
 
-    def stats(self) -> DeviceStats:
-        """Firmware counters (including wire drops) plus drops made on the host side."""
+    # -- queues -----------------------------------------------------------------------
+    @property
+    def queue_count(self) -> int:
+        """Receive queues: this one and the ones ``queue(i)`` gives."""
+        return 1 + len(self._res.queues)
+
+    def queue(self, index: int) -> SoftNic:
+        """Queue ``index`` as a device of its own (0 is this object, the port)."""
+        if index == 0:
+            return self
+        if not 0 < index < self.queue_count:
+            raise IndexError(f"{self.name} has {self.queue_count} queues, not {index + 1}")
+        return self._res.queues[index - 1]
+
+    def detach_queues(self) -> None:
+        """Hand the queues to workers (``netoffload.workers``): from now on ``enable`` and
+        ``stats`` on this port are about queue 0 only; each worker drives its own queue."""
+        self._res.detached = True
+
+    def rules(self, command: str) -> dict[str, Any]:
+        """Run a rules command (``engine.steer``: ``add WORDS``, ``del [dos] ID``, ``list``)
+        in the firmware; a refused one raises ``SelectionError`` with its one-line reason."""
+        return dict(json.loads(self._call(Op.RULES, command.encode())))
+
+    def steering_counters(self) -> dict[str, Any]:
+        """DoS drops by reason, SYN cookies and rule counters, as of the last ``stats``."""
+        return dict(self._last_steering)
+
+    def queue_stats(self) -> DeviceStats:
+        """This queue's own counters (its firmware's and its host side's)."""
         body = json.loads(self._call(Op.STATS))
         out = DeviceStats.from_dict(body["device"])
         out.merge(self._host_stats)
         self._last_wire = dict(body["wire"])
         self._last_ipsec = dict(body.get("ipsec", {}))
+        self._last_steering = dict(body.get("steering", {}))
+        return out
+
+    def stats(self) -> DeviceStats:
+        """Firmware counters (including wire drops) plus drops made on the host side; on a
+        multi-queue port, every queue's."""
+        out = self.queue_stats()
+        if not self._res.detached:
+            for queue in self._res.queues:
+                out.merge(queue.queue_stats())
         return out
 
     def ipsec_counters(self) -> dict[str, Any]:
@@ -759,12 +875,13 @@ def softnic_pair(
     seed: int | str = 1,
     names: tuple[str, str] = ("nic-a", "nic-b"),
     caps: Sequence[AnyRecord] | None = None,
+    queues: tuple[int, int] = (1, 1),
 ) -> Iterator[tuple[SoftNic, SoftNic]]:
     """Two SoftNics joined by a fresh ``Cable``; both, and the cable, closed afterwards
     (also when the second fails to start)."""
     with Cable(impairments or Impairments(), seed=seed) as cable:
-        first = SoftNic(caps, cable=cable.a, name=names[0])
+        first = SoftNic(caps, cable=cable.a, name=names[0], queues=queues[0])
         with first:
-            second = SoftNic(caps, cable=cable.b, name=names[1])
+            second = SoftNic(caps, cable=cable.b, name=names[1], queues=queues[1])
             with second:
                 yield first, second
