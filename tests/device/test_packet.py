@@ -14,8 +14,10 @@ from netoffload.device.packet import PacketDevice
 from netoffload.netns import Netns
 from netoffload.offload import (
     ChecksumRequest,
+    ClassificationCaps,
     GsoType,
     Packet,
+    RssHashTypes,
     SegmentationRequest,
     SelectionError,
     Task,
@@ -148,6 +150,14 @@ def test_fanout_queues_keep_each_flow_on_one_queue(veth: Netns) -> None:
         queues = PacketDevice.queues("nsova", 2)
         senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
     try:
+        # The records say so: two queues, the kernel's hash picks (no hash types or rule
+        # slots of ours), on whatever is asked.
+        kernel_picks = ClassificationCaps(rule_slots=0, queues=2, hash_types=RssHashTypes.NONE)
+        for dev in queues:
+            assert kernel_picks in dev.capabilities()
+            assert dev.enabled().get(Task.CLASSIFICATION) == kernel_picks
+            assert dev.fixed_selection().get(Task.CLASSIFICATION) == kernel_picks
+            assert dev.enable(dev.enabled()).get(Task.CLASSIFICATION) == kernel_picks
         seen: dict[int, set[int]] = {}
 
         def drain(wait_s: float) -> None:

@@ -195,6 +195,8 @@ class PacketDevice(Device):
         self._tx_next = 0
         self._closed = False
         self._fanout_group = fanout_group
+        #: How many sockets share this interface's frames in its fanout group (``queues``).
+        self._fanout_queues = 1
         if rings:
             self._open()
 
@@ -213,6 +215,8 @@ class PacketDevice(Device):
             for dev in out:
                 dev.close()
             raise
+        for dev in out:
+            dev._fanout_queues = count
         return out
 
     # -- capabilities ----------------------------------------------------------
@@ -220,8 +224,17 @@ class PacketDevice(Device):
         """The interface's netdev features now."""
         return read_features(self.name, self._link_sock)
 
+    def _queue_records(self) -> list[CapabilityRecord]:
+        """In a fanout group of several queues: a classification record that says how many
+        and that the kernel picks a frame's queue (its own flow hash: no hash types of ours,
+        no rule slots), always on."""
+        if self._fanout_queues < 2:
+            return []
+        queues = self._fanout_queues
+        return [ClassificationCaps(rule_slots=0, queues=queues, hash_types=RssHashTypes.NONE)]
+
     def capabilities(self) -> list[AnyRecord]:
-        return records_from_features(self.features(), active_only=False)
+        return [*records_from_features(self.features(), active_only=False), *self._queue_records()]
 
     def enabled(self) -> Selection:
         """What the interface's features give now; read again at most every
@@ -230,7 +243,9 @@ class PacketDevice(Device):
         now = time.monotonic()
         if self._enabled is None or now - self._enabled_at >= ENABLED_REFRESH_S:
             active = records_from_features(self.features(), active_only=True)
-            selection = Selection(r for r in active if isinstance(r, CapabilityRecord))
+            selection = Selection(
+                [r for r in active if isinstance(r, CapabilityRecord)] + self._queue_records()
+            )
             if self._enabled is None or selection != self._enabled:
                 self._enabled = selection
             self._enabled_at = now
@@ -242,7 +257,9 @@ class PacketDevice(Device):
             self.name, tuple(f for f in self.features().features if f.fixed and f.active)
         )
         records = records_from_features(fixed, active_only=True)
-        return Selection(r for r in records if isinstance(r, CapabilityRecord))
+        return Selection(
+            [r for r in records if isinstance(r, CapabilityRecord)] + self._queue_records()
+        )
 
     def status(self) -> list[CapabilityStatus]:
         """Each offered task, what is on, and whether any of its features may change."""
@@ -274,7 +291,9 @@ class PacketDevice(Device):
         A fixed feature that would have to change is a ``SelectionError``.
         """
         features = self.features()
-        selection.check_against(records_from_features(features, active_only=False))
+        selection.check_against(
+            [*records_from_features(features, active_only=False), *self._queue_records()]
+        )
         wanted: dict[str, bool] = {}
         for feature in features.features:
             mapping = FEATURE_TASKS.get(feature.name)
