@@ -98,3 +98,50 @@ def test_the_host_paces_for_a_device_without_launch_time() -> None:
             _check(got, launches, lambda: dict(host.stats.drops))
             assert host.stats.fallbacks["tx_scheduling/not_enabled"] == TIMED + LATE
             assert "tx_scheduling" not in nic.stats().tasks
+
+
+def test_encrypted_frames_are_paced_too() -> None:
+    """Launch time and inline ESP on one packet: the SoftNic encrypts it at once and holds
+    the ESP frame for its time (scapy opens each to read the launch time inside)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.ipsec import ESP
+    from scapy.layers.ipsec import SecurityAssociation as ScapySa
+    from scapy.layers.l2 import Ether
+
+    from netoffload.engine.esp_sa import EspAlgorithm, EspConfig
+    from netoffload.offload import Selection
+
+    key = bytes(range(16)) + b"salt"
+    sa = EspConfig(spi=0x2001, algorithm=EspAlgorithm.AES_GCM, key=key)
+    theirs = ScapySa(ESP, spi=sa.spi, crypt_algo="AES-GCM", crypt_key=key)
+    with Cable(Impairments(mtu=None), seed=6) as cable:
+        nic = SoftNic(cable=cable.a, name="launch-esp")
+        with nic:
+            nic.enable(Selection.everything(nic.capabilities()))
+            now = tai_ns()
+            launches = [now + LEAD_NS + i * STEP_NS for i in range(TIMED)]
+            random.Random(6).shuffle(launches)
+            late = [now - 1_000_000_000 - i for i in range(LATE)]
+            packets = []
+            for seq, launch in enumerate(launches + late, start=1):
+                frame = bytes(
+                    Ether(src=str(PEER), dst="02:00:00:00:00:43")
+                    / IP(src="198.18.0.1", dst="198.18.0.2")
+                    / UDP(sport=1, dport=2)
+                    / launch.to_bytes(8, "big")
+                )
+                request = TxRequest(launch_time_ns=launch).encrypted(
+                    0, seq, sa if seq == 1 else None
+                )
+                packets.append(Packet(frame, request))
+            assert nic.send(packets) == len(packets)
+            got: list[tuple[int, int]] = []
+            end = time.monotonic() + 10
+            while len(got) < TIMED and time.monotonic() < end:
+                for frame in cable.b.recv_batch(64, 0.01):
+                    arrival = tai_ns()
+                    opened = theirs.decrypt(Ether(bytes(frame))[IP])
+                    got.append((int.from_bytes(bytes(opened[UDP].payload)[:8], "big"), arrival))
+            _check(got, launches, lambda: dict(nic.stats().drops))
+            tasks = nic.stats().tasks
+            assert tasks["tx_scheduling"] == TIMED and tasks["encrypt"] == TIMED + LATE

@@ -423,23 +423,41 @@ class Firmware:
             timed_tasks.append(tasks - {Task.TX_SCHEDULING})
             launch_at.append(launch)
         stats = self.stats
+        made: list[tuple[Any, int]] = []  # (frame, index into ``timed``)
+        plain = [k for k, tasks in enumerate(timed_tasks) if Task.ENCRYPT not in tasks]
+        sealed = [k for k, tasks in enumerate(timed_tasks) if Task.ENCRYPT in tasks]
         try:
-            outcome = pipeline.transmit(timed, timed_tasks)
+            if plain:
+                outcome = pipeline.transmit(
+                    [timed[k] for k in plain], [timed_tasks[k] for k in plain]
+                )
+                for _, reason in outcome.drops:
+                    stats.drop(reason)
+                for task, n in outcome.tasks.items():
+                    stats.task_done(task, n)
+                for packet, source in zip(outcome.packets, outcome.sources, strict=True):
+                    if packet.tx.tasks():
+                        stats.drop(DropReason.TASK_NOT_ENABLED)
+                        continue
+                    made.append((packet.data, plain[source]))
+            if sealed:  # cut, checksummed and encrypted in one pass, then held for its time
+                encrypted = transmit_encrypted([timed[k] for k in sealed], self.contexts)
+                for _, reason in encrypted.drops:
+                    stats.drop(reason)
+                for task, n in encrypted.tasks.items():
+                    stats.task_done(task, n)
+                made += [
+                    (frame, sealed[source])
+                    for frame, source in zip(encrypted.frames, encrypted.sources, strict=True)
+                ]
         except Exception:  # an engine bug must cost the batch, not the NIC
             stats.drop(DropReason.MALFORMED_FRAME, len(timed))
             return rest, rest_tasks
-        for _, reason in outcome.drops:
-            stats.drop(reason)
-        for task, n in outcome.tasks.items():
-            stats.task_done(task, n)
         now = tai_ns()
         late: set[int] = set()
         sent: set[int] = set()
-        for packet, source in zip(outcome.packets, outcome.sources, strict=True):
-            if packet.tx.tasks():
-                stats.drop(DropReason.TASK_NOT_ENABLED)
-                continue
-            refused = self.launch.enqueue(bytes(packet.data), launch_at[source], now)
+        for frame, source in made:
+            refused = self.launch.enqueue(bytes(frame), launch_at[source], now)
             if refused is not None:
                 stats.drops[refused.value] += 1
                 late.add(source)
