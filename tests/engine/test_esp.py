@@ -851,3 +851,85 @@ def test_keys_never_leak(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
         assert secret not in blob
         for form in (secret.hex(), secret.hex().upper(), repr(secret)[2:-1], str(list(secret))):
             assert form not in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    name=st.sampled_from(["aes128gcm", "aes256gcm", "chacha20poly1305"]),
+    version=st.sampled_from([4, 6]),
+    esn=st.booleans(),
+    window=st.sampled_from([64, 128]),
+    plan=st.lists(
+        st.tuples(
+            st.integers(0, 3),  # how much shorter the payload is (the padding makes up for it)
+            st.sampled_from(["fresh", "fresh", "fresh", "replay", "icv", "spi", "old"]),
+        ),
+        min_size=8,
+        max_size=48,
+    ),
+)
+def test_rows_open_a_batch_exactly_as_one_by_one(
+    name: str, version: int, esn: bool, window: int, plan: list[tuple[int, str]]
+) -> None:
+    """Equal-length ESP packets opened as rows give, packet by packet, what ``decrypt``
+    gives one after the other: the same inner packets (whatever their padding), the same
+    reasons (replays within the batch, bad ICVs, unknown SPIs, packets left of the
+    window) and the same window and counters afterwards."""
+    keys = keys_for(name, seed=11)
+    tx = ours(keys, version=version, esn=esn, replay_window=window)
+    sealed: list[bytes] = []
+    for extra in range(window + 8):  # old packets, left behind by the window
+        sealed.append(encrypt(tx, packet(version, bytes([extra % 251]) * 102)))
+    batch: list[bytes] = []
+    for cut, kind in plan:
+        if kind == "replay" and batch:
+            batch.append(batch[-1])
+            continue
+        if kind == "old":
+            batch.append(sealed[0])
+            continue
+        out = bytearray(encrypt(tx, packet(version, bytes([len(batch)]) * (102 - cut))))
+        if kind == "icv":
+            out[-1] ^= 0x55
+        elif kind == "spi":
+            at = 20 if version == 4 else 40
+            out[at + 3] ^= 0x01
+        batch.append(bytes(out))
+    assert len({len(p) for p in batch}) == 1  # one group: 99 to 102 bytes pad alike
+    rows, single = tx.twin(), tx.twin()
+    for early in sealed[8:]:  # both windows far past the first packets
+        decrypt(rows, early)
+        decrypt(single, early)
+    got = decrypt_batch(rows, batch)
+    for i, p in enumerate(batch):
+        try:
+            want: bytes | EspDropReason = decrypt(single, p)
+        except EspError as err:
+            want = err.reason
+        have = got.packet(i)
+        assert (bytes(have) if have is not None else got.reasons[i]) == want, (i, plan[i])
+    assert (rows.window.top, rows.counters, rows.counters.drops) == (
+        single.window.top,
+        single.counters,
+        single.counters.drops,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    version=st.sampled_from([4, 6]),
+    flips=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 200), st.integers(1, 255))),
+)
+def test_rows_take_mangled_batches_without_an_untyped_error(
+    version: int, flips: list[tuple[int, int, int]]
+) -> None:
+    """Sixteen packets of one length with arbitrary bytes changed anywhere (headers, ESP,
+    trailer): every packet comes out or has a reason, nothing else is raised."""
+    tx = ours(keys_for("aes128gcm", seed=3), version=version, replay_window=64)
+    batch = [bytearray(encrypt(tx, packet(version, b"m" * 102))) for _ in range(16)]
+    for row, at, value in flips:
+        batch[row][at % len(batch[row])] ^= value
+    got = decrypt_batch(tx.twin(), [bytes(p) for p in batch])
+    for i in range(16):
+        assert (got.packet(i) is None) != (got.reasons[i] is None)
+    assert got.accepted >= 16 - len({row for row, _, _ in flips})

@@ -35,7 +35,15 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-from netoffload.engine.esp_rows import MIN_ROWS, ByteMatrix, rows_eligible, seal_rows
+from netoffload.engine.esp_rows import (
+    BE16,
+    MIN_ROWS,
+    V4_MASK,
+    V4_WHOLE,
+    ByteMatrix,
+    rows_eligible,
+    seal_rows,
+)
 from netoffload.engine.esp_sa import (
     ESP_HEADER_LEN,
     ICV_LEN,
@@ -54,6 +62,7 @@ from netoffload.engine.ipsec_ip import (
     IPPROTO_IPV6,
     IPPROTO_NONE,
     IPPROTO_UDP,
+    IPV4_HEADER_LEN,
     IPV6_HEADER_LEN,
     UnsupportedHeaderError,
     ecn_decapsulate,
@@ -128,7 +137,7 @@ class RowBlock(NamedTuple):
     """Packets ``members[j]`` (in batch order) are rows ``rows[j]`` of ``arena``: the packet
     of row ``r`` starts ``headroom`` bytes into ``arena[r * stride :]`` and is ``length`` long."""
 
-    arena: bytearray
+    arena: bytearray | memoryview
     stride: int
     length: int
     members: list[int]
@@ -646,11 +655,155 @@ def decrypt(sa: Inbound, ip_packet: Buffer) -> bytes:
 
 
 def decrypt_batch(sa: Inbound, packets: Sequence[Buffer]) -> EspBatch:
-    """``decrypt`` over a batch: each packet, or the reason it was dropped."""
+    """``decrypt`` over a batch: each packet, or the reason it was dropped.
+
+    Equal-length groups of plain ESP (transport mode, an AEAD, no UDP
+    encapsulation, IPv4 without options or IPv6 without extension headers)
+    are opened as the rows of one buffer: the same checks in the same order,
+    one AEAD call per packet in place, the headers rewritten all at once.
+    """
     batch = EspBatch([None] * len(packets))
+    done: set[int] = set()
+    if len(packets) >= MIN_ROWS:
+        lengths = list(map(len, packets))
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(n, []).append(i)
+        for members in groups.values():
+            if len(members) >= MIN_ROWS:
+                done.update(_open_rows(sa, packets, members, batch))
     for i, packet in enumerate(packets):
+        if i in done:
+            continue
         try:
             batch.singles[i] = _open(sa, packet)
         except EspError as err:
             batch.reasons[i] = err.reason
     return batch
+
+
+_V4_FIRST = np.dtype(">u8")
+
+
+def _open_rows(
+    inbound: Inbound, packets: Sequence[Buffer], members: list[int], batch: EspBatch
+) -> list[int]:
+    """Open ``members`` (packets of one length) as rows; the members it dealt with (opened,
+    or refused with their reason). The others are left to ``_open``."""
+    first = byte_view(packets[members[0]])
+    length = len(first)
+    version = first[0] >> 4 if length else 0
+    h = IPV4_HEADER_LEN if version == 4 else IPV6_HEADER_LEN if version == 6 else 0
+    if not h or length < h + ESP_HEADER_LEN:
+        return []
+    spi = int.from_bytes(first[h : h + 4], "big")
+    sa = inbound.lookup(spi) if isinstance(inbound, SaTable) else inbound
+    if sa is None or sa.spi != spi or not rows_eligible(sa) or not sa.room(len(members), 0):
+        return []
+    aead = sa._aead
+    assert aead is not None
+    ct = h + ESP_HEADER_LEN + sa._iv_len
+    ctl = length - ct - ICV_LEN
+    if ctl < 2 or not sa.room(len(members), len(members) * length):
+        return []
+    k = len(members)
+    arena = bytearray(k * length)
+    view = memoryview(arena)
+    for start, i in zip(range(0, k * length, length), members, strict=True):
+        view[start : start + length] = packets[i]
+    m = np.frombuffer(arena, dtype=np.uint8).reshape(k, length)
+    # Which rows are plain ESP of this SA, before anything is decrypted.
+    if version == 4:
+        head = np.ascontiguousarray(m[:, :8]).view(_V4_FIRST)[:, 0]
+        ok = (head & V4_MASK) == (V4_WHOLE | np.uint64(length) << np.uint64(32))
+        ok &= m[:, 9] == IPPROTO_ESP
+    else:
+        payload_len = m[:, 4].astype(np.int64) << 8 | m[:, 5]
+        ok = (m[:, 0] >> 4 == 6) & (payload_len == length - h) & (m[:, 6] == IPPROTO_ESP)
+    ok &= np.ascontiguousarray(m[:, h : h + 4]).view(">u4")[:, 0] == spi
+    rows = np.flatnonzero(ok).tolist()
+    if len(rows) < MIN_ROWS:
+        return []
+    seq_low = np.ascontiguousarray(m[:, h + 4 : h + 8]).view(">u4")[:, 0].tolist()
+    salt = sa._salt
+    window = sa.window
+    infer, check, update = window.infer, window.check, window.update
+    decrypt_into = aead.decrypt_into
+    esn = sa.esn
+    reasons = batch.reasons
+    opened: list[int] = []
+    for r in rows:
+        # 2. The replay pre-check (the SA was found by its SPI above).
+        seq = infer(seq_low[r])
+        start = r * length
+        if seq is None or not check(seq):
+            reasons[members[r]] = _reject(sa, IpsecDropReason.REPLAY, "replayed", spi).reason
+            continue
+        # 3. The ICV, decrypting in place.
+        text = start + ct
+        aad = _AAD_ESN.pack(spi, seq) if esn else arena[start + h : start + h + 8]
+        nonce = salt + arena[start + h + ESP_HEADER_LEN : text]
+        try:
+            decrypt_into(nonce, view[text : start + length], aad, view[text : text + ctl])
+        except InvalidTag:
+            view[text : text + ctl] = bytes(ctl)  # nothing unverified stays behind
+            reasons[members[r]] = _reject(sa, IpsecDropReason.BAD_ICV, "ICV", spi).reason
+            continue
+        # 4. The window moves only now.
+        update(seq)
+        opened.append(r)
+    handled = [members[r] for r in rows]
+    if not opened:
+        return handled
+    # The trailers, all at once: pad length, next header, the padding itself.
+    o = np.array(opened, dtype=np.int64)
+    pads = m[o, ct + ctl - 2]
+    next_headers = m[o, ct + ctl - 1]
+    good = np.ones(len(o), dtype=np.bool_)
+    for pad in np.unique(pads).tolist():
+        chosen = pads == pad
+        if pad > ctl - 2:
+            good[chosen] = False
+            continue
+        if pad:
+            tail = m[o[chosen], ct + ctl - 2 - pad : ct + ctl - 2]
+            good[chosen] = (tail == np.frombuffer(_PADDING[pad], dtype=np.uint8)).all(axis=1)
+    dummy = next_headers == IPPROTO_NONE
+    for r, bad_pad, is_dummy in zip(opened, (~good).tolist(), dummy.tolist(), strict=True):
+        if bad_pad:
+            reasons[members[r]] = _reject(sa, IpsecDropReason.BAD_PADDING, "padding", spi).reason
+        elif is_dummy:
+            reasons[members[r]] = _reject(sa, IpsecDropReason.DUMMY, "dummy", spi).reason
+    keep = good & ~dummy
+    o, pads, next_headers = o[keep], pads[keep], next_headers[keep]
+    if not len(o):
+        return handled
+    # The headers, moved up against the plaintext and patched: length, protocol, checksum.
+    words = np.ascontiguousarray(m[o, :h]).view(BE16).astype(np.int64)
+    new_len = h + ctl - 2 - pads.astype(np.int64)
+    if version == 4:
+        words[:, 1] = new_len
+        words[:, 4] = (words[:, 4] & 0xFF00) | next_headers
+        words[:, 5] = 0
+        total = words.sum(axis=1)
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        words[:, 5] = 0xFFFF - total
+    else:
+        words[:, 2] = new_len - h
+        words[:, 3] = (next_headers.astype(np.int64) << 8) | (words[:, 3] & 0xFF)
+    m[o, ct - h : ct] = words.astype(BE16).view(np.uint8).reshape(len(o), h)
+    shift = ct - h
+    lengths = new_len.tolist()
+    common = max(set(lengths), key=lengths.count)
+    in_block = [int(r) for r, n in zip(o.tolist(), lengths, strict=True) if n == common]
+    for r, n in zip(o.tolist(), lengths, strict=True):
+        if n != common:  # another padding length than most: a packet of its own
+            start = r * length + shift
+            batch.singles[members[r]] = bytearray(arena[start : start + n])
+    if in_block:
+        batch.blocks.append(
+            RowBlock(view[shift:], length, common, [members[r] for r in in_block], in_block)
+        )
+    sa.account(len(lengths), sum(lengths))
+    return handled

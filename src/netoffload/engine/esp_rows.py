@@ -50,7 +50,7 @@ ByteMatrix: TypeAlias = npt.NDArray[np.uint8]
 MIN_ROWS: Final = 8
 _IPV6_EXT = np.zeros(256, dtype=np.bool_)
 _IPV6_EXT[[IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_FRAGMENT, IPPROTO_DSTOPTS]] = True
-_BE16 = np.dtype(">u2")
+BE16 = np.dtype(">u2")
 _BE64 = np.dtype(">u8")
 # What goes in front of the ciphertext: the IP header as big-endian words, then ESP and IV.
 _FRONT4 = np.dtype([("ip", ">u2", (10,)), ("spi", ">u4"), ("seq", ">u4"), ("iv", ">u8")])
@@ -64,8 +64,8 @@ _FUSE_ABOVE = 4096
 # The first 8 bytes of an IPv4 header as one big-endian word: version and IHL, total
 # length, and flags with fragment offset; and what they are in a whole packet without options.
 _V4_SPLIT = np.dtype([("head", ">u8"), ("rest", f"V{_LEAD_LEN - 8}")])
-_V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
-_V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
+V4_MASK = np.uint64(0xFF00_FFFF_0000_3FFF)
+V4_WHOLE = np.uint64(0x4500_0000_0000_0000)
 # Every word but the length and the checksum.
 _V4_SUM = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.int64)
 _INPUTS = np.dtype([("salt", ">u4"), ("iv", ">u8"), ("spi", ">u4"), ("seq", ">u4")])
@@ -170,7 +170,7 @@ def seal_rows(
     if version == 4:
         next_header = lead[:, 9].astype(np.int64)
         # Version 4 and IHL 5, this length, neither MF nor a fragment offset: one 64-bit compare.
-        done = (lead.view(_V4_SPLIT)["head"][:, 0] & _V4_MASK) == (_V4_WHOLE | length << 32)
+        done = (lead.view(_V4_SPLIT)["head"][:, 0] & V4_MASK) == (V4_WHOLE | length << 32)
     else:
         next_header = lead[:, 6].astype(np.int64)
         payload_len = lead[:, 4].astype(np.int64) << 8 | lead[:, 5]
@@ -233,7 +233,7 @@ def seal_rows(
         m[~done] = 0  # what was copied of the packets left to the one-by-one path
 
     # Now the headers, all at once: moved in front of ESP header and IV, and patched.
-    words = np.ascontiguousarray(m[:, first:ct]).view(_BE16).astype(np.int64)
+    words = np.ascontiguousarray(m[:, first:ct]).view(BE16).astype(np.int64)
     if version == 4:
         # The sum of the header's words with the new length and protocol, checksum left out.
         total = words @ _V4_SUM - next_header + (olen + IPPROTO_ESP)
