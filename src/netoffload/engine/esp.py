@@ -41,6 +41,7 @@ from netoffload.engine.esp_rows import (
     V4_MASK,
     V4_WHOLE,
     ByteMatrix,
+    row_slices,
     rows_eligible,
     seal_rows,
 )
@@ -48,6 +49,7 @@ from netoffload.engine.esp_sa import (
     ESP_HEADER_LEN,
     ICV_LEN,
     NAT_T_PORT,
+    SALT_LEN,
     UDP_HEADER_LEN,
     EspAlgorithm,
     EspConfig,
@@ -725,7 +727,16 @@ def _open_rows(
     if len(rows) < MIN_ROWS:
         return []
     seq_low = np.ascontiguousarray(m[:, h + 4 : h + 8]).view(">u4")[:, 0].tolist()
-    salt = sa._salt
+    # Each row's nonce (salt, then the IV it carries) and AAD (SPI and sequence number as
+    # they travel; with ESN the inferred high half joins them in the loop), cut apart at once.
+    nonce_len = SALT_LEN + sa._iv_len
+    fronts = np.empty((k, nonce_len + ESP_HEADER_LEN), dtype=np.uint8)
+    fronts[:, :SALT_LEN] = np.frombuffer(sa._salt, dtype=np.uint8)
+    fronts[:, SALT_LEN:nonce_len] = m[:, h + ESP_HEADER_LEN : ct]
+    fronts[:, nonce_len:] = m[:, h : h + ESP_HEADER_LEN]
+    cut = struct.Struct(f"{nonce_len}s{ESP_HEADER_LEN}s" * k).unpack(fronts.tobytes())
+    nonces, aads = cut[0::2], cut[1::2]
+    texts, sealed_at = row_slices(k, length, ct, ctl, ctl + ICV_LEN)
     window = sa.window
     infer, check, update = window.infer, window.check, window.update
     decrypt_into = aead.decrypt_into
@@ -735,18 +746,17 @@ def _open_rows(
     for r in rows:
         # 2. The replay pre-check (the SA was found by its SPI above).
         seq = infer(seq_low[r])
-        start = r * length
         if seq is None or not check(seq):
             reasons[members[r]] = _reject(sa, IpsecDropReason.REPLAY, "replayed", spi).reason
             continue
         # 3. The ICV, decrypting in place.
-        text = start + ct
-        aad = _AAD_ESN.pack(spi, seq) if esn else arena[start + h : start + h + 8]
-        nonce = salt + arena[start + h + ESP_HEADER_LEN : text]
+        plain = view[texts[r]]
         try:
-            decrypt_into(nonce, view[text : start + length], aad, view[text : text + ctl])
+            decrypt_into(
+                nonces[r], view[sealed_at[r]], _AAD_ESN.pack(spi, seq) if esn else aads[r], plain
+            )
         except InvalidTag:
-            view[text : text + ctl] = bytes(ctl)  # nothing unverified stays behind
+            plain[:] = bytes(ctl)  # nothing unverified stays behind
             reasons[members[r]] = _reject(sa, IpsecDropReason.BAD_ICV, "ICV", spi).reason
             continue
         # 4. The window moves only now.

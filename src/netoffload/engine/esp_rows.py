@@ -91,7 +91,7 @@ def rows_eligible(sa: SecurityAssociation) -> bool:
 
 
 @functools.lru_cache(maxsize=32)
-def _row_slices(
+def row_slices(
     k: int, stride: int, ct: int, ctl: int, end: int
 ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Where each of ``k`` rows' plaintext lies and where its ciphertext and ICV go: one
@@ -197,7 +197,7 @@ def seal_rows(
         outputs: Iterator[memoryview]
         chosen: tuple[Sequence[bytes], Sequence[bytes]]
         if len(rows) == k:
-            texts, sealed_at = _row_slices(k, stride, ct, ctl, end)
+            texts, sealed_at = row_slices(k, stride, ct, ctl, end)
             plaintexts = map(cut_at, texts)
             outputs = map(cut_at, sealed_at)
             chosen = (nonces, aads)
