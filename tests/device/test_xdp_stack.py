@@ -31,15 +31,16 @@ from netoffload.netns import Netns
 from netoffload.offload import Packet
 from netoffload.policy import OffloadPolicy
 from netoffload.stack.stack import Stack
-from netoffload.stack.tcp import PeerClosed, Refused, Reset, TcpConfig, TcpState
+from netoffload.stack.tcp import TcpConfig
 from netoffload.stack.tcp_layer import TcpHandle
 from tests.stack.kernel_peer import (
     KERNEL,
     OURS,
     PREFIX,
-    KernelSide,
     Rig,
     cli_popen,
+    exchange,
+    finish_kernel_side,
     kernel_client,
     kernel_server,
     kernel_socket,
@@ -88,41 +89,6 @@ def xdp_rig(version: int, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Rig
             device.close()
 
 
-def _exchange(r: Rig, handle: TcpHandle, data: bytes, timeout_s: float) -> bytes:
-    """Send ``data`` then FIN, read until the peer's FIN, until the connection is closed."""
-    conn = handle.conn
-    sent = 0
-    shut = peer_closed = False
-    got = bytearray()
-    end = time.monotonic() + timeout_s
-
-    def done() -> bool:
-        nonlocal sent, shut, peer_closed
-        assert time.monotonic() < end, f"stuck in {conn.state}, sent {sent}, got {len(got)}"
-        while conn.readable():
-            got.extend(conn.recv(1 << 20))
-        event = handle.next_event()
-        while event is not None:
-            assert not isinstance(event, Reset | Refused), event
-            peer_closed |= isinstance(event, PeerClosed)
-            event = handle.next_event()
-        if sent < len(data) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-            sent += conn.send(memoryview(data)[sent : sent + (1 << 20)])
-        if sent == len(data) and not shut and conn.state is not TcpState.SYN_SENT:
-            conn.shutdown_write()
-            shut = True
-        return shut and peer_closed and conn.state in (TcpState.TIME_WAIT, TcpState.CLOSED)
-
-    r.loop.run_until(done)
-    return bytes(got)
-
-
-def _finish(side: KernelSide, timeout_s: float = 30.0) -> None:
-    assert side.done.wait(timeout_s), "the kernel's side did not finish"
-    if side.error is not None:
-        raise side.error
-
-
 def test_100_mb_from_our_stack_built_in_umem_arrive_byte_exact(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -130,8 +96,8 @@ def test_100_mb_from_our_stack_built_in_umem_arrive_byte_exact(
     with xdp_rig(4, monkeypatch) as (r, lent):
         side = kernel_server(r, 5003)
         handle = r.stack.tcp_connect(r.kernel, 5003, time.monotonic_ns())
-        _exchange(r, handle, data, timeout_s=120)
-        _finish(side, 60)
+        exchange(r, handle, data, timeout_s=120)
+        finish_kernel_side(side, 60)
         assert len(side.received) == len(data) and side.received == data
         device = r.device.stats()
         host = r.stack.interfaces[0].host.stats
@@ -164,8 +130,8 @@ def test_both_ways_with_the_kernel(version: int, monkeypatch: pytest.MonkeyPatch
     with xdp_rig(version, monkeypatch) as (r, _):
         side = kernel_server(r, 5001, send=down)
         handle = r.stack.tcp_connect(r.kernel, 5001, time.monotonic_ns())
-        got = _exchange(r, handle, up, timeout_s=60)
-        _finish(side)
+        got = exchange(r, handle, up, timeout_s=60)
+        finish_kernel_side(side)
         assert got == down and bytes(side.received) == up
         listeners = r.stack.tcp_listen(5002)
         side = kernel_client(r, 5002, send=up)
@@ -178,8 +144,8 @@ def test_both_ways_with_the_kernel(version: int, monkeypatch: pytest.MonkeyPatch
             return bool(accepted)
 
         assert r.loop.run_until(accept, timeout_s=20)
-        got = _exchange(r, accepted[0], down, timeout_s=60)
-        _finish(side)
+        got = exchange(r, accepted[0], down, timeout_s=60)
+        finish_kernel_side(side)
         assert got == up and bytes(side.received) == down
         assert r.device.stats().tx_copies <= 4
 
@@ -198,8 +164,8 @@ def test_100_mb_to_our_stack_arrive_byte_exact(monkeypatch: pytest.MonkeyPatch) 
             return bool(accepted)
 
         assert r.loop.run_until(accept, timeout_s=20)
-        got = _exchange(r, accepted[0], b"", timeout_s=120)
-        _finish(side, 60)
+        got = exchange(r, accepted[0], b"", timeout_s=120)
+        finish_kernel_side(side, 60)
         assert len(got) == len(data) and got == data
         assert isinstance(r.device, XdpDevice) and r.device.rx_held == 0  # all given back
         device = r.device.stats()
@@ -333,8 +299,8 @@ def test_send_memory_is_not_overwritten_while_the_kernel_holds_descriptors_throu
         # A small send buffer: the ring wraps every 256 KiB, close behind the ACKs.
         config = TcpConfig(send_buffer_bytes=256 * 1024)
         handle = r.stack.tcp.connect(r.kernel, 5005, time.monotonic_ns(), config=config)
-        _exchange(r, handle, data, timeout_s=120)
-        _finish(side, 60)
+        exchange(r, handle, data, timeout_s=120)
+        finish_kernel_side(side, 60)
         assert len(side.received) == len(data) and side.received == data
         dropped = r.ns.exec("nft", "list", "table", "netdev", "nsoloss")
         info = handle.conn.info()

@@ -31,7 +31,7 @@ from netoffload.netns import Netns
 from netoffload.policy import OffloadPolicy
 from netoffload.stack._netaddr import IpAddress
 from netoffload.stack.stack import Stack
-from netoffload.stack.tcp import PeerClosed, TcpConfig, TcpState
+from netoffload.stack.tcp import PeerClosed, Refused, Reset, TcpConfig, TcpState
 from netoffload.stack.tcp_layer import TcpHandle
 
 KERNEL = {4: "198.18.0.1", 6: "fd00::1"}
@@ -315,3 +315,40 @@ def two_way_transfer(
 
     loop_a.run_until(done, max_wait_s=0.002)
     return bytes(got_b), bytes(got_a), client, server[0]
+
+
+def exchange(r: Rig, handle: TcpHandle, data: bytes, timeout_s: float = 60.0) -> bytes:
+    """Send ``data`` on ``handle`` then FIN; read until the peer's FIN; wait for the close
+    (the peer neither resets nor refuses). What was read."""
+    conn = handle.conn
+    sent = 0
+    shut = False
+    got = bytearray()
+    peer_closed = False
+    end = time.monotonic() + timeout_s
+
+    def done() -> bool:
+        nonlocal sent, shut, peer_closed
+        assert time.monotonic() < end, f"stuck in {conn.state}, sent {sent}, got {len(got)}"
+        while conn.readable():
+            got.extend(conn.recv(1 << 20))
+        event = handle.next_event()
+        while event is not None:
+            assert not isinstance(event, Reset | Refused), event
+            peer_closed |= isinstance(event, PeerClosed)
+            event = handle.next_event()
+        if sent < len(data) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
+            sent += conn.send(memoryview(data)[sent : sent + (1 << 20)])
+        if sent == len(data) and not shut and conn.state is not TcpState.SYN_SENT:
+            conn.shutdown_write()
+            shut = True
+        return shut and peer_closed and conn.state in (TcpState.TIME_WAIT, TcpState.CLOSED)
+
+    r.loop.run_until(done)
+    return bytes(got)
+
+
+def finish_kernel_side(side: KernelSide, timeout_s: float = 30.0) -> None:
+    assert side.done.wait(timeout_s), "the kernel's side did not finish"
+    if side.error is not None:
+        raise side.error

@@ -14,11 +14,12 @@ import time
 
 import pytest
 
-from netoffload.stack.tcp import PeerClosed, Refused, Reset, TcpState
+from netoffload.stack.tcp import Refused, Reset, TcpState
 from netoffload.stack.tcp_layer import TcpHandle
 from tests.stack.kernel_peer import (
-    KernelSide,
     Rig,
+    exchange,
+    finish_kernel_side,
     kernel_client,
     kernel_server,
     payload,
@@ -32,42 +33,6 @@ VERSIONS = [4, 6]
 POLICIES = ["always", "never"]
 
 
-def _exchange(r: Rig, handle: TcpHandle, data: bytes, timeout_s: float = 60.0) -> bytes:
-    """Send ``data`` on ``handle`` then FIN; read until the peer's FIN; wait for the close."""
-    conn = handle.conn
-    sent = 0
-    shut = False
-    got = bytearray()
-    peer_closed = False
-    end = time.monotonic() + timeout_s
-
-    def done() -> bool:
-        nonlocal sent, shut, peer_closed
-        assert time.monotonic() < end, f"stuck in {conn.state}, sent {sent}, got {len(got)}"
-        while conn.readable():
-            got.extend(conn.recv(1 << 20))
-        event = handle.next_event()
-        while event is not None:
-            assert not isinstance(event, Reset | Refused), event
-            peer_closed |= isinstance(event, PeerClosed)
-            event = handle.next_event()
-        if sent < len(data) and conn.state in (TcpState.ESTABLISHED, TcpState.CLOSE_WAIT):
-            sent += conn.send(memoryview(data)[sent : sent + (1 << 20)])
-        if sent == len(data) and not shut and conn.state is not TcpState.SYN_SENT:
-            conn.shutdown_write()
-            shut = True
-        return shut and peer_closed and conn.state in (TcpState.TIME_WAIT, TcpState.CLOSED)
-
-    r.loop.run_until(done)
-    return bytes(got)
-
-
-def _finish(side: KernelSide, timeout_s: float = 30.0) -> None:
-    assert side.done.wait(timeout_s), "the kernel's side did not finish"
-    if side.error is not None:
-        raise side.error
-
-
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("kind", KINDS)
@@ -76,8 +41,8 @@ def test_our_client_to_a_kernel_server(kind: str, version: int, policy: str) -> 
     with rig(kind, version, policy=policy) as r:
         side = kernel_server(r, 5001, send=down)
         handle = r.stack.tcp_connect(r.kernel, 5001, time.monotonic_ns())
-        got = _exchange(r, handle, up)
-        _finish(side)
+        got = exchange(r, handle, up)
+        finish_kernel_side(side)
         assert got == down
         assert bytes(side.received) == up
         _check_path(r, policy)
@@ -100,8 +65,8 @@ def test_a_kernel_client_to_our_server(kind: str, version: int, policy: str) -> 
             return bool(accepted)
 
         assert r.loop.run_until(accept, timeout_s=20)
-        got = _exchange(r, accepted[0], down)
-        _finish(side)
+        got = exchange(r, accepted[0], down)
+        finish_kernel_side(side)
         assert got == up
         assert bytes(side.received) == down
 
@@ -129,8 +94,8 @@ def test_100_mb_arrive_byte_exact(direction: str) -> None:
         if direction == "ours_sends":
             side = kernel_server(r, 5003)
             handle = r.stack.tcp_connect(r.kernel, 5003, time.monotonic_ns())
-            _exchange(r, handle, data, timeout_s=240)
-            _finish(side, 60)
+            exchange(r, handle, data, timeout_s=240)
+            finish_kernel_side(side, 60)
             assert len(side.received) == len(data) and side.received == data
         else:
             listeners = r.stack.tcp_listen(5003)
@@ -144,8 +109,8 @@ def test_100_mb_arrive_byte_exact(direction: str) -> None:
                 return bool(holder)
 
             assert r.loop.run_until(accept, timeout_s=20)
-            got = _exchange(r, holder[0], b"", timeout_s=240)
-            _finish(side, 60)
+            got = exchange(r, holder[0], b"", timeout_s=240)
+            finish_kernel_side(side, 60)
             assert len(got) == len(data) and got == data
 
 

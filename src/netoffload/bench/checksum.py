@@ -11,19 +11,17 @@ by other work on the machine).
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from netoffload.bench import number
+from netoffload.bench import number, one_core
 from netoffload.progress import NO_PROGRESS, Progress
 from netoffload.wire.checksum import internet_checksum, ones_sum_rows
 
@@ -46,24 +44,6 @@ def pure_python_checksum(data: bytes) -> int:
     if sys.byteorder == "little":
         s = ((s >> 8) & 0xFF) | ((s << 8) & 0xFF00)
     return s
-
-
-@contextmanager
-def _one_core() -> Iterator[None]:
-    """Pin this process to the core it is on for the duration, where Linux allows it."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, {min(before)})
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _best_ns(call: Callable[[], object], iterations: int, repetitions: int) -> int:
@@ -114,7 +94,7 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
         ~int(s) & 0xFFFF for s in ones_sum_rows(batch)
     ] == [internet_checksum(row.tobytes()) for row in batch]
 
-    with _one_core():
+    with one_core():
         ours_small, it_ours_small = _measure(
             lambda: internet_checksum(small), SMALL_BYTES, budget_ns, repetitions
         )

@@ -20,18 +20,16 @@ The vectorised and the per-frame results are checked to agree.
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from netoffload.bench import number
+from netoffload.bench import number, one_core
 from netoffload.engine.classify import Classifier, Fate, Rule
 from netoffload.engine.dissect import DissectError, dissect
 from netoffload.engine.dosfilter import DosFilter, RateLimit
@@ -235,24 +233,6 @@ def dos_filter() -> DosFilter:
 # -- measuring ------------------------------------------------------------------------------
 
 
-@contextmanager
-def _one_core() -> Iterator[None]:
-    """Pin this process to the core it is on for the duration, where Linux allows it."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    try:
-        os.sched_setaffinity(0, {min(before)})
-    except OSError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 def _mpps(call: Callable[[], object], frames: int, budget_ns: int, repetitions: int) -> float:
     """Million frames a second for ``call`` handling ``frames`` frames, the best repetition."""
     call()  # warm up
@@ -318,7 +298,7 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     agree = got_rules[:reference_frames] == reference_classify(rules, some) and hashes[
         :reference_frames
     ] == reference_rss(some)
-    with _one_core():
+    with one_core():
         extract_mpps = _mpps(do_extract, BATCH_FRAMES, budget_ns, repetitions)
         progress.update(1)
         rss_mpps = _mpps(do_rss, BATCH_FRAMES, budget_ns, repetitions)

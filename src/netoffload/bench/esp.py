@@ -36,8 +36,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
 import numpy as np
@@ -45,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from rich.console import Console
 from rich.table import Table
 
-from netoffload.bench import number
+from netoffload.bench import number, one_core
 from netoffload.engine.esp import (
     EspAlgorithm,
     SecurityAssociation,
@@ -67,22 +66,6 @@ OFFLOAD_TARGET = 3.0
 _SRC = IPv4Address("198.18.0.1")
 _DST = IPv4Address("198.18.0.2")
 _SPI = 0x0000_1000
-
-
-@contextmanager
-def _one_core() -> Iterator[None]:
-    """Pin this process to the core it is on for the duration, where Linux allows it."""
-    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    try:
-        if before is not None:
-            os.sched_setaffinity(0, {min(before)})
-    except OSError:
-        before = None
-    try:
-        yield
-    finally:
-        if before is not None:
-            os.sched_setaffinity(0, before)
 
 
 def _measure(
@@ -186,7 +169,7 @@ def run(quick: bool, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     result: dict[str, object] = {}
     agree = True
     done = 0
-    with _one_core():
+    with one_core():
         for size in SIZES:
             packets = _packets(size, rng)
             matrix = np.frombuffer(b"".join(packets), dtype=np.uint8).reshape(-1, size)

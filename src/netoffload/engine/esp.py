@@ -700,7 +700,7 @@ def _open_rows(
         return []
     spi = int.from_bytes(first[h : h + 4], "big")
     sa = inbound.lookup(spi) if isinstance(inbound, SaTable) else inbound
-    if sa is None or sa.spi != spi or not rows_eligible(sa) or not sa.room(len(members), 0):
+    if sa is None or sa.spi != spi or not rows_eligible(sa):
         return []
     aead = sa._aead
     assert aead is not None

@@ -497,31 +497,13 @@ class Stack:
             checked = ChecksumStatus.NOT_CHECKED  # the device saw fragments, not this
         protocol = ip[9]
         payload = ip[ihl:total]
-        if self.ipsec and not self._ipsec_ok(rx, src, dst, protocol, payload):
+        ce = (ip[1] & 3) == 3
+        if self._transport(
+            iface, ip, rx, src=src, dst=dst, protocol=protocol, payload=payload,
+            checked=checked, ce=ce, group=broadcast or group, now_ns=now_ns,
+        ):  # fmt: skip
             return
-        stats.delivered += 1
-        if protocol == _TCP:
-            if checked is not _VERIFIED and not _l4_ok(src, dst, _TCP, payload, checked):
-                stats.drops["tcp_checksum"] += 1
-                return
-            ce = (ip[1] & 3) == 3
-            cookie = rx.verdict is FilterVerdict.SYN_COOKIE
-            self.tcp.input(
-                iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns, cookie=cookie
-            )
-        elif protocol == _UDP:
-            self._udp(
-                iface,
-                ip,
-                src=src,
-                dst=dst,
-                datagram=payload,
-                rx=rx,
-                checked=checked,
-                group=broadcast or group,
-                now_ns=now_ns,
-            )
-        elif protocol == _ICMP:
+        if protocol == _ICMP:
             self._icmp(ip, broadcast, dst, now_ns)
         else:
             stats.drops["protocol"] += 1
@@ -566,19 +548,53 @@ class Stack:
                     return
             protocol, offset = chain.upper_protocol, chain.upper_offset
         payload = ip[offset:]
-        if self.ipsec and not self._ipsec_ok(rx, src, dst, protocol, payload):
+        ce = ((ip[1] >> 4) & 3) == 3
+        if self._transport(
+            iface, ip, rx, src=src, dst=dst, protocol=protocol, payload=payload,
+            checked=checked, ce=ce, group=group, now_ns=now_ns,
+        ):  # fmt: skip
             return
-        stats.delivered += 1
+        if protocol == _ICMPV6:
+            if len(payload) and payload[0] in _NDP_TYPES:
+                iface.neighbors.receive_ndp(bytes(frame[: ETH_HLEN + len(ip)]), now_ns)
+            else:
+                self._icmp(ip, False, dst, now_ns)
+        else:
+            stats.drops["protocol"] += 1
+            if not group:
+                self._icmp_error(IcmpErrorKind.PROTOCOL_UNREACHABLE, bytes(ip), now_ns)
+
+    def _transport(
+        self,
+        iface: Interface,
+        ip: memoryview,
+        rx: RxInfo,
+        *,
+        src: bytes,
+        dst: bytes,
+        protocol: int,
+        payload: memoryview,
+        checked: ChecksumStatus,
+        ce: bool,
+        group: bool,
+        now_ns: int,
+    ) -> bool:
+        """A packet for us past IP, either version: refused by a security policy, or counted
+        delivered and, for TCP and UDP, handed on. False leaves ICMP and other protocols to
+        the caller."""
+        if self.ipsec and not self._ipsec_ok(rx, src, dst, protocol, payload):
+            return True
+        self.stats.delivered += 1
         if protocol == _TCP:
             if checked is not _VERIFIED and not _l4_ok(src, dst, _TCP, payload, checked):
-                stats.drops["tcp_checksum"] += 1
-                return
-            ce = ((ip[1] >> 4) & 3) == 3
+                self.stats.drops["tcp_checksum"] += 1
+                return True
             cookie = rx.verdict is FilterVerdict.SYN_COOKIE
             self.tcp.input(
                 iface, src, dst, payload, segments=rx.segments, ce=ce, now_ns=now_ns, cookie=cookie
             )
-        elif protocol == _UDP:
+            return True
+        if protocol == _UDP:
             self._udp(
                 iface,
                 ip,
@@ -590,15 +606,8 @@ class Stack:
                 group=group,
                 now_ns=now_ns,
             )
-        elif protocol == _ICMPV6:
-            if len(payload) and payload[0] in _NDP_TYPES:
-                iface.neighbors.receive_ndp(bytes(frame[: ETH_HLEN + len(ip)]), now_ns)
-            else:
-                self._icmp(ip, False, dst, now_ns)
-        else:
-            stats.drops["protocol"] += 1
-            if not group:
-                self._icmp_error(IcmpErrorKind.PROTOCOL_UNREACHABLE, bytes(ip), now_ns)
+            return True
+        return False
 
     def _ipsec_ok(
         self, rx: RxInfo, src: bytes, dst: bytes, protocol: int, payload: memoryview

@@ -371,11 +371,11 @@ class Firmware:
             admitted.append(packet)
             allowed.append(verdict.tasks)
         digested = digest_pass(self.digest_keys, admitted, allowed)
-        if digested.drops or digested.done:
-            for _, reason in digested.drops:
-                stats.drop(reason)
+        for _, reason in digested.drops:
+            stats.drop(reason)
+        if digested.done:
             stats.task_done(Task.DIGEST, digested.done)
-            admitted, allowed = digested.packets, digested.tasks
+        admitted, allowed = digested.packets, digested.tasks
         if any(Task.TX_SCHEDULING in t for t in allowed):
             admitted, allowed = self._schedule(admitted, allowed)
         sealed = [p for p, tasks in zip(admitted, allowed, strict=True) if Task.ENCRYPT in tasks]
